@@ -1,0 +1,71 @@
+#!/usr/bin/env node
+/**
+ * The `tenantgate` command. Each subcommand is a small function; errors print a message that names
+ * the setting at fault (never a secret) and exit non-zero.
+ */
+import { chmod, writeFile } from "node:fs/promises";
+import { digest } from "../crypto/ids.ts";
+import { generateMasterKey } from "../crypto/keyring.ts";
+import { GateError, isGateError } from "../errors.ts";
+
+const USAGE = `usage: tenantgate <command>
+
+  keys generate [--out FILE]   print a new master key (base64url), or write it to FILE with mode 0600
+  keys digest                  read an API key on stdin and print the digest to put in auth.apiKeys[]
+  help                         this text
+`;
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8").trim();
+}
+
+async function keysCommand(args: string[]): Promise<number> {
+  const [action, ...rest] = args;
+  if (action === "generate") {
+    const key = generateMasterKey();
+    if (rest[0] === "--out" && rest[1]) {
+      // `wx`: never overwrite an existing key file (that would orphan everything sealed under it).
+      await writeFile(rest[1], `${key}\n`, { mode: 0o600, flag: "wx" });
+      await chmod(rest[1], 0o600);
+      process.stderr.write(`wrote a new master key to ${rest[1]} (mode 0600)\n`);
+      return 0;
+    }
+    if (rest.length > 0) throw new GateError("ERR_ARGUMENT_INVALID", "keys generate takes only --out FILE");
+    process.stdout.write(`${key}\n`);
+    return 0;
+  }
+  if (action === "digest") {
+    const apiKey = await readStdin();
+    if (!apiKey) throw new GateError("ERR_ARGUMENT_INVALID", "keys digest reads an API key on stdin");
+    process.stdout.write(`${digest("api-key", apiKey)}\n`);
+    return 0;
+  }
+  process.stderr.write(USAGE);
+  return 2;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...args] = argv;
+  switch (command) {
+    case "keys":
+      return keysCommand(args);
+    case undefined:
+    case "help":
+    case "--help":
+      process.stdout.write(USAGE);
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`tenantgate: unknown command "${command.slice(0, 40)}"\n${USAGE}`);
+      return 2;
+  }
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (error) {
+  const message = isGateError(error) ? `${error.code}: ${error.message}` : "unexpected error";
+  process.stderr.write(`tenantgate: ${message}\n`);
+  process.exitCode = 1;
+}

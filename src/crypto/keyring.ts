@@ -1,0 +1,140 @@
+import { hkdfSync, randomBytes } from "node:crypto";
+import { readFile, stat } from "node:fs/promises";
+import { GateError, invalidArgument } from "../errors.ts";
+
+/**
+ * Master keys and the purpose keys derived from them.
+ *
+ * Nothing uses a master key directly: every use (sealing vault entries, sealing upstream session
+ * mappings, the audit chain, log tags) gets its own HKDF-SHA256 subkey, so a key recovered from one
+ * use says nothing about another. Several master keys may be loaded at once for rotation: new data
+ * is sealed under the active one, old data still opens under the key id it names.
+ */
+
+export const MASTER_KEY_BYTES = 32;
+const KEY_ID = /^[A-Za-z0-9_-]{1,32}$/;
+const PURPOSE = /^[a-z][a-z0-9/:-]{0,63}$/;
+const HKDF_SALT = Buffer.from("tenantgate/hkdf/v1");
+
+export interface MasterKeyInput {
+  readonly id: string;
+  /** Exactly 32 bytes. */
+  readonly key: Uint8Array;
+}
+
+export class Keyring {
+  readonly activeKeyId: string;
+  readonly #masterKeys: ReadonlyMap<string, Buffer>;
+  readonly #derived = new Map<string, Buffer>();
+
+  private constructor(masterKeys: ReadonlyMap<string, Buffer>, activeKeyId: string) {
+    this.#masterKeys = masterKeys;
+    this.activeKeyId = activeKeyId;
+  }
+
+  static fromKeys(keys: readonly MasterKeyInput[], activeKeyId: string): Keyring {
+    if (keys.length === 0) throw invalidArgument("keys", "must hold at least one master key");
+    const map = new Map<string, Buffer>();
+    for (const { id, key } of keys) {
+      if (!KEY_ID.test(id)) throw invalidArgument("key id", "must be 1-32 characters of [A-Za-z0-9_-]");
+      if (map.has(id)) throw invalidArgument("key id", "must be unique");
+      if (key.byteLength !== MASTER_KEY_BYTES) {
+        throw new GateError("ERR_KEY_INVALID", `master key "${id}" must be ${MASTER_KEY_BYTES} bytes`);
+      }
+      // A private copy: the caller's buffer may be reused or zeroed.
+      map.set(id, Buffer.from(key));
+    }
+    if (!map.has(activeKeyId)) throw invalidArgument("activeKeyId", "must name one of the loaded keys");
+    return new Keyring(map, activeKeyId);
+  }
+
+  /** A keyring with one fresh random key: for tests and in-memory use only (nothing survives it). */
+  static ephemeral(): Keyring {
+    return Keyring.fromKeys([{ id: "ephemeral", key: randomBytes(MASTER_KEY_BYTES) }], "ephemeral");
+  }
+
+  get keyIds(): readonly string[] {
+    return [...this.#masterKeys.keys()];
+  }
+
+  hasKey(keyId: string): boolean {
+    return this.#masterKeys.has(keyId);
+  }
+
+  /**
+   * The 32-byte subkey for `purpose` under master key `keyId` (default: the active key). Cached:
+   * HKDF runs once per (key, purpose) per process.
+   */
+  purposeKey(purpose: string, keyId: string = this.activeKeyId): Buffer {
+    if (!PURPOSE.test(purpose)) throw invalidArgument("purpose", "must be a short lowercase name");
+    const cacheKey = `${keyId}\0${purpose}`;
+    const cached = this.#derived.get(cacheKey);
+    if (cached) return cached;
+    const master = this.#masterKeys.get(keyId);
+    if (!master) throw invalidArgument("keyId", "must name a loaded key");
+    const derived = Buffer.from(hkdfSync("sha256", master, HKDF_SALT, `tenantgate/${purpose}`, 32));
+    this.#derived.set(cacheKey, derived);
+    return derived;
+  }
+}
+
+/** A new master key, base64url (what `tenantgate keys generate` prints). */
+export function generateMasterKey(): string {
+  return randomBytes(MASTER_KEY_BYTES).toString("base64url");
+}
+
+/**
+ * Decodes a base64url master key. `source` names where it came from (a setting or a file path) for
+ * the error message; the key text itself never appears in an error.
+ */
+export function parseMasterKey(text: string, source: string): Buffer {
+  const trimmed = text.trim();
+  const decoded = Buffer.from(trimmed, "base64url");
+  // Re-encoding must give the same text: rejects stray characters that base64url decoding skips.
+  if (decoded.byteLength !== MASTER_KEY_BYTES || decoded.toString("base64url") !== trimmed) {
+    throw new GateError(
+      "ERR_KEY_INVALID",
+      `${source} must hold a ${MASTER_KEY_BYTES}-byte key in base64url (tenantgate keys generate)`,
+    );
+  }
+  return decoded;
+}
+
+/**
+ * Loads a master key from `env:NAME` or `file:PATH`. A key file readable by group or others is
+ * refused: a key anyone on the host can read protects nothing.
+ */
+export async function loadMasterKey(
+  reference: string,
+  options: { env?: NodeJS.ProcessEnv; baseDir?: string } = {},
+): Promise<Buffer> {
+  const env = options.env ?? process.env;
+  if (reference.startsWith("env:")) {
+    const name = reference.slice(4);
+    const value = env[name];
+    if (!name || value === undefined || value === "") {
+      throw new GateError("ERR_KEY_INVALID", `environment variable ${name || "(empty name)"} is not set`);
+    }
+    return parseMasterKey(value, `environment variable ${name}`);
+  }
+  if (reference.startsWith("file:")) {
+    const { resolve } = await import("node:path");
+    const path = resolve(options.baseDir ?? process.cwd(), reference.slice(5));
+    let mode: number;
+    let text: string;
+    try {
+      mode = (await stat(path)).mode;
+      text = await readFile(path, "utf8");
+    } catch (cause) {
+      throw new GateError("ERR_KEY_INVALID", `key file ${path} cannot be read`, { cause });
+    }
+    if ((mode & 0o077) !== 0) {
+      throw new GateError(
+        "ERR_KEY_FILE_EXPOSED",
+        `key file ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`,
+      );
+    }
+    return parseMasterKey(text, `key file ${path}`);
+  }
+  throw new GateError("ERR_KEY_INVALID", "a master key reference must start with env: or file:");
+}

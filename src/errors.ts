@@ -1,0 +1,88 @@
+/**
+ * One error class for the whole project, with a closed set of stable codes.
+ *
+ * Why one class: callers and the gateway edge branch on `code`, never on message text or class
+ * identity, and `toWire()` is the only way an error reaches a client. Details that would help an
+ * attacker (which check failed, whether an id exists, a backend's error text) live in `detail` and
+ * `cause`, which go to the audit trail and logs (after redaction), never to the response.
+ */
+
+/** Every code tenantgate can raise. Adding one forces an entry in `wireForm` below. */
+export type GateErrorCode =
+  | "ERR_ARGUMENT_INVALID"
+  | "ERR_CONFIG_INVALID"
+  | "ERR_KEY_INVALID"
+  | "ERR_KEY_FILE_EXPOSED"
+  | "ERR_SEALED_VALUE_INVALID"
+  | "ERR_STORE_UNAVAILABLE"
+  | "ERR_STORE_FULL"
+  | "ERR_STORE_URL_INVALID"
+  | "ERR_INTERNAL";
+
+export interface WireError {
+  /** HTTP status the edge answers with. */
+  readonly status: number;
+  /** The stable code, safe to show. */
+  readonly code: GateErrorCode;
+  /** A generic sentence that says nothing about the request that caused it. */
+  readonly message: string;
+}
+
+/**
+ * The one exhaustive mapping from code to what a client may see. `satisfies` makes a missing or
+ * extra code a compile error.
+ */
+const wireForm = {
+  ERR_ARGUMENT_INVALID: { status: 500, message: "internal error" },
+  ERR_CONFIG_INVALID: { status: 500, message: "internal error" },
+  ERR_KEY_INVALID: { status: 500, message: "internal error" },
+  ERR_KEY_FILE_EXPOSED: { status: 500, message: "internal error" },
+  // A sealed value that does not open is always client-supplied data that is not theirs, was
+  // tampered with, or has expired with its key: one answer for all of them.
+  ERR_SEALED_VALUE_INVALID: { status: 400, message: "invalid request" },
+  ERR_STORE_UNAVAILABLE: { status: 503, message: "service temporarily unavailable" },
+  ERR_STORE_FULL: { status: 503, message: "service temporarily unavailable" },
+  ERR_STORE_URL_INVALID: { status: 500, message: "internal error" },
+  ERR_INTERNAL: { status: 500, message: "internal error" },
+} as const satisfies Record<GateErrorCode, { status: number; message: string }>;
+
+export const gateErrorCodes: readonly GateErrorCode[] = Object.freeze(
+  Object.keys(wireForm) as GateErrorCode[],
+);
+
+export interface GateErrorOptions {
+  /** Operator-facing detail for the audit trail. Never contains a secret or raw identifier. */
+  readonly detail?: string;
+  readonly cause?: unknown;
+}
+
+export class GateError extends Error {
+  override readonly name = "GateError";
+  readonly code: GateErrorCode;
+  readonly detail: string | undefined;
+
+  constructor(code: GateErrorCode, message: string, options: GateErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.detail = options.detail;
+  }
+
+  /** What a client may see: status, code and a generic message. Nothing from `message` or `cause`. */
+  toWire(): WireError {
+    return toWire(this.code);
+  }
+}
+
+export function toWire(code: GateErrorCode): WireError {
+  const form = wireForm[code];
+  return { status: form.status, code, message: form.message };
+}
+
+export function isGateError(value: unknown, code?: GateErrorCode): value is GateError {
+  return value instanceof GateError && (code === undefined || value.code === code);
+}
+
+/** Argument errors name the argument, never its value (it may be a secret). */
+export function invalidArgument(name: string, expectation: string): GateError {
+  return new GateError("ERR_ARGUMENT_INVALID", `${name} ${expectation}`);
+}

@@ -1,0 +1,44 @@
+/**
+ * tenantgate's public API, listed by name. No database driver is loaded from here: the SQLite,
+ * Redis and PostgreSQL adapters are on their own subpaths and are loaded by `openStore` on demand.
+ */
+
+export { createIdentifierTagger, type IdentifierTagger, TAG_HEX_LENGTH } from "./crypto/identifier-tag.ts";
+export { digest, ID_BYTES, looksLikeMintedId, mintId } from "./crypto/ids.ts";
+export {
+  generateMasterKey,
+  Keyring,
+  loadMasterKey,
+  MASTER_KEY_BYTES,
+  type MasterKeyInput,
+  parseMasterKey,
+} from "./crypto/keyring.ts";
+export { open, openToString, type SealContext, seal, sealedKeyId } from "./crypto/seal.ts";
+export {
+  GateError,
+  type GateErrorCode,
+  gateErrorCodes,
+  isGateError,
+  toWire,
+  type WireError,
+} from "./errors.ts";
+export type {
+  ClaimOutcome,
+  CounterOptions,
+  CounterOutcome,
+  Store,
+  StoreBackend,
+  TtlOptions,
+} from "./store/contract.ts";
+export {
+  type CounterKey,
+  counterKey,
+  type IndexKey,
+  type OwnerScope,
+  ownedKey,
+  ownerIndexKey,
+  ownershipKey,
+  type RecordKey,
+} from "./store/keys.ts";
+export { MemoryStore, type MemoryStoreOptions } from "./store/memory-store.ts";
+export { type OpenStoreOptions, openStore } from "./store/open-store.ts";

@@ -1,0 +1,94 @@
+import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
+
+/**
+ * The storage contract every backend implements: only the atomic primitives the rest of tenantgate
+ * needs, each one atomic on its own (no caller ever composes a check and a write).
+ *
+ * Failure semantics, the same on every backend:
+ * - A backend that cannot answer (down, timed out, locked) rejects with `ERR_STORE_UNAVAILABLE`
+ *   within the adapter's timeout; callers fail closed (DESIGN invariant 6).
+ * - A bounded store that is full rejects new entries with `ERR_STORE_FULL`; it never evicts.
+ * - Invalid arguments reject with `ERR_ARGUMENT_INVALID`.
+ * - An expired entry is indistinguishable from an absent one.
+ *
+ * Values are strings (JSON, digests or sealed text). Times are milliseconds.
+ */
+
+export type StoreBackend = "memory" | "sqlite" | "redis" | "postgres";
+
+export interface TtlOptions {
+  /** Time to live in ms (a positive integer). Absent: the entry does not expire. */
+  readonly ttlMs?: number;
+}
+
+export interface ClaimOutcome {
+  /** True for exactly one caller per (unexpired) record: the one whose value was written. */
+  readonly won: boolean;
+  /** The value now stored: the winner's, which every caller learns. */
+  readonly winner: string;
+}
+
+export interface CounterOptions extends TtlOptions {
+  /**
+   * Refuse the increment if the result would exceed this value. The check and the add are one
+   * atomic step, so a cap is never exceeded under concurrency.
+   */
+  readonly limit?: number;
+}
+
+export interface CounterOutcome {
+  /** False when `limit` refused the increment; the counter is then unchanged. */
+  readonly applied: boolean;
+  /** The counter's value after the operation (the unchanged value when refused). */
+  readonly value: number;
+}
+
+export interface Store {
+  readonly backend: StoreBackend;
+
+  /** The value, or null if absent or expired. */
+  get(key: RecordKey): Promise<string | null>;
+
+  /** Writes (or overwrites) the value. */
+  put(key: RecordKey, value: string, options?: TtlOptions): Promise<void>;
+
+  /**
+   * First writer wins: writes `value` only if no unexpired record exists. Every concurrent caller,
+   * on every connection and process, learns the same winner.
+   */
+  claim(key: RecordKey, value: string, options?: TtlOptions): Promise<ClaimOutcome>;
+
+  /** Atomic read-and-delete: of concurrent takers, exactly one gets the value. */
+  take(key: RecordKey): Promise<string | null>;
+
+  /**
+   * Deletes only if the stored value equals `expected` (atomically); true if it did. Lets a caller
+   * inspect a single-use value and consume it only if it was presented by the right party, without
+   * destroying it otherwise.
+   */
+  takeIfEquals(key: RecordKey, expected: string): Promise<boolean>;
+
+  /** True if an unexpired record was deleted. */
+  delete(key: RecordKey): Promise<boolean>;
+
+  /**
+   * Adds `delta` (an integer, may be negative) to a counter that starts at 0. The TTL applies when
+   * the counter is created (or recreated after expiry) and is not extended by later increments.
+   */
+  increment(key: CounterKey, delta: number, options?: CounterOptions): Promise<CounterOutcome>;
+
+  /** Adds (or refreshes the expiry of) a member of a per-owner index. */
+  indexAdd(key: IndexKey, member: string, options?: TtlOptions): Promise<void>;
+
+  /** True if the member was present. */
+  indexRemove(key: IndexKey, member: string): Promise<boolean>;
+
+  /** Unexpired members, in no particular order. */
+  indexList(key: IndexKey): Promise<string[]>;
+
+  /** Resolves when the backend answers (readiness). */
+  ping(): Promise<void>;
+
+  /** Releases connections and timers. Further calls reject. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,111 @@
+import { digest } from "../crypto/ids.ts";
+import { invalidArgument } from "../errors.ts";
+
+/**
+ * The only way to name something in a store (DESIGN invariant 5).
+ *
+ * - Ownership records (`own/…`) are keyed globally by the digest of the id, with the owner as the
+ *   value, so a race for one id has exactly one winner whoever the racers are.
+ * - Owned data (`data/…`) and per-owner indexes (`index/…`) live under (tenant, issuer, subject),
+ *   every segment escaped, so no id can forge another tenant's or principal's prefix.
+ * - Counters (`count/…`) are named by kind and segments, also escaped.
+ *
+ * The key types are branded: a store method accepts only keys made here, and each kind of key only
+ * where it belongs (a counter key cannot be read as a record). Adapters store `encoded` and must not
+ * build keys of their own. docs/storage-schema.md lists every key the project writes.
+ */
+
+declare const recordBrand: unique symbol;
+declare const counterBrand: unique symbol;
+declare const indexBrand: unique symbol;
+
+export type KeyNamespace = "own" | "data" | "count" | "index";
+
+interface KeyShape {
+  readonly namespace: KeyNamespace;
+  /** Raw segments, for diagnostics; adapters use `encoded`. */
+  readonly segments: readonly string[];
+  /** Injective text form: distinct (namespace, segments) never give the same string. */
+  readonly encoded: string;
+}
+
+export type RecordKey = KeyShape & { readonly [recordBrand]: true };
+export type CounterKey = KeyShape & { readonly [counterBrand]: true };
+export type IndexKey = KeyShape & { readonly [indexBrand]: true };
+
+/** Who owns scoped data: the tenant and the principal (issuer, subject) inside it. */
+export interface OwnerScope {
+  readonly tenant: string;
+  readonly issuer: string;
+  readonly subject: string;
+}
+
+const KIND = /^[a-z][a-z0-9-]{0,39}$/;
+const MAX_SEGMENT_LENGTH = 1024;
+
+/**
+ * Percent-encodes every character outside [A-Za-z0-9._~-] (UTF-8 bytes), so `/` never occurs inside
+ * a segment and the joined form can be split back unambiguously.
+ */
+export function escapeSegment(segment: string): string {
+  if (segment.length === 0) throw invalidArgument("key segment", "must not be empty");
+  if (segment.length > MAX_SEGMENT_LENGTH) throw invalidArgument("key segment", "is too long");
+  // Lone surrogates would be replaced by U+FFFD, making two distinct strings one key.
+  if (!segment.isWellFormed()) throw invalidArgument("key segment", "must be well-formed Unicode");
+  return encodeURIComponent(segment).replace(
+    /[!'()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
+}
+
+function checkKind(kind: string): void {
+  if (!KIND.test(kind)) throw invalidArgument("key kind", "must be a short lowercase name");
+}
+
+function build(namespace: KeyNamespace, segments: readonly string[]): KeyShape {
+  return Object.freeze({
+    namespace,
+    segments: Object.freeze([...segments]),
+    encoded: `${namespace}/${segments.map(escapeSegment).join("/")}`,
+  });
+}
+
+function scopeSegments(scope: OwnerScope): string[] {
+  return [scope.tenant, scope.issuer, scope.subject];
+}
+
+/** The global ownership record for `id` of `kind` (session, task, upload, code, …). */
+export function ownershipKey(kind: string, id: string): RecordKey {
+  checkKind(kind);
+  return build("own", [kind, digest(kind, id)]) as RecordKey;
+}
+
+/** Data owned by one principal, e.g. `ownedKey(scope, "vault", "github_token")`. */
+export function ownedKey(scope: OwnerScope, kind: string, ...parts: string[]): RecordKey {
+  checkKind(kind);
+  if (parts.length === 0) throw invalidArgument("parts", "must name at least one segment");
+  return build("data", [...scopeSegments(scope), kind, ...parts]) as RecordKey;
+}
+
+/** The index of what one principal owns of `kind`, for listing and revoking. */
+export function ownerIndexKey(scope: OwnerScope, kind: string): IndexKey {
+  checkKind(kind);
+  return build("index", [...scopeSegments(scope), kind]) as IndexKey;
+}
+
+/** A counter, e.g. `counterKey("sessions-per-tenant", tenant)`. */
+export function counterKey(kind: string, ...parts: string[]): CounterKey {
+  checkKind(kind);
+  return build("count", [kind, ...parts]) as CounterKey;
+}
+
+/**
+ * Rebuilds a key from its namespace and raw segments, e.g. one sent to a store running in another
+ * process. Not exported from the package: application code uses the builders above.
+ */
+export function restoreKey(namespace: KeyNamespace, segments: readonly string[]): KeyShape {
+  if (!["own", "data", "count", "index"].includes(namespace)) {
+    throw invalidArgument("namespace", "is not a key namespace");
+  }
+  return build(namespace, segments);
+}

@@ -1,0 +1,543 @@
+/**
+ * The store conformance suite: one set of cases that every backend must pass (memory, SQLite, Redis,
+ * PostgreSQL), in the style of unstorage's testDriver. The same cases are run against deliberately
+ * broken adapters (mutants.test.ts), each of which must fail at least one case: the suite proves it
+ * can fail.
+ */
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { isGateError } from "../../src/errors.ts";
+import type { Store } from "../../src/store/contract.ts";
+import { counterKey, type OwnerScope, ownedKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
+import { fastCheckParameters } from "../support/fast-check.ts";
+import { FaultProxy } from "../support/fault-proxy.ts";
+
+export interface StoreFixture {
+  /** A new handle on this fixture's data (a new connection where the backend has connections). */
+  open(): Promise<Store>;
+  /** A handle whose calls run in another process, for backends other processes can share. */
+  openInOtherProcess?(): Promise<Store>;
+  /** The backend's TCP address, and a handle whose connection goes to `port` on loopback instead. */
+  network?: {
+    host: string;
+    port: number;
+    openVia(port: number): Promise<Store>;
+  };
+  /** True if data survives closing every handle and opening a new one. */
+  readonly durable: boolean;
+  /** The adapter's configured operation timeout, for liveness bounds. */
+  readonly timeoutMs: number;
+  /** Removes everything this fixture wrote. */
+  cleanup(): Promise<void>;
+}
+
+export interface StoreHarness {
+  readonly name: string;
+  /** A fresh, isolated namespace (its own prefix, schema or file). */
+  fixture(): Promise<StoreFixture>;
+  /** Rounds for the race cases (each round races 1,000 callers). */
+  readonly raceRounds?: number;
+  /** fast-check runs for the key property. */
+  readonly propertyRuns?: number;
+}
+
+export type Requirement = "otherProcess" | "network" | "durable";
+
+export interface ConformanceCase {
+  readonly name: string;
+  readonly requires?: readonly Requirement[];
+  run(fixture: StoreFixture, harness: StoreHarness): Promise<void>;
+}
+
+/** Generous margin over the adapter's timeout: liveness, not speed, is asserted. */
+const LIVENESS_MARGIN_MS = 4_000;
+const RACERS = 1_000;
+
+const scopeA: OwnerScope = { tenant: "tenant-a", issuer: "https://issuer.example", subject: "alice" };
+const scopeB: OwnerScope = { tenant: "tenant-b", issuer: "https://issuer.example", subject: "alice" };
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function unique(label: string): string {
+  return `${label}-${randomUUID()}`;
+}
+
+async function withStore<T>(fixture: StoreFixture, body: (store: Store) => Promise<T>): Promise<T> {
+  const store = await fixture.open();
+  try {
+    return await body(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/** Two handles racing: one in another process where the backend allows it, else another connection. */
+async function withRacers<T>(fixture: StoreFixture, body: (racers: Store[]) => Promise<T>): Promise<T> {
+  const first = await fixture.open();
+  const second = fixture.openInOtherProcess ? await fixture.openInOtherProcess() : await fixture.open();
+  try {
+    return await body([first, second]);
+  } finally {
+    await Promise.all([first.close(), second.close()]);
+  }
+}
+
+async function expectCode(promise: Promise<unknown>, code: string, what: string): Promise<void> {
+  await assert.rejects(promise, (error: unknown) => {
+    assert.ok(isGateError(error), `${what}: expected a GateError, got ${String(error)}`);
+    assert.equal(error.code, code, `${what}: wrong code`);
+    return true;
+  });
+}
+
+/** Calls `operation` until it succeeds or `withinMs` passes. */
+async function eventually(operation: () => Promise<unknown>, withinMs: number): Promise<void> {
+  const deadline = Date.now() + withinMs;
+  for (;;) {
+    try {
+      await operation();
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await sleep(100);
+    }
+  }
+}
+
+/** Segments dense in separators and escapes. */
+const segment = fc
+  .array(fc.constantFrom("a", "b", "/", ":", "%", "2F", "3A", ".", "-", "é", "🙂", " "), {
+    minLength: 1,
+    maxLength: 4,
+  })
+  .map((parts) => parts.join(""));
+
+type Tuple = [string, string, string, string];
+
+/**
+ * The forging attack on a key: move a separator across a segment boundary. From five atoms and a
+ * separator this makes two distinct tuples, (x0+s+x1, x2, x3, x4) and (x0, x1+s+x2, x3, x4) shifted
+ * to a random boundary, that any builder joining with `s` unescaped maps to one key; plus a random
+ * tuple.
+ */
+const tupleFamily: fc.Arbitrary<Tuple[]> = fc
+  .record({
+    atoms: fc.array(segment, { minLength: 5, maxLength: 5 }),
+    separator: fc.constantFrom(":", "/", "|", ".", "-", "_", " ", "%", "%2F", "\0"),
+    at: fc.integer({ min: 0, max: 2 }),
+    random: fc.tuple(segment, segment, segment, segment),
+  })
+  .map(({ atoms, separator, at, random }) => {
+    const merge = (i: number): Tuple => {
+      const merged = [...atoms];
+      merged.splice(i, 2, `${atoms[i]}${separator}${atoms[i + 1]}`);
+      return merged as Tuple;
+    };
+    return [merge(at), merge(at + 1), random];
+  });
+
+export const conformanceCases: readonly ConformanceCase[] = [
+  {
+    name: "get returns what put wrote, put overwrites, absent keys read as null",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = ownedKey(scopeA, "note", unique("k"));
+        assert.equal(await store.get(key), null);
+        await store.put(key, "v1");
+        assert.equal(await store.get(key), "v1");
+        await store.put(key, 'v2 with ünïcode and "quotes" and \n newline');
+        assert.equal(await store.get(key), 'v2 with ünïcode and "quotes" and \n newline');
+        await store.put(key, "");
+        assert.equal(await store.get(key), "", "an empty string is a value, not absence");
+      });
+    },
+  },
+  {
+    name: "delete removes a record and reports whether one was there",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = ownedKey(scopeA, "note", unique("k"));
+        assert.equal(await store.delete(key), false);
+        await store.put(key, "v");
+        assert.equal(await store.delete(key), true);
+        assert.equal(await store.get(key), null);
+        assert.equal(await store.delete(key), false);
+      });
+    },
+  },
+  {
+    name: "records expire after their TTL and read as absent; entries without TTL stay",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const short = ownedKey(scopeA, "note", unique("short"));
+        const lasting = ownedKey(scopeA, "note", unique("lasting"));
+        await store.put(short, "v", { ttlMs: 300 });
+        await store.put(lasting, "v");
+        assert.equal(await store.get(short), "v", "read before expiry");
+        await sleep(700);
+        assert.equal(await store.get(short), null, "read after expiry");
+        assert.equal(await store.take(short), null, "take after expiry");
+        assert.equal(await store.delete(short), false, "delete after expiry");
+        assert.equal(await store.get(lasting), "v");
+      });
+    },
+  },
+  {
+    name: "claim: the first writer wins and later callers learn the winner; an expired claim is free again",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = ownershipKey("session", unique("id"));
+        assert.deepEqual(await store.claim(key, "owner-1", { ttlMs: 400 }), { won: true, winner: "owner-1" });
+        assert.deepEqual(await store.claim(key, "owner-2"), { won: false, winner: "owner-1" });
+        assert.deepEqual(await store.claim(key, "owner-1"), { won: false, winner: "owner-1" });
+        assert.equal(await store.get(key), "owner-1");
+        await sleep(800);
+        assert.deepEqual(await store.claim(key, "owner-3"), { won: true, winner: "owner-3" });
+        assert.equal(await store.get(key), "owner-3");
+      });
+    },
+  },
+  {
+    name: "claim race: 1,000 concurrent claims by distinct owners over two handles give exactly one winner all agree on",
+    async run(fixture, harness) {
+      await withRacers(fixture, async (racers) => {
+        for (let round = 0; round < (harness.raceRounds ?? 10); round++) {
+          const key = ownershipKey("task", unique(`race-${round}`));
+          const outcomes = await Promise.all(
+            Array.from({ length: RACERS }, (_, i) => racers[i % racers.length]!.claim(key, `owner-${i}`)),
+          );
+          const winners = outcomes.filter((outcome) => outcome.won);
+          assert.equal(winners.length, 1, `round ${round}: ${winners.length} callers were told they won`);
+          const winner = winners[0]!.winner;
+          for (const outcome of outcomes)
+            assert.equal(outcome.winner, winner, `round ${round}: callers disagree`);
+          assert.equal(await racers[0]!.get(key), winner);
+          assert.equal(await racers[1]!.get(key), winner);
+        }
+      });
+    },
+  },
+  {
+    name: "take returns the value once and deletes it",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = ownershipKey("code", unique("c"));
+        assert.equal(await store.take(key), null);
+        await store.put(key, "grant");
+        assert.equal(await store.take(key), "grant");
+        assert.equal(await store.take(key), null);
+        assert.equal(await store.get(key), null);
+      });
+    },
+  },
+  {
+    name: "take race: of 1,000 concurrent takers over two handles exactly one gets the value",
+    async run(fixture, harness) {
+      await withRacers(fixture, async (racers) => {
+        for (let round = 0; round < Math.max(2, Math.floor((harness.raceRounds ?? 10) / 2)); round++) {
+          const key = ownershipKey("code", unique(`take-${round}`));
+          await racers[0]!.put(key, "single-use");
+          const taken = await Promise.all(
+            Array.from({ length: RACERS }, (_, i) => racers[i % racers.length]!.take(key)),
+          );
+          assert.equal(taken.filter((value) => value !== null).length, 1, `round ${round}`);
+          assert.equal(await racers[1]!.get(key), null);
+        }
+      });
+    },
+  },
+  {
+    name: "takeIfEquals deletes only on a match, leaves a mismatched value intact, and has one winner under concurrency",
+    async run(fixture) {
+      await withRacers(fixture, async (racers) => {
+        const [store] = racers as [Store, Store];
+        const key = ownershipKey("code", unique("c"));
+        assert.equal(await store.takeIfEquals(key, "client-a"), false, "absent");
+        await store.put(key, "client-a");
+        assert.equal(await store.takeIfEquals(key, "client-b"), false, "wrong client");
+        assert.equal(await store.get(key), "client-a", "the rightful client's code survives");
+        assert.equal(await store.takeIfEquals(key, "client-a"), true);
+        assert.equal(await store.get(key), null);
+        await store.put(key, "client-a");
+        const results = await Promise.all(
+          Array.from({ length: 200 }, (_, i) =>
+            racers[i % 2]!.takeIfEquals(key, i % 3 === 0 ? "client-b" : "client-a"),
+          ),
+        );
+        assert.equal(results.filter(Boolean).length, 1);
+      });
+    },
+  },
+  {
+    name: "counters: increments add up, negative deltas subtract, a limit refuses without changing the value",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = counterKey("test-counter", unique("c"));
+        assert.deepEqual(await store.increment(key, 1), { applied: true, value: 1 });
+        assert.deepEqual(await store.increment(key, 4), { applied: true, value: 5 });
+        assert.deepEqual(await store.increment(key, -2), { applied: true, value: 3 });
+        assert.deepEqual(await store.increment(key, 0), { applied: true, value: 3 });
+        assert.deepEqual(await store.increment(key, 2, { limit: 4 }), { applied: false, value: 3 });
+        assert.deepEqual(await store.increment(key, 1, { limit: 4 }), { applied: true, value: 4 });
+        const fresh = counterKey("test-counter", unique("c"));
+        assert.deepEqual(await store.increment(fresh, 5, { limit: 4 }), { applied: false, value: 0 });
+        assert.deepEqual(await store.increment(fresh, 0), { applied: true, value: 0 });
+      });
+    },
+  },
+  {
+    name: "counters expire with their TTL, which later increments do not extend",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = counterKey("test-window", unique("c"));
+        await store.increment(key, 3, { ttlMs: 500 });
+        await sleep(250);
+        assert.deepEqual(await store.increment(key, 1, { ttlMs: 500 }), { applied: true, value: 4 });
+        await sleep(500);
+        assert.deepEqual(await store.increment(key, 1, { ttlMs: 500 }), { applied: true, value: 1 });
+      });
+    },
+  },
+  {
+    name: "counter race: 1,000 concurrent increments over two handles are exact, and a limit is never exceeded",
+    async run(fixture) {
+      await withRacers(fixture, async (racers) => {
+        const key = counterKey("test-race", unique("c"));
+        await Promise.all(Array.from({ length: RACERS }, (_, i) => racers[i % 2]!.increment(key, 1)));
+        assert.deepEqual(await racers[1]!.increment(key, 0), { applied: true, value: RACERS });
+        const capped = counterKey("test-cap", unique("c"));
+        const outcomes = await Promise.all(
+          Array.from({ length: 500 }, (_, i) => racers[i % 2]!.increment(capped, 1, { limit: 100 })),
+        );
+        assert.equal(outcomes.filter((outcome) => outcome.applied).length, 100);
+        for (const outcome of outcomes) assert.ok(outcome.value <= 100, `saw ${outcome.value} over the cap`);
+        assert.deepEqual(await racers[0]!.increment(capped, 0), { applied: true, value: 100 });
+      });
+    },
+  },
+  {
+    name: "indexes: add, list, remove; members expire; re-adding refreshes",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const index = ownerIndexKey({ ...scopeA, subject: unique("s") }, "session");
+        assert.deepEqual(await store.indexList(index), []);
+        await store.indexAdd(index, "m1");
+        await store.indexAdd(index, "m2", { ttlMs: 300 });
+        await store.indexAdd(index, "m3", { ttlMs: 300 });
+        await store.indexAdd(index, "m1");
+        assert.deepEqual((await store.indexList(index)).sort(), ["m1", "m2", "m3"]);
+        await store.indexAdd(index, "m3", { ttlMs: 60_000 });
+        assert.equal(await store.indexRemove(index, "m1"), true);
+        assert.equal(await store.indexRemove(index, "m1"), false);
+        await sleep(700);
+        assert.deepEqual((await store.indexList(index)).sort(), ["m3"]);
+        assert.equal(await store.indexRemove(index, "m2"), false, "an expired member is not there");
+      });
+    },
+  },
+  {
+    name: "tenants and principals never see each other's data, indexes or ownership",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const part = unique("p");
+        const sameTenantOtherUser: OwnerScope = { ...scopeA, subject: "bob" };
+        const otherIssuerSameSub: OwnerScope = { ...scopeA, issuer: "https://other-issuer.example" };
+        const scopes = [scopeA, scopeB, sameTenantOtherUser, otherIssuerSameSub];
+        for (const [i, scope] of scopes.entries()) {
+          await store.put(ownedKey(scope, "note", part), `value-${i}`);
+          await store.indexAdd(ownerIndexKey(scope, "session"), `${part}-${i}`);
+        }
+        for (const [i, scope] of scopes.entries()) {
+          assert.equal(await store.get(ownedKey(scope, "note", part)), `value-${i}`);
+          const members = await store.indexList(ownerIndexKey(scope, "session"));
+          assert.deepEqual(
+            members.filter((m) => m.startsWith(part)),
+            [`${part}-${i}`],
+          );
+        }
+        const id = unique("id");
+        await store.claim(ownershipKey("session", id), "owner-a");
+        assert.equal(await store.get(ownershipKey("task", id)), null, "ownership is per kind of id");
+      });
+    },
+  },
+  {
+    name: "property: distinct (tenant, issuer, subject, id) tuples never share a key",
+    async run(fixture, harness) {
+      await withStore(fixture, async (store) => {
+        await fc.assert(
+          fc.asyncProperty(fc.array(tupleFamily, { minLength: 1, maxLength: 3 }), async (families) => {
+            const run = unique("run");
+            const seen = new Set<string>();
+            const tuples = families
+              .flat()
+              .filter((t) => !seen.has(JSON.stringify(t)) && seen.add(JSON.stringify(t)));
+            const keys = tuples.map(([tenant, issuer, subject, id]) =>
+              ownedKey({ tenant, issuer, subject }, "prop", run, id),
+            );
+            for (const [i, key] of keys.entries()) await store.put(key, `v${i}`);
+            for (const [i, key] of keys.entries()) {
+              assert.equal(
+                await store.get(key),
+                `v${i}`,
+                `tuple ${JSON.stringify(tuples[i])} was overwritten`,
+              );
+            }
+          }),
+          fastCheckParameters(harness.propertyRuns ?? 60),
+        );
+      });
+    },
+  },
+  {
+    name: "invalid arguments are refused alike on every backend",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = ownedKey(scopeA, "note", unique("k"));
+        for (const ttlMs of [0, -1, 1.5, Number.NaN, 31 * 24 * 3_600_000]) {
+          await expectCode(store.put(key, "v", { ttlMs }), "ERR_ARGUMENT_INVALID", `ttlMs ${ttlMs}`);
+        }
+        await expectCode(store.put(key, "\ud800"), "ERR_ARGUMENT_INVALID", "lone surrogate value");
+        await expectCode(
+          store.increment(counterKey("c", unique("c")), 0.5),
+          "ERR_ARGUMENT_INVALID",
+          "fractional delta",
+        );
+        await expectCode(
+          store.indexAdd(ownerIndexKey(scopeA, "s"), ""),
+          "ERR_ARGUMENT_INVALID",
+          "empty member",
+        );
+        assert.equal(await store.get(key), null, "nothing was written by a refused call");
+      });
+    },
+  },
+  {
+    name: "a closed handle refuses calls with ERR_STORE_UNAVAILABLE",
+    async run(fixture) {
+      const store = await fixture.open();
+      await store.close();
+      await expectCode(store.get(ownedKey(scopeA, "note", "k")), "ERR_STORE_UNAVAILABLE", "get after close");
+    },
+  },
+  {
+    name: "data survives closing the adapter and opening it again",
+    requires: ["durable"],
+    async run(fixture) {
+      const key = ownedKey(scopeA, "note", unique("k"));
+      const owner = ownershipKey("session", unique("id"));
+      const counter = counterKey("test-durable", unique("c"));
+      const index = ownerIndexKey(scopeA, unique("idx").toLowerCase().slice(0, 30));
+      await withStore(fixture, async (store) => {
+        await store.put(key, "kept");
+        await store.claim(owner, "owner-a", { ttlMs: 60_000 });
+        await store.increment(counter, 7);
+        await store.indexAdd(index, "m");
+      });
+      await withStore(fixture, async (store) => {
+        assert.equal(await store.get(key), "kept");
+        assert.deepEqual(await store.claim(owner, "owner-b"), { won: false, winner: "owner-a" });
+        assert.deepEqual(await store.increment(counter, 0), { applied: true, value: 7 });
+        assert.deepEqual(await store.indexList(index), ["m"]);
+      });
+    },
+  },
+  {
+    name: "outage: refused, hung and reset connections fail with ERR_STORE_UNAVAILABLE within the timeout, then recover",
+    requires: ["network"],
+    async run(fixture) {
+      const network = fixture.network!;
+      const proxy = await FaultProxy.start(network.host, network.port);
+      const store = await network.openVia(proxy.port);
+      const bound = fixture.timeoutMs + LIVENESS_MARGIN_MS;
+      try {
+        const key = ownedKey(scopeA, "note", unique("k"));
+        await store.put(key, "before");
+        for (const mode of ["refuse", "hang", "reset"] as const) {
+          await proxy.setMode(mode);
+          for (const attempt of [1, 2]) {
+            const started = Date.now();
+            await expectCode(store.get(key), "ERR_STORE_UNAVAILABLE", `${mode} attempt ${attempt}`);
+            const elapsed = Date.now() - started;
+            assert.ok(elapsed < bound, `${mode}: failed after ${elapsed} ms, bound ${bound} ms`);
+          }
+          await proxy.setMode("pass");
+          await eventually(async () => assert.equal(await store.get(key), "before"), 20_000);
+        }
+      } finally {
+        await store.close();
+        await proxy.close();
+      }
+    },
+  },
+  {
+    name: "outage: opening against a closed port fails with ERR_STORE_UNAVAILABLE within the timeout",
+    requires: ["network"],
+    async run(fixture) {
+      const network = fixture.network!;
+      // A port that was just free: listen on it, then close, so nothing is there.
+      const proxy = await FaultProxy.start(network.host, network.port);
+      const port = proxy.port;
+      await proxy.close();
+      const started = Date.now();
+      await expectCode(network.openVia(port), "ERR_STORE_UNAVAILABLE", "open on a closed port");
+      assert.ok(Date.now() - started < fixture.timeoutMs + LIVENESS_MARGIN_MS);
+    },
+  },
+];
+
+function missing(
+  fixtureFlags: Record<Requirement, boolean>,
+  requires: readonly Requirement[] = [],
+): Requirement[] {
+  return requires.filter((requirement) => !fixtureFlags[requirement]);
+}
+
+function flagsOf(fixture: StoreFixture): Record<Requirement, boolean> {
+  return { otherProcess: !!fixture.openInOtherProcess, network: !!fixture.network, durable: fixture.durable };
+}
+
+/** Registers every conformance case as a node:test case for one backend. */
+export function describeStoreConformance(
+  harness: StoreHarness,
+  options: { skip?: string | false } = {},
+): void {
+  describe(`store conformance: ${harness.name}`, { skip: options.skip ?? false }, () => {
+    for (const testCase of conformanceCases) {
+      it(testCase.name, async (t) => {
+        const fixture = await harness.fixture();
+        try {
+          const absent = missing(flagsOf(fixture), testCase.requires);
+          if (absent.length > 0) {
+            t.skip(`${harness.name} has no ${absent.join(", ")} (not applicable to this backend)`);
+            return;
+          }
+          await testCase.run(fixture, harness);
+        } finally {
+          await fixture.cleanup();
+        }
+      });
+    }
+  });
+}
+
+/** Runs every applicable case and returns the names of those that failed (for the mutant check). */
+export async function failingCases(harness: StoreHarness): Promise<string[]> {
+  const failed: string[] = [];
+  for (const testCase of conformanceCases) {
+    const fixture = await harness.fixture();
+    try {
+      if (missing(flagsOf(fixture), testCase.requires).length > 0) continue;
+      await testCase.run(fixture, harness);
+    } catch {
+      failed.push(testCase.name);
+    } finally {
+      await fixture.cleanup();
+    }
+  }
+  return failed;
+}

@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { isGateError } from "../../src/errors.ts";
+import { counterKey, ownedKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
+import { MemoryStore } from "../../src/store/memory-store.ts";
+import { openStore } from "../../src/store/open-store.ts";
+import { sharedHandle } from "../support/shared-handle.ts";
+import { describeStoreConformance, type StoreHarness } from "./conformance.ts";
+
+export const memoryHarness: StoreHarness = {
+  name: "memory",
+  raceRounds: 20,
+  propertyRuns: 150,
+  async fixture() {
+    const store = new MemoryStore();
+    return {
+      durable: false,
+      timeoutMs: 0,
+      open: async () => sharedHandle(store),
+      cleanup: () => store.close(),
+    };
+  },
+};
+
+describeStoreConformance(memoryHarness);
+
+const scope = { tenant: "t", issuer: "https://i.example", subject: "s" };
+
+describe("memory store bounds (L6)", () => {
+  it("L6 a full memory store refuses new entries and never evicts a live one", async () => {
+    const store = new MemoryStore({ maxEntries: 3 });
+    await store.put(ownedKey(scope, "note", "victim"), "victim-data");
+    await store.claim(ownershipKey("session", "victim-session"), "victim");
+    await store.increment(counterKey("c", "x"), 1);
+    await assert.rejects(store.put(ownedKey(scope, "note", "flood"), "x"), (e) =>
+      isGateError(e, "ERR_STORE_FULL"),
+    );
+    await assert.rejects(store.claim(ownershipKey("session", "flood"), "attacker"), (e) =>
+      isGateError(e, "ERR_STORE_FULL"),
+    );
+    await assert.rejects(store.indexAdd(ownerIndexKey(scope, "session"), "m"), (e) =>
+      isGateError(e, "ERR_STORE_FULL"),
+    );
+    assert.equal(await store.get(ownedKey(scope, "note", "victim")), "victim-data");
+    assert.equal(await store.get(ownershipKey("session", "victim-session")), "victim");
+    // Updating what exists is not a new entry.
+    await store.put(ownedKey(scope, "note", "victim"), "updated");
+    assert.deepEqual(await store.increment(counterKey("c", "x"), 1), { applied: true, value: 2 });
+    // Freeing an entry makes room again.
+    assert.equal(await store.delete(ownedKey(scope, "note", "victim")), true);
+    await store.put(ownedKey(scope, "note", "next"), "x");
+    await store.close();
+  });
+
+  it("expired entries are reclaimed before a new one is refused", async () => {
+    let now = 1_000;
+    const store = new MemoryStore({ maxEntries: 2, now: () => now });
+    await store.put(ownedKey(scope, "note", "a"), "a", { ttlMs: 10 });
+    await store.put(ownedKey(scope, "note", "b"), "b", { ttlMs: 10 });
+    now += 11;
+    await store.put(ownedKey(scope, "note", "c"), "c");
+    await store.put(ownedKey(scope, "note", "d"), "d");
+    assert.equal(store.size, 2);
+    await store.close();
+  });
+
+  it("openStore('memory:?maxEntries=N') applies the bound", async () => {
+    const store = await openStore("memory:?maxEntries=1");
+    await store.put(ownedKey(scope, "note", "a"), "a");
+    await assert.rejects(store.put(ownedKey(scope, "note", "b"), "b"), (e) =>
+      isGateError(e, "ERR_STORE_FULL"),
+    );
+    await store.close();
+  });
+});
