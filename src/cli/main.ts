@@ -12,6 +12,7 @@ const USAGE = `usage: tenantgate <command>
 
   keys generate [--out FILE]   print a new master key (base64url), or write it to FILE with mode 0600
   keys digest                  read an API key on stdin and print the digest to put in auth.apiKeys[]
+  demo                         the gateway on its embedded default (not built yet)
   help                         this text
 `;
 
@@ -51,6 +52,12 @@ export async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "keys":
       return keysCommand(args);
+    case "demo":
+    case "serve":
+      process.stderr.write(
+        `tenantgate: the gateway (${command}) is not built yet; this release has the library's keys and stores\n`,
+      );
+      return 1;
     case undefined:
     case "help":
     case "--help":

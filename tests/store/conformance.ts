@@ -202,7 +202,7 @@ export const conformanceCases: readonly ConformanceCase[] = [
     },
   },
   {
-    name: "claim race: 1,000 concurrent claims by distinct owners over two handles give exactly one winner all agree on",
+    name: "S8 claim race: 1,000 concurrent claims by distinct owners over two handles give exactly one winner all agree on",
     async run(fixture, harness) {
       await withRacers(fixture, async (racers) => {
         for (let round = 0; round < (harness.raceRounds ?? 10); round++) {

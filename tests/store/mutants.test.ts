@@ -74,7 +74,7 @@ const keyWithoutBuilder: Mutation = (inner) => {
 
 /** Each mutant, and the start of the name of the conformance case that must catch it. */
 const mutants: Record<string, { mutation: Mutation; caughtBy: string }> = {
-  "claim as get-then-put": { mutation: claimAsGetThenPut, caughtBy: "claim race" },
+  "claim as get-then-put": { mutation: claimAsGetThenPut, caughtBy: "S8 claim race" },
   "take that does not delete": { mutation: takeWithoutDelete, caughtBy: "take returns the value once" },
   "takeIfEquals that deletes on a mismatch": {
     mutation: takeIfEqualsDestroysOnMismatch,

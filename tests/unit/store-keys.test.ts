@@ -1,0 +1,56 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { isGateError } from "../../src/errors.ts";
+import { counterKey, escapeSegment, ownedKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
+import { fastCheckParameters } from "../support/fast-check.ts";
+
+const scope = { tenant: "t", issuer: "https://issuer.example", subject: "alice" };
+
+describe("store key builder", () => {
+  it("escaping is reversible, so the encoding is injective", () => {
+    fc.assert(
+      fc.property(fc.string({ unit: "grapheme", minLength: 1, maxLength: 40 }), (segment) => {
+        const escaped = escapeSegment(segment);
+        assert.match(escaped, /^[A-Za-z0-9._~%-]+$/, "only unreserved characters and escapes");
+        assert.equal(decodeURIComponent(escaped), segment);
+      }),
+      fastCheckParameters(2_000),
+    );
+  });
+
+  it("a separator inside an id cannot forge another tenant's or principal's prefix", () => {
+    const forged = ownedKey({ tenant: "t/data/victim", issuer: "i", subject: "s" }, "note", "x");
+    const victim = ownedKey({ tenant: "t", issuer: "data", subject: "victim" }, "note", "x");
+    assert.notEqual(forged.encoded, victim.encoded);
+    assert.equal(ownedKey(scope, "note", "a/b").encoded.split("/").length, 6);
+  });
+
+  it("ownership keys hold the id's digest, never the id", () => {
+    const key = ownershipKey("session", "raw-session-id-value");
+    assert.ok(!key.encoded.includes("raw-session-id-value"));
+    assert.notEqual(key.encoded, ownershipKey("task", "raw-session-id-value").encoded);
+    assert.equal(key.encoded, ownershipKey("session", "raw-session-id-value").encoded);
+  });
+
+  it("namespaces keep records, counters and indexes apart", () => {
+    const encodings = [
+      ownedKey(scope, "session", "x").encoded,
+      ownerIndexKey(scope, "session").encoded,
+      counterKey("session", "x").encoded,
+      ownershipKey("session", "x").encoded,
+    ];
+    assert.equal(new Set(encodings.map((e) => e.split("/")[0])).size, 4);
+  });
+
+  it("refuses empty, oversized and ill-formed segments and bad kinds", () => {
+    const invalid = (fn: () => unknown) =>
+      assert.throws(fn, (e: unknown) => isGateError(e, "ERR_ARGUMENT_INVALID"));
+    invalid(() => ownedKey({ ...scope, tenant: "" }, "note", "x"));
+    invalid(() => ownedKey(scope, "note", "x".repeat(1025)));
+    invalid(() => ownedKey(scope, "note", "\udc00"));
+    invalid(() => ownedKey(scope, "note"));
+    invalid(() => ownedKey(scope, "Note", "x"));
+    invalid(() => counterKey("a/b"));
+  });
+});
