@@ -74,8 +74,10 @@ export class GateError extends Error {
 }
 
 export function toWire(code: GateErrorCode): WireError {
-  const form = wireForm[code];
-  return { status: form.status, code, message: form.message };
+  // A code outside the union can only arrive through a cast or plain JavaScript: answer as internal.
+  const known = Object.hasOwn(wireForm, code) ? code : "ERR_INTERNAL";
+  const form = wireForm[known];
+  return { status: form.status, code: known, message: form.message };
 }
 
 export function isGateError(value: unknown, code?: GateErrorCode): value is GateError {

@@ -3,15 +3,16 @@
  * The `tenantgate` command. Each subcommand is a small function; errors print a message that names
  * the setting at fault (never a secret) and exit non-zero.
  */
-import { chmod, writeFile } from "node:fs/promises";
-import { digest } from "../crypto/ids.ts";
+import { writeFile } from "node:fs/promises";
+import { digest, mintId } from "../crypto/ids.ts";
 import { generateMasterKey } from "../crypto/keyring.ts";
 import { GateError, isGateError } from "../errors.ts";
 
 const USAGE = `usage: tenantgate <command>
 
   keys generate [--out FILE]   print a new master key (base64url), or write it to FILE with mode 0600
-  keys digest                  read an API key on stdin and print the digest to put in auth.apiKeys[]
+  keys api-key                 print a new API key (256 bits) and the digest to put in auth.apiKeys[]
+  keys digest                  read an API key on stdin and print its digest (keys under 32 characters refused)
   demo                         the gateway on its embedded default (not built yet)
   help                         this text
 `;
@@ -28,8 +29,8 @@ async function keysCommand(args: string[]): Promise<number> {
     const key = generateMasterKey();
     if (rest[0] === "--out" && rest[1]) {
       // `wx`: never overwrite an existing key file (that would orphan everything sealed under it).
+      // Created with mode 0600 (umask only removes bits), so it is never readable by others.
       await writeFile(rest[1], `${key}\n`, { mode: 0o600, flag: "wx" });
-      await chmod(rest[1], 0o600);
       process.stderr.write(`wrote a new master key to ${rest[1]} (mode 0600)\n`);
       return 0;
     }
@@ -37,9 +38,23 @@ async function keysCommand(args: string[]): Promise<number> {
     process.stdout.write(`${key}\n`);
     return 0;
   }
+  if (action === "api-key") {
+    const apiKey = `tg_${mintId(32)}`;
+    process.stdout.write(
+      `api key (give to the client, store nowhere else): ${apiKey}\ndigest (auth.apiKeys[].digest): ${digest("api-key", apiKey)}\n`,
+    );
+    return 0;
+  }
   if (action === "digest") {
     const apiKey = await readStdin();
     if (!apiKey) throw new GateError("ERR_ARGUMENT_INVALID", "keys digest reads an API key on stdin");
+    // The digest is unkeyed (docs/decisions.md 3): a short, chosen key could be guessed from it.
+    if (apiKey.length < 32) {
+      throw new GateError(
+        "ERR_ARGUMENT_INVALID",
+        "an API key needs at least 32 characters; use keys api-key",
+      );
+    }
     process.stdout.write(`${digest("api-key", apiKey)}\n`);
     return 0;
   }
@@ -64,7 +79,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(USAGE);
       return command === undefined ? 2 : 0;
     default:
-      process.stderr.write(`tenantgate: unknown command "${command.slice(0, 40)}"\n${USAGE}`);
+      // The mistyped word is not echoed: it may be a secret pasted in the wrong place.
+      process.stderr.write(`tenantgate: unknown command\n${USAGE}`);
       return 2;
   }
 }
@@ -72,7 +88,13 @@ export async function main(argv: string[]): Promise<number> {
 try {
   process.exitCode = await main(process.argv.slice(2));
 } catch (error) {
-  const message = isGateError(error) ? `${error.code}: ${error.message}` : "unexpected error";
+  // System errors (EEXIST, EACCES) name a path the operator gave, never a secret: worth showing.
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const message = isGateError(error)
+    ? `${error.code}: ${error.message}`
+    : typeof code === "string" && /^E[A-Z]+$/.test(code)
+      ? (error as Error).message
+      : "unexpected error";
   process.stderr.write(`tenantgate: ${message}\n`);
   process.exitCode = 1;
 }

@@ -20,7 +20,9 @@ export function createIdentifierTagger(key: Uint8Array = randomBytes(32)): Ident
   const tagKey = Buffer.from(key);
   return {
     tag(value: string): string {
-      return createHmac("sha256", tagKey).update(value, "utf8").digest("hex").slice(0, TAG_HEX_LENGTH);
+      // UTF-16LE keeps lone surrogates distinct (UTF-8 would turn them all into U+FFFD), and a tag
+      // must never throw on the logging path, whatever the client sent.
+      return createHmac("sha256", tagKey).update(value, "utf16le").digest("hex").slice(0, TAG_HEX_LENGTH);
     },
   };
 }

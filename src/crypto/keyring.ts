@@ -1,5 +1,6 @@
 import { hkdfSync, randomBytes } from "node:crypto";
-import { readFile, stat } from "node:fs/promises";
+import { constants, open as openFile } from "node:fs/promises";
+import { resolve } from "node:path";
 import { GateError, invalidArgument } from "../errors.ts";
 
 /**
@@ -62,17 +63,29 @@ export class Keyring {
   }
 
   /**
-   * The 32-byte subkey for `purpose` under master key `keyId` (default: the active key). Cached:
-   * HKDF runs once per (key, purpose) per process.
+   * The 32-byte subkey for `purpose` under master key `keyId` (default: the active key). Sealing
+   * keys are not reachable from here (see `sealingKey`): the two derive from disjoint HKDF infos.
    */
   purposeKey(purpose: string, keyId: string = this.activeKeyId): Buffer {
     if (!PURPOSE.test(purpose)) throw invalidArgument("purpose", "must be a short lowercase name");
-    const cacheKey = `${keyId}\0${purpose}`;
+    return this.#derive(`tenantgate/purpose/${purpose}`, keyId);
+  }
+
+  /** The AES-256-GCM key for sealed values of `purpose`; used by `seal`/`open` only. */
+  sealingKey(purpose: string, keyId: string = this.activeKeyId): Buffer {
+    if (!PURPOSE.test(purpose)) throw invalidArgument("purpose", "must be a short lowercase name");
+    return this.#derive(`tenantgate/seal/${purpose}`, keyId);
+  }
+
+  /** HKDF-SHA256, cached: it runs once per (key, info) per process. */
+  #derive(info: string, keyId: string): Buffer {
+    // Neither a key id nor an info string can contain NUL, so the cache key is unambiguous.
+    const cacheKey = `${keyId}\0${info}`;
     const cached = this.#derived.get(cacheKey);
     if (cached) return cached;
     const master = this.#masterKeys.get(keyId);
     if (!master) throw invalidArgument("keyId", "must name a loaded key");
-    const derived = Buffer.from(hkdfSync("sha256", master, HKDF_SALT, `tenantgate/${purpose}`, 32));
+    const derived = Buffer.from(hkdfSync("sha256", master, HKDF_SALT, info, 32));
     this.#derived.set(cacheKey, derived);
     return derived;
   }
@@ -118,23 +131,40 @@ export async function loadMasterKey(
     return parseMasterKey(value, `environment variable ${name}`);
   }
   if (reference.startsWith("file:")) {
-    const { resolve } = await import("node:path");
-    const path = resolve(options.baseDir ?? process.cwd(), reference.slice(5));
-    let mode: number;
-    let text: string;
-    try {
-      mode = (await stat(path)).mode;
-      text = await readFile(path, "utf8");
-    } catch (cause) {
-      throw new GateError("ERR_KEY_INVALID", `key file ${path} cannot be read`, { cause });
-    }
-    if ((mode & 0o077) !== 0) {
-      throw new GateError(
-        "ERR_KEY_FILE_EXPOSED",
-        `key file ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}); chmod 600 it`,
-      );
-    }
-    return parseMasterKey(text, `key file ${path}`);
+    return readKeyFile(resolve(options.baseDir ?? process.cwd(), reference.slice(5)));
   }
   throw new GateError("ERR_KEY_INVALID", "a master key reference must start with env: or file:");
+}
+
+/**
+ * Reads a key file through one handle: the checks (`fstat`) and the read apply to the same file, so
+ * it cannot be swapped between them. Refused: anything but a regular file (a FIFO would block),
+ * a file readable by group or others (a key anyone on the host can read protects nothing), and a
+ * file owned by another user (who could replace it).
+ */
+async function readKeyFile(path: string): Promise<Buffer> {
+  let handle: Awaited<ReturnType<typeof openFile>>;
+  try {
+    // O_NONBLOCK: opening a FIFO must not hang; it is refused below.
+    handle = await openFile(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (cause) {
+    throw new GateError("ERR_KEY_INVALID", `key file ${path} cannot be read`, { cause });
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) throw new GateError("ERR_KEY_INVALID", `key file ${path} is not a regular file`);
+    if ((info.mode & 0o077) !== 0) {
+      throw new GateError(
+        "ERR_KEY_FILE_EXPOSED",
+        `key file ${path} is readable by group or others (mode ${(info.mode & 0o777).toString(8)}); chmod 600 it`,
+      );
+    }
+    const uid = process.geteuid?.();
+    if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
+      throw new GateError("ERR_KEY_FILE_EXPOSED", `key file ${path} is owned by another user`);
+    }
+    return parseMasterKey(await handle.readFile("utf8"), `key file ${path}`);
+  } finally {
+    await handle.close();
+  }
 }

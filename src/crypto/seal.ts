@@ -26,10 +26,23 @@ const IV_BYTES = 12;
 const TAG_BYTES = 16;
 /** Larger inputs are refused before any crypto runs. */
 export const MAX_SEALED_LENGTH = 1 << 20;
+/** The largest plaintext whose sealed form still fits MAX_SEALED_LENGTH (base64url is 4/3). */
+export const MAX_PLAINTEXT_BYTES = 768 * 1024 - 1024;
 const AAD_LABEL = "tenantgate/seal/v1";
 
-function subkeyPurpose(purpose: string): string {
-  return `seal/${purpose}`;
+/**
+ * The owner must name someone: an empty owner would bind nothing. Callers include everything the
+ * value must not be moved across (tenant, principal, upstream, record name).
+ */
+function checkContext(context: SealContext): void {
+  if (typeof context?.purpose !== "string" || !Array.isArray(context.owner) || context.owner.length === 0) {
+    throw invalidArgument("seal context", "must have a purpose and at least one owner segment");
+  }
+  for (const segment of context.owner) {
+    if (typeof segment !== "string" || segment.length === 0) {
+      throw invalidArgument("seal context owner", "must be non-empty strings");
+    }
+  }
 }
 
 /** Length-prefixed fields, so no two different contexts produce the same bytes. */
@@ -47,12 +60,15 @@ function associatedData(keyId: string, context: SealContext): Buffer {
 }
 
 export function seal(keyring: Keyring, plaintext: string | Uint8Array, context: SealContext): string {
+  checkContext(context);
+  const body = typeof plaintext === "string" ? Buffer.from(plaintext, "utf8") : plaintext;
+  // Refused here rather than sealed into something `open` would refuse: that would lose the data.
+  if (body.byteLength > MAX_PLAINTEXT_BYTES) throw invalidArgument("plaintext", "is too large to seal");
   const keyId = keyring.activeKeyId;
-  const key = keyring.purposeKey(subkeyPurpose(context.purpose), keyId);
+  const key = keyring.sealingKey(context.purpose, keyId);
   const iv = randomBytes(IV_BYTES);
   const cipher = createCipheriv("aes-256-gcm", key, iv, { authTagLength: TAG_BYTES });
   cipher.setAAD(associatedData(keyId, context));
-  const body = typeof plaintext === "string" ? Buffer.from(plaintext, "utf8") : plaintext;
   const ciphertext = Buffer.concat([cipher.update(body), cipher.final(), cipher.getAuthTag()]);
   return `${VERSION}.${keyId}.${iv.toString("base64url")}.${ciphertext.toString("base64url")}`;
 }
@@ -77,7 +93,8 @@ export function open(keyring: Keyring, sealed: string, context: SealContext): Bu
   const body = decodeCanonical(bodyPart);
   if (!iv || !body || iv.byteLength !== IV_BYTES || body.byteLength < TAG_BYTES) throw openFailed();
   try {
-    const key = keyring.purposeKey(subkeyPurpose(context.purpose), keyId);
+    checkContext(context);
+    const key = keyring.sealingKey(context.purpose, keyId);
     const decipher = createDecipheriv("aes-256-gcm", key, iv, { authTagLength: TAG_BYTES });
     decipher.setAAD(associatedData(keyId, context));
     decipher.setAuthTag(body.subarray(body.byteLength - TAG_BYTES));
@@ -93,6 +110,8 @@ export function openToString(keyring: Keyring, sealed: string, context: SealCont
 
 /** The key id a sealed value names, for lazy re-sealing after rotation; null if malformed. */
 export function sealedKeyId(sealed: string): string | null {
+  if (typeof sealed !== "string" || sealed.length > MAX_SEALED_LENGTH) return null;
   const parts = sealed.split(".");
-  return parts.length === 4 && parts[0] === VERSION ? (parts[1] ?? null) : null;
+  const keyId = parts[1] ?? "";
+  return parts.length === 4 && parts[0] === VERSION && /^[A-Za-z0-9_-]{1,32}$/.test(keyId) ? keyId : null;
 }

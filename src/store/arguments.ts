@@ -34,7 +34,12 @@ export function checkMember(member: string): void {
   if (!member.isWellFormed()) throw invalidArgument("member", "must be well-formed Unicode");
 }
 
-/** Counters stay within ±2^53 so every backend (JS numbers, SQLite/PostgreSQL bigint, Redis) agrees. */
+/**
+ * Bounded deltas keep counters far inside ±2^53, where every backend (JS numbers, SQLite and
+ * PostgreSQL bigint, Redis integers) agrees: reaching 2^53 would take 2^21 maximal increments.
+ */
+export const MAX_COUNTER_DELTA = 2 ** 32;
+
 export function checkCounter(
   delta: number,
   options: CounterOptions | undefined,
@@ -42,7 +47,9 @@ export function checkCounter(
   ttlMs: number | undefined;
   limit: number | undefined;
 } {
-  if (!Number.isSafeInteger(delta)) throw invalidArgument("delta", "must be a safe integer");
+  if (!Number.isSafeInteger(delta) || Math.abs(delta) > MAX_COUNTER_DELTA) {
+    throw invalidArgument("delta", `must be an integer from -${MAX_COUNTER_DELTA} to ${MAX_COUNTER_DELTA}`);
+  }
   const limit = options?.limit;
   if (limit !== undefined && !Number.isSafeInteger(limit)) {
     throw invalidArgument("limit", "must be a safe integer");

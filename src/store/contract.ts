@@ -30,8 +30,9 @@ export interface ClaimOutcome {
 
 export interface CounterOptions extends TtlOptions {
   /**
-   * Refuse the increment if the result would exceed this value. The check and the add are one
-   * atomic step, so a cap is never exceeded under concurrency.
+   * Refuse a positive `delta` if the result would exceed this value. The check and the add are one
+   * atomic step, so a cap is never exceeded under concurrency. A negative `delta` (a release) is
+   * never refused.
    */
   readonly limit?: number;
 }
@@ -64,7 +65,9 @@ export interface Store {
   /**
    * Deletes only if the stored value equals `expected` (atomically); true if it did. Lets a caller
    * inspect a single-use value and consume it only if it was presented by the right party, without
-   * destroying it otherwise.
+   * destroying it otherwise. An `expected` that is not well-formed Unicode never matches (no stored
+   * value can be ill-formed: `put` refuses them, and a driver's conversion to U+FFFD must not
+   * create a match).
    */
   takeIfEquals(key: RecordKey, expected: string): Promise<boolean>;
 
@@ -72,8 +75,13 @@ export interface Store {
   delete(key: RecordKey): Promise<boolean>;
 
   /**
-   * Adds `delta` (an integer, may be negative) to a counter that starts at 0. The TTL applies when
-   * the counter is created (or recreated after expiry) and is not extended by later increments.
+   * Adds `delta` (an integer, |delta| <= 2^32, may be negative) to a counter; an absent or expired
+   * counter reads as 0.
+   * - The result is floored at 0: a release that arrives after the counter expired cannot push it
+   *   negative and so raise the effective cap.
+   * - A counter that reaches 0 is removed (it takes no space; absent and 0 are the same).
+   * - The TTL applies when the counter is created (or recreated after expiry or removal) and is not
+   *   extended by later increments.
    */
   increment(key: CounterKey, delta: number, options?: CounterOptions): Promise<CounterOutcome>;
 
@@ -89,6 +97,6 @@ export interface Store {
   /** Resolves when the backend answers (readiness). */
   ping(): Promise<void>;
 
-  /** Releases connections and timers. Further calls reject. */
+  /** Releases connections and timers. Further calls reject. Closing twice is harmless. */
   close(): Promise<void>;
 }

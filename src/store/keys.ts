@@ -74,10 +74,21 @@ function scopeSegments(scope: OwnerScope): string[] {
   return [scope.tenant, scope.issuer, scope.subject];
 }
 
-/** The global ownership record for `id` of `kind` (session, task, upload, code, …). */
-export function ownershipKey(kind: string, id: string): RecordKey {
+/**
+ * The global ownership record for an id of `kind` (session, task, upload, code, …).
+ *
+ * An id is named by one or more parts. Ids tenantgate mints are globally unique and need one part;
+ * an id chosen by someone else is unique only where it was chosen, so it must be named with that
+ * place: a task id is `ownershipKey("task", upstreamName, taskId)`, or two upstreams that both
+ * number their tasks 1, 2, 3 would share owner records. Parts are length-prefixed before digesting,
+ * so ("ab", "c") and ("a", "bc") are different ids.
+ */
+export function ownershipKey(kind: string, ...idParts: [string, ...string[]]): RecordKey {
   checkKind(kind);
-  return build("own", [kind, digest(kind, id)]) as RecordKey;
+  if (idParts.length === 0) throw invalidArgument("idParts", "must name the id");
+  // Always length-prefixed, so a one-part id can never spell the encoding of a two-part one.
+  const named = idParts.map((part) => `${part.length}:${part}`).join("");
+  return build("own", [kind, digest(kind, named)]) as RecordKey;
 }
 
 /** Data owned by one principal, e.g. `ownedKey(scope, "vault", "github_token")`. */
@@ -93,7 +104,11 @@ export function ownerIndexKey(scope: OwnerScope, kind: string): IndexKey {
   return build("index", [...scopeSegments(scope), kind]) as IndexKey;
 }
 
-/** A counter, e.g. `counterKey("sessions-per-tenant", tenant)`. */
+/**
+ * A counter, e.g. `counterKey("sessions-per-principal", tenant, issuer, subject)`. A tenant is named
+ * by whoever asserts it: a tenant-level counter includes the issuer too, or two issuers that both
+ * assert a tenant called "acme" would share its caps.
+ */
 export function counterKey(kind: string, ...parts: string[]): CounterKey {
   checkKind(kind);
   return build("count", [kind, ...parts]) as CounterKey;

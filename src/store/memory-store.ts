@@ -1,4 +1,4 @@
-import { GateError } from "../errors.ts";
+import { GateError, invalidArgument } from "../errors.ts";
 import { checkCounter, checkMember, checkTtl, checkValue, storeClosed } from "./arguments.ts";
 import type { ClaimOutcome, CounterOptions, CounterOutcome, Store, TtlOptions } from "./contract.ts";
 import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
@@ -6,16 +6,19 @@ import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
 /**
  * An in-process store for single-replica deployments and tests.
  *
- * Bounded: past `maxEntries` live entries (records + counters + index members) it refuses new ones
- * with `ERR_STORE_FULL` and never evicts a live entry, so one principal creating state without end
- * cannot push out another's (THREATS L6). Expired entries are swept lazily and on a timer.
+ * Bounded twice, by entries and by (approximate) bytes: past either bound it refuses new entries
+ * with `ERR_STORE_FULL` and never evicts a live one, so one principal creating state without end
+ * cannot push out another's (THREATS L6). Per-principal caps, applied before any write, keep one
+ * principal from filling it in the first place.
  *
  * Every method body runs without an `await`, so each operation is atomic on the event loop.
  */
 
 export interface MemoryStoreOptions {
-  /** Live entries allowed before new ones are refused. Default 100,000. */
+  /** Live entries (records + counters + index members) allowed. Default 100,000. */
   readonly maxEntries?: number;
+  /** Approximate bytes of keys and values allowed. Default 256 MiB. */
+  readonly maxBytes?: number;
   /** How often expired entries are swept. Default 30 s. */
   readonly sweepIntervalMs?: number;
   /** Clock, for tests. */
@@ -28,21 +31,44 @@ interface Entry<T> {
   expiresAt: number;
 }
 
+/** Rough per-entry overhead in bytes (map slot, entry object). */
+const ENTRY_OVERHEAD = 64;
+
+function positiveIntegerOption(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value <= 0) throw invalidArgument(name, "must be a positive integer");
+  return value;
+}
+
+/** JS strings are UTF-16: two bytes a code unit. */
+function recordBytes(encodedKey: string, value: string): number {
+  return 2 * (encodedKey.length + value.length) + ENTRY_OVERHEAD;
+}
+
 export class MemoryStore implements Store {
   readonly backend = "memory" as const;
   readonly #records = new Map<string, Entry<string>>();
   readonly #counters = new Map<string, Entry<number>>();
   readonly #indexes = new Map<string, Map<string, number>>();
   readonly #maxEntries: number;
+  readonly #maxBytes: number;
   readonly #now: () => number;
   readonly #sweepTimer: NodeJS.Timeout;
   #entries = 0;
+  #bytes = 0;
+  /**
+   * No entry expires before this time (a lower bound; it may be stale-low after deletions). A full
+   * store sweeps only once this has passed, so refusing a flood of writes costs O(1) each.
+   */
+  #earliestExpiry = Number.POSITIVE_INFINITY;
   #closed = false;
 
   constructor(options: MemoryStoreOptions = {}) {
-    this.#maxEntries = options.maxEntries ?? 100_000;
+    this.#maxEntries = positiveIntegerOption("maxEntries", options.maxEntries, 100_000);
+    this.#maxBytes = positiveIntegerOption("maxBytes", options.maxBytes, 256 * 1024 * 1024);
+    const sweepIntervalMs = positiveIntegerOption("sweepIntervalMs", options.sweepIntervalMs, 30_000);
     this.#now = options.now ?? Date.now;
-    this.#sweepTimer = setInterval(() => this.#sweep(), options.sweepIntervalMs ?? 30_000);
+    this.#sweepTimer = setInterval(() => this.#sweep(), sweepIntervalMs);
     this.#sweepTimer.unref();
   }
 
@@ -63,12 +89,15 @@ export class MemoryStore implements Store {
     const expiresAt = this.#expiry(checkTtl(options));
     const existing = this.#live(this.#records, key.encoded);
     if (existing) {
+      const growth = recordBytes(key.encoded, value) - recordBytes(key.encoded, existing.value);
+      if (growth > 0) this.#reserve(growth, false);
+      else this.#bytes += growth;
       existing.value = value;
       existing.expiresAt = expiresAt;
+      this.#noteExpiry(expiresAt);
       return;
     }
-    this.#reserve();
-    this.#records.set(key.encoded, { value, expiresAt });
+    this.#insertRecord(key.encoded, value, expiresAt);
   }
 
   async claim(key: RecordKey, value: string, options?: TtlOptions): Promise<ClaimOutcome> {
@@ -77,8 +106,7 @@ export class MemoryStore implements Store {
     const expiresAt = this.#expiry(checkTtl(options));
     const existing = this.#live(this.#records, key.encoded);
     if (existing) return { won: false, winner: existing.value };
-    this.#reserve();
-    this.#records.set(key.encoded, { value, expiresAt });
+    this.#insertRecord(key.encoded, value, expiresAt);
     return { won: true, winner: value };
   }
 
@@ -86,8 +114,7 @@ export class MemoryStore implements Store {
     this.#open();
     const existing = this.#live(this.#records, key.encoded);
     if (!existing) return null;
-    this.#records.delete(key.encoded);
-    this.#entries--;
+    this.#deleteRecord(key.encoded, existing);
     return existing.value;
   }
 
@@ -95,8 +122,7 @@ export class MemoryStore implements Store {
     this.#open();
     const existing = this.#live(this.#records, key.encoded);
     if (!existing || existing.value !== expected) return false;
-    this.#records.delete(key.encoded);
-    this.#entries--;
+    this.#deleteRecord(key.encoded, existing);
     return true;
   }
 
@@ -109,13 +135,21 @@ export class MemoryStore implements Store {
     const { ttlMs, limit } = checkCounter(delta, options);
     const existing = this.#live(this.#counters, key.encoded);
     const current = existing?.value ?? 0;
-    const next = current + delta;
-    if (limit !== undefined && next > limit) return { applied: false, value: current };
-    if (existing) {
+    if (limit !== undefined && delta > 0 && current + delta > limit)
+      return { applied: false, value: current };
+    const next = Math.max(0, current + delta);
+    if (next === 0) {
+      if (existing) {
+        this.#counters.delete(key.encoded);
+        this.#release(recordBytes(key.encoded, ""));
+      }
+    } else if (existing) {
       existing.value = next;
     } else {
-      this.#reserve();
-      this.#counters.set(key.encoded, { value: next, expiresAt: this.#expiry(ttlMs) });
+      this.#reserve(recordBytes(key.encoded, ""), true);
+      const expiresAt = this.#expiry(ttlMs);
+      this.#counters.set(key.encoded, { value: next, expiresAt });
+      this.#noteExpiry(expiresAt);
     }
     return { applied: true, value: next };
   }
@@ -124,22 +158,21 @@ export class MemoryStore implements Store {
     this.#open();
     checkMember(member);
     const expiresAt = this.#expiry(checkTtl(options));
-    let members = this.#indexes.get(key.encoded);
+    const members = this.#indexes.get(key.encoded);
     const existing = members?.get(member);
-    if (existing !== undefined && existing > this.#now()) {
-      members?.set(member, expiresAt);
+    if (members && existing !== undefined && existing > this.#now()) {
+      members.set(member, expiresAt);
+      this.#noteExpiry(expiresAt);
       return;
     }
-    if (existing !== undefined) {
-      members?.delete(member);
-      this.#entries--;
+    if (members && existing !== undefined) {
+      members.delete(member);
+      this.#release(recordBytes(key.encoded, member));
     }
-    this.#reserve();
-    if (!members) {
-      members = new Map();
-      this.#indexes.set(key.encoded, members);
-    }
-    members.set(member, expiresAt);
+    this.#reserve(recordBytes(key.encoded, member), true);
+    if (members) members.set(member, expiresAt);
+    else this.#indexes.set(key.encoded, new Map([[member, expiresAt]]));
+    this.#noteExpiry(expiresAt);
   }
 
   async indexRemove(key: IndexKey, member: string): Promise<boolean> {
@@ -148,7 +181,7 @@ export class MemoryStore implements Store {
     const expiresAt = members?.get(member);
     if (!members || expiresAt === undefined) return false;
     members.delete(member);
-    this.#entries--;
+    this.#release(recordBytes(key.encoded, member));
     if (members.size === 0) this.#indexes.delete(key.encoded);
     return expiresAt > this.#now();
   }
@@ -176,6 +209,7 @@ export class MemoryStore implements Store {
     this.#counters.clear();
     this.#indexes.clear();
     this.#entries = 0;
+    this.#bytes = 0;
   }
 
   #open(): void {
@@ -186,45 +220,75 @@ export class MemoryStore implements Store {
     return ttlMs === undefined ? Number.POSITIVE_INFINITY : this.#now() + ttlMs;
   }
 
+  #noteExpiry(expiresAt: number): void {
+    if (expiresAt < this.#earliestExpiry) this.#earliestExpiry = expiresAt;
+  }
+
+  #insertRecord(encoded: string, value: string, expiresAt: number): void {
+    this.#reserve(recordBytes(encoded, value), true);
+    this.#records.set(encoded, { value, expiresAt });
+    this.#noteExpiry(expiresAt);
+  }
+
+  #deleteRecord(encoded: string, entry: Entry<string>): void {
+    this.#records.delete(encoded);
+    this.#release(recordBytes(encoded, entry.value));
+  }
+
   /** The live entry, dropping it first if it has expired. */
   #live<T>(map: Map<string, Entry<T>>, encoded: string): Entry<T> | undefined {
     const entry = map.get(encoded);
     if (!entry) return undefined;
     if (entry.expiresAt > this.#now()) return entry;
     map.delete(encoded);
-    this.#entries--;
+    this.#release(recordBytes(encoded, typeof entry.value === "string" ? entry.value : ""));
     return undefined;
   }
 
-  /** Counts one new entry, or refuses it when full (after reclaiming what has expired). */
-  #reserve(): void {
-    if (this.#entries >= this.#maxEntries) this.#sweep();
-    if (this.#entries >= this.#maxEntries) {
+  /**
+   * Accounts for `bytes` more (and one more entry when `newEntry`), or refuses when a bound would be
+   * passed, after reclaiming what has expired if anything can have.
+   */
+  #reserve(bytes: number, newEntry: boolean): void {
+    const entries = newEntry ? 1 : 0;
+    const fits = () => this.#entries + entries <= this.#maxEntries && this.#bytes + bytes <= this.#maxBytes;
+    if (!fits() && this.#earliestExpiry <= this.#now()) this.#sweep();
+    if (!fits()) {
       throw new GateError("ERR_STORE_FULL", "store full", {
-        detail: `memory store holds its maximum of ${this.#maxEntries} entries`,
+        detail: "memory store is at its entry or byte bound",
       });
     }
-    this.#entries++;
+    this.#entries += entries;
+    this.#bytes += bytes;
+  }
+
+  #release(bytes: number): void {
+    this.#entries--;
+    this.#bytes -= bytes;
   }
 
   #sweep(): void {
     const now = this.#now();
-    for (const map of [this.#records, this.#counters] as Map<string, Entry<unknown>>[]) {
-      for (const [encoded, entry] of map) {
-        if (entry.expiresAt <= now) {
-          map.delete(encoded);
-          this.#entries--;
-        }
-      }
+    let earliest = Number.POSITIVE_INFINITY;
+    for (const [encoded, entry] of this.#records) {
+      if (entry.expiresAt <= now) this.#deleteRecord(encoded, entry);
+      else earliest = Math.min(earliest, entry.expiresAt);
+    }
+    for (const [encoded, entry] of this.#counters) {
+      if (entry.expiresAt <= now) {
+        this.#counters.delete(encoded);
+        this.#release(recordBytes(encoded, ""));
+      } else earliest = Math.min(earliest, entry.expiresAt);
     }
     for (const [encoded, members] of this.#indexes) {
       for (const [member, expiresAt] of members) {
         if (expiresAt <= now) {
           members.delete(member);
-          this.#entries--;
-        }
+          this.#release(recordBytes(encoded, member));
+        } else earliest = Math.min(earliest, expiresAt);
       }
       if (members.size === 0) this.#indexes.delete(encoded);
     }
+    this.#earliestExpiry = earliest;
   }
 }

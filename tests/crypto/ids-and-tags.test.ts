@@ -68,6 +68,12 @@ describe("identifier tags for logs", () => {
     assert.notEqual(tagger.tag("session-id-valuf"), tag);
   });
 
+  it("keep lone surrogates distinct from U+FFFD and never throw on them", () => {
+    const tagger = createIdentifierTagger();
+    assert.notEqual(tagger.tag("\ud800"), tagger.tag("\ufffd"));
+    assert.notEqual(tagger.tag("\ud800"), tagger.tag("\udc00"));
+  });
+
   it("refuse a short key", () => {
     assert.throws(
       () => createIdentifierTagger(randomBytes(16)),

@@ -72,6 +72,14 @@ describe("master keys", () => {
     }
   });
 
+  it("refuses a key path that is not a regular file (a FIFO would block, a folder is not a key)", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const fifo = join(dir, "key.fifo");
+    execFileSync("mkfifo", ["-m", "600", fifo]);
+    await assert.rejects(loadMasterKey(`file:${fifo}`), (e: unknown) => isGateError(e, "ERR_KEY_INVALID"));
+    await assert.rejects(loadMasterKey(`file:${dir}`), (e: unknown) => isGateError(e, "ERR_KEY_INVALID"));
+  });
+
   it("refuses an unknown reference scheme and a missing file", async () => {
     await assert.rejects(loadMasterKey("plain-key-text"), (e: unknown) => isGateError(e, "ERR_KEY_INVALID"));
     await assert.rejects(loadMasterKey(`file:${join(dir, "nope.key")}`), (e: unknown) =>

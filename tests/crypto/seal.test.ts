@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { Keyring } from "../../src/crypto/keyring.ts";
-import { open, openToString, seal, sealedKeyId } from "../../src/crypto/seal.ts";
+import { MAX_PLAINTEXT_BYTES, open, openToString, seal, sealedKeyId } from "../../src/crypto/seal.ts";
 import { isGateError } from "../../src/errors.ts";
 import { ownedKey } from "../../src/store/keys.ts";
 import { MemoryStore } from "../../src/store/memory-store.ts";
@@ -121,7 +121,32 @@ describe("seal and open", () => {
     const fresh = seal(after, "new", alice);
     assert.equal(sealedKeyId(fresh), "k2");
     assert.equal(sealedKeyId(old), "k1");
+    for (const malformed of ["v1..a.b", "v1.k.1.a.b", "v2.k1.a.b", "v1.k/1.a.b"])
+      assert.equal(sealedKeyId(malformed), null);
     assertOpenFails(() => open(keyring(["k2"], "k2"), old, alice), "key removed");
+  });
+
+  it("refuses an empty owner, ill-typed contexts, and plaintext too large to open again", () => {
+    const ring = Keyring.ephemeral();
+    const invalid = (fn: () => unknown) =>
+      assert.throws(fn, (e: unknown) => isGateError(e, "ERR_ARGUMENT_INVALID"));
+    invalid(() => seal(ring, "x", { purpose: "vault", owner: [] }));
+    invalid(() => seal(ring, "x", { purpose: "vault", owner: [""] }));
+    invalid(() => seal(ring, "x", { purpose: undefined, owner: ["a"] } as never));
+    invalid(() => seal(ring, "x", { purpose: "vault", owner: [1] } as never));
+    invalid(() => seal(ring, Buffer.alloc(MAX_PLAINTEXT_BYTES + 1), alice));
+    const largest = seal(ring, Buffer.alloc(MAX_PLAINTEXT_BYTES, 7), alice);
+    assert.equal(
+      open(ring, largest, alice).byteLength,
+      MAX_PLAINTEXT_BYTES,
+      "the largest sealable value opens",
+    );
+    assertOpenFails(() => open(ring, largest, { purpose: "vault", owner: [] }), "empty owner on open");
+  });
+
+  it("sealing keys are not reachable as purpose keys", () => {
+    const ring = Keyring.ephemeral();
+    assert.notDeepEqual(ring.purposeKey("seal/vault"), ring.sealingKey("vault"));
   });
 
   it("a different master key with the same id does not open it", () => {

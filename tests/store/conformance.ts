@@ -303,6 +303,36 @@ export const conformanceCases: readonly ConformanceCase[] = [
     },
   },
   {
+    name: "counters never go below zero, a release is never refused by the limit, and a counter at zero is gone",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const absent = counterKey("test-floor", unique("c"));
+        assert.deepEqual(
+          await store.increment(absent, -3),
+          { applied: true, value: 0 },
+          "release of nothing",
+        );
+        assert.deepEqual(await store.increment(absent, 2), { applied: true, value: 2 });
+        assert.deepEqual(await store.increment(absent, -5), { applied: true, value: 0 }, "floored at zero");
+        const capped = counterKey("test-floor", unique("c"));
+        await store.increment(capped, 5);
+        assert.deepEqual(await store.increment(capped, -1, { limit: 2 }), { applied: true, value: 4 });
+        // A counter that reached zero was removed: the next increment starts a fresh TTL window.
+        const windowed = counterKey("test-floor", unique("c"));
+        await store.increment(windowed, 1, { ttlMs: 500 });
+        await store.increment(windowed, -1);
+        await sleep(300);
+        await store.increment(windowed, 1, { ttlMs: 500 });
+        await sleep(350);
+        assert.deepEqual(
+          await store.increment(windowed, 0),
+          { applied: true, value: 1 },
+          "recreated with a new TTL",
+        );
+      });
+    },
+  },
+  {
     name: "counter race: 1,000 concurrent increments over two handles are exact, and a limit is never exceeded",
     async run(fixture) {
       await withRacers(fixture, async (racers) => {
@@ -394,6 +424,21 @@ export const conformanceCases: readonly ConformanceCase[] = [
     },
   },
   {
+    name: "ill-formed Unicode never matches a stored U+FFFD (no driver conversion creates a match)",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = ownershipKey("code", unique("c"));
+        await store.put(key, "\ufffd");
+        assert.equal(await store.takeIfEquals(key, "\ud800"), false);
+        assert.equal(await store.get(key), "\ufffd");
+        const index = ownerIndexKey({ ...scopeA, subject: unique("s") }, "session");
+        await store.indexAdd(index, "\ufffd");
+        assert.equal(await store.indexRemove(index, "\udc00"), false);
+        assert.deepEqual(await store.indexList(index), ["\ufffd"]);
+      });
+    },
+  },
+  {
     name: "invalid arguments are refused alike on every backend",
     async run(fixture) {
       await withStore(fixture, async (store) => {
@@ -406,6 +451,11 @@ export const conformanceCases: readonly ConformanceCase[] = [
           store.increment(counterKey("c", unique("c")), 0.5),
           "ERR_ARGUMENT_INVALID",
           "fractional delta",
+        );
+        await expectCode(
+          store.increment(counterKey("c", unique("c")), 2 ** 32 + 1),
+          "ERR_ARGUMENT_INVALID",
+          "delta beyond 2^32",
         );
         await expectCode(
           store.indexAdd(ownerIndexKey(scopeA, "s"), ""),

@@ -64,6 +64,35 @@ describe("memory store bounds (L6)", () => {
     await store.close();
   });
 
+  it("L6 the byte bound refuses a new entry that would pass it, and growing an entry past it", async () => {
+    const store = new MemoryStore({ maxBytes: 4_000 });
+    await store.put(ownedKey(scope, "note", "victim"), "v".repeat(1_000));
+    await assert.rejects(store.put(ownedKey(scope, "note", "big"), "x".repeat(1_000)), (e) =>
+      isGateError(e, "ERR_STORE_FULL"),
+    );
+    await assert.rejects(store.put(ownedKey(scope, "note", "victim"), "v".repeat(2_000)), (e) =>
+      isGateError(e, "ERR_STORE_FULL"),
+    );
+    assert.equal(await store.get(ownedKey(scope, "note", "victim")), "v".repeat(1_000));
+    await store.put(ownedKey(scope, "note", "victim"), "short");
+    await store.put(ownedKey(scope, "note", "next"), "x".repeat(1_000));
+    await store.close();
+  });
+
+  it("refuses bounds that are not positive integers", () => {
+    for (const maxEntries of [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY]) {
+      assert.throws(
+        () => new MemoryStore({ maxEntries }),
+        (e) => isGateError(e, "ERR_ARGUMENT_INVALID"),
+        `${maxEntries}`,
+      );
+    }
+    assert.throws(
+      () => new MemoryStore({ sweepIntervalMs: 0 }),
+      (e) => isGateError(e, "ERR_ARGUMENT_INVALID"),
+    );
+  });
+
   it("openStore('memory:?maxEntries=N') applies the bound", async () => {
     const store = await openStore("memory:?maxEntries=1");
     await store.put(ownedKey(scope, "note", "a"), "a");

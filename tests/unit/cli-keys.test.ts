@@ -41,15 +41,32 @@ describe("tenantgate keys", () => {
     assert.equal(await readFile(path, "utf8"), key);
   });
 
-  it("digest prints the digest an API key is stored under", async () => {
-    const { stdout } = await tenantgate(["keys", "digest"], "tg_live_example_key\n");
-    assert.equal(stdout.trim(), digest("api-key", "tg_live_example_key"));
+  it("digest prints the digest an API key is stored under, and refuses a short key", async () => {
+    const apiKey = "tg_live_example_key_with_enough_length";
+    const { stdout } = await tenantgate(["keys", "digest"], `${apiKey}\n`);
+    assert.equal(stdout.trim(), digest("api-key", apiKey));
+    await assert.rejects(
+      tenantgate(["keys", "digest"], "password\n"),
+      (error: { code?: number; stderr?: string }) => {
+        assert.equal(error.code, 1);
+        assert.ok(!(error.stderr ?? "").includes("password"), "the key is not echoed");
+        return true;
+      },
+    );
   });
 
-  it("an unknown command exits 2 with the usage", async () => {
-    await assert.rejects(tenantgate(["nope"]), (error: { code?: number; stderr?: string }) => {
+  it("api-key prints a 256-bit key and its digest", async () => {
+    const { stdout } = await tenantgate(["keys", "api-key"]);
+    const apiKey = /api key[^:]*: (tg_[A-Za-z0-9_-]+)/.exec(stdout)?.[1];
+    assert.ok(apiKey && Buffer.from(apiKey.slice(3), "base64url").byteLength === 32);
+    assert.match(stdout, new RegExp(`digest[^:]*: ${digest("api-key", apiKey).replace(/[-]/g, "\\-")}`));
+  });
+
+  it("an unknown command exits 2 with the usage, without echoing it", async () => {
+    await assert.rejects(tenantgate(["sk_pasted_secret"]), (error: { code?: number; stderr?: string }) => {
       assert.equal(error.code, 2);
       assert.match(error.stderr ?? "", /usage: tenantgate/);
+      assert.ok(!(error.stderr ?? "").includes("sk_pasted_secret"));
       return true;
     });
   });

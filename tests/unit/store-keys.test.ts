@@ -33,6 +33,15 @@ describe("store key builder", () => {
     assert.equal(key.encoded, ownershipKey("session", "raw-session-id-value").encoded);
   });
 
+  it("an id chosen elsewhere is named with where it was chosen; parts cannot be re-split", () => {
+    assert.notEqual(
+      ownershipKey("task", "upstream-a", "1").encoded,
+      ownershipKey("task", "upstream-b", "1").encoded,
+    );
+    assert.notEqual(ownershipKey("task", "ab", "c").encoded, ownershipKey("task", "a", "bc").encoded);
+    assert.notEqual(ownershipKey("task", "2:ab1:c").encoded, ownershipKey("task", "ab", "c").encoded);
+  });
+
   it("namespaces keep records, counters and indexes apart", () => {
     const encodings = [
       ownedKey(scope, "session", "x").encoded,
