@@ -95,6 +95,7 @@ interface Statements {
   readonly counterGet: StatementSync;
   readonly counterCreate: StatementSync;
   readonly counterUpdate: StatementSync;
+  readonly counterDelete: StatementSync;
   readonly indexAdd: StatementSync;
   readonly indexRemove: StatementSync;
   readonly indexList: StatementSync;
@@ -120,6 +121,8 @@ function prepareStatements(db: DatabaseSync): Statements {
     ),
     // Later increments do not extend the TTL, so the expiry is left as it is.
     counterUpdate: db.prepare("UPDATE counters SET value = :value WHERE key = :key"),
+    // A counter at zero is removed (the contract: absent and 0 are the same, and it takes no space).
+    counterDelete: db.prepare("DELETE FROM counters WHERE key = :key"),
     indexAdd: db.prepare(
       `INSERT INTO index_members (index_key, member, expires_at) VALUES (:key, :member, :expiresAt)
        ON CONFLICT (index_key, member) DO UPDATE SET expires_at = excluded.expires_at`,
@@ -261,11 +264,15 @@ class SqliteStore implements Store {
     return this.#immediate(() => {
       const row = this.#statements.counterGet.get({ key: key.encoded, now: Date.now() });
       const current = row ? Number(row["value"]) : 0;
-      const next = current + delta;
-      if (limit !== undefined && next > limit) return { applied: false, value: current };
+      // The limit holds back increases only: a release is never refused.
+      if (limit !== undefined && delta > 0 && current + delta > limit)
+        return { applied: false, value: current };
+      const next = Math.max(0, current + delta);
       // Beyond 2^53 SQLite would keep an exact integer that JavaScript cannot read back.
       if (!Number.isSafeInteger(next)) throw invalidArgument("delta", "would take the counter past 2^53");
-      if (row) this.#statements.counterUpdate.run({ key: key.encoded, value: next });
+      if (next === 0) {
+        if (row) this.#statements.counterDelete.run({ key: key.encoded });
+      } else if (row) this.#statements.counterUpdate.run({ key: key.encoded, value: next });
       else this.#statements.counterCreate.run({ key: key.encoded, value: next, expiresAt: expiry(ttlMs) });
       return { applied: true, value: next };
     });
