@@ -152,6 +152,37 @@ describe("postgres store", { skip: backend.skip }, () => {
     }
   });
 
+  it("racers for an expired claim or counter over two processes: one winner, an exact count", async () => {
+    const url = storeUrl(newSchema());
+    const racers = [await openStore(url), await openRemoteStore(url, "postgres")];
+    try {
+      for (let round = 0; round < 3; round++) {
+        // An expired row is still in the table until swept: the racers take the replace path.
+        const owner = ownershipKey("session", randomUUID());
+        const counter = counterKey("window", randomUUID());
+        await racers[0]!.claim(owner, "expired-owner", { ttlMs: 50 });
+        await racers[0]!.increment(counter, 7, { ttlMs: 50 });
+        await sleep(150);
+        const claims = await Promise.all(
+          Array.from({ length: 1_000 }, (_, i) =>
+            racers[i % 2]!.claim(owner, `owner-${i}`, { ttlMs: 60_000 }),
+          ),
+        );
+        const winners = claims.filter((outcome) => outcome.won);
+        assert.equal(winners.length, 1, `round ${round}`);
+        assert.ok(claims.every((outcome) => outcome.winner === winners[0]!.winner));
+        assert.notEqual(winners[0]!.winner, "expired-owner");
+        const increments = await Promise.all(
+          Array.from({ length: 1_000 }, (_, i) => racers[i % 2]!.increment(counter, 1, { ttlMs: 60_000 })),
+        );
+        assert.ok(increments.every((outcome) => outcome.applied));
+        assert.deepEqual(await racers[1]!.increment(counter, 0), { applied: true, value: 1_000 });
+      }
+    } finally {
+      await Promise.all(racers.map((store) => store.close()));
+    }
+  });
+
   it("a refused first increment creates nothing: a later one starts the TTL afresh", async () => {
     const store = await openStore(storeUrl(newSchema()));
     try {
