@@ -1,4 +1,24 @@
-import type { Store } from "./contract.ts";
+import { Socket } from "node:net";
+import pg from "pg";
+import { GateError, invalidArgument } from "../errors.ts";
+import {
+  checkCounter,
+  checkMember,
+  checkTtl,
+  checkValue,
+  storeClosed,
+  storeUnavailable,
+} from "./arguments.ts";
+import type { ClaimOutcome, CounterOptions, CounterOutcome, Store, TtlOptions } from "./contract.ts";
+import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
+
+/**
+ * The PostgreSQL backend, for deployments with several replicas.
+ *
+ * Every operation is one SQL statement (atomic on its own, one round trip); the argument for each
+ * is written beside its SQL below. Time comes from the database (`now()`), so replicas with skewed
+ * clocks agree on what has expired. docs/storage-schema.md describes the tables.
+ */
 
 export interface PostgresStoreOptions {
   /** postgres:// URL without query parameters (may carry a password: never log it). */
@@ -9,8 +29,651 @@ export interface PostgresStoreOptions {
   readonly timeoutMs?: number;
   /** Connections in the pool (keep small: the server allows 100 in all). */
   readonly poolSize?: number;
+  /** How often expired rows are deleted. Default 60 s. */
+  readonly sweepIntervalMs?: number;
 }
 
-export async function openPostgresStore(_options: PostgresStoreOptions): Promise<Store> {
-  throw new Error("postgres store: not built yet");
+const BACKEND = "postgres";
+const DEFAULT_TIMEOUT_MS = 1_000;
+const DEFAULT_POOL_SIZE = 4;
+const DEFAULT_SWEEP_INTERVAL_MS = 60_000;
+const SWEEP_BATCH = 1_000;
+/** Batches per table per sweep, so one sweep never holds a connection for long. */
+const SWEEP_MAX_BATCHES = 20;
+// Same rule as open-store.ts, checked again because this module is also a public entry point
+// (`tenantgate/store/postgres`) that callers may reach without going through openStore.
+const SCHEMA_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+
+// ---------------------------------------------------------------------------------------------
+// Migrations. Each entry runs once per schema, in order, inside the migration transaction.
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Keys are `text COLLATE "C"`: they are ASCII (keys.ts percent-encodes every segment), and byte
+ * order makes equality exact and independent of the database's locale. Values and index members
+ * are `bytea` holding UTF-8: the contract accepts any well-formed string, including U+0000, which
+ * PostgreSQL `text` cannot hold, and bytea does not depend on the database encoding.
+ *
+ * `last_claim_won` and `last_increment_applied` record the outcome of the statement that wrote the
+ * row version; `claim` and `increment` always write the row and read their own outcome back from
+ * RETURNING (see the atomicity arguments below).
+ */
+const MIGRATIONS: readonly ((schema: string) => string)[] = [
+  (s) => `
+    CREATE TABLE ${s}.records (
+      key text COLLATE "C" PRIMARY KEY,
+      value bytea NOT NULL,
+      expires_at timestamptz,
+      last_claim_won boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX records_expires_at ON ${s}.records (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE ${s}.counters (
+      key text COLLATE "C" PRIMARY KEY,
+      value bigint NOT NULL,
+      expires_at timestamptz,
+      last_increment_applied boolean NOT NULL DEFAULT true
+    );
+    CREATE INDEX counters_expires_at ON ${s}.counters (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE ${s}.index_members (
+      index_key text COLLATE "C" NOT NULL,
+      member bytea NOT NULL,
+      expires_at timestamptz,
+      PRIMARY KEY (index_key, member)
+    );
+    CREATE INDEX index_members_expires_at ON ${s}.index_members (expires_at)
+      WHERE expires_at IS NOT NULL;
+  `,
+];
+
+/** The schema version this release writes and understands. */
+export const POSTGRES_SCHEMA_VERSION = MIGRATIONS.length;
+
+function quoteIdentifier(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/**
+ * Brings `schema` to POSTGRES_SCHEMA_VERSION. Runs in one transaction under an advisory lock keyed
+ * by the schema name, so processes opening a new schema at once queue instead of racing on
+ * CREATE (which would fail one of them with a unique violation on the catalog). The lock is
+ * transaction-scoped, so it is released by COMMIT, ROLLBACK or a dropped connection, and it works
+ * behind a transaction-pooling proxy. DDL runs only when something is missing, so a role without
+ * CREATE can run tenantgate on a schema an administrator has migrated.
+ */
+async function migrate(client: pg.PoolClient, schema: string, timeoutMs: number): Promise<void> {
+  const s = quoteIdentifier(schema);
+  // SET LOCAL rather than startup parameters: poolers such as PgBouncer refuse unknown startup
+  // parameters. The idle timeout frees the lock if this process stalls mid-migration.
+  await client.query(
+    `BEGIN; SET LOCAL statement_timeout = ${timeoutMs}; ` +
+      `SET LOCAL idle_in_transaction_session_timeout = ${timeoutMs}`,
+  );
+  await client.query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", [
+    `tenantgate/migrate/${schema}`,
+  ]);
+  const found = await client.query<{ has_schema: boolean; has_table: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS has_schema,
+            to_regclass($2) IS NOT NULL AS has_table`,
+    [schema, `${s}.migrations`],
+  );
+  const { has_schema: hasSchema, has_table: hasTable } = found.rows[0] ?? {};
+  // CREATE SCHEMA IF NOT EXISTS checks the CREATE privilege before existence: ask first.
+  if (!hasSchema) await client.query(`CREATE SCHEMA ${s}`);
+  if (!hasTable) {
+    await client.query(
+      `CREATE TABLE ${s}.migrations (
+         version integer PRIMARY KEY,
+         applied_at timestamptz NOT NULL DEFAULT now()
+       )`,
+    );
+  }
+  const current = await client.query<{ version: number }>(
+    `SELECT coalesce(max(version), 0) AS version FROM ${s}.migrations`,
+  );
+  const version = current.rows[0]?.version ?? 0;
+  if (version > POSTGRES_SCHEMA_VERSION) {
+    // Fail closed: an older release cannot know what a newer schema's rows mean.
+    throw new GateError("ERR_STORE_UNAVAILABLE", "store unavailable", {
+      detail: `postgres schema is at version ${version}; this release knows up to ${POSTGRES_SCHEMA_VERSION}`,
+    });
+  }
+  for (let next = version + 1; next <= POSTGRES_SCHEMA_VERSION; next++) {
+    await client.query(MIGRATIONS[next - 1]!(s));
+    await client.query(`INSERT INTO ${s}.migrations (version) VALUES ($1)`, [next]);
+  }
+  await client.query("COMMIT");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statements. `$ttl` is milliseconds or NULL; NULL + interval is NULL, i.e. no expiry.
+// ---------------------------------------------------------------------------------------------
+
+const LIVE = "(expires_at IS NULL OR expires_at > now())";
+
+interface Statements {
+  readonly get: string;
+  readonly put: string;
+  readonly claim: string;
+  readonly take: string;
+  readonly takeIfEquals: string;
+  readonly increment: string;
+  readonly indexAdd: string;
+  readonly indexRemove: string;
+  readonly indexList: string;
+  readonly sweep: readonly string[];
+}
+
+function statements(schema: string): Statements {
+  const s = quoteIdentifier(schema);
+  const expiry = (param: string) => `now() + ${param}::bigint * interval '1 millisecond'`;
+  const sweep = (table: string, key: string) =>
+    // SKIP LOCKED: a sweep never waits on (or blocks) a live operation, nor on another replica's
+    // sweep. The outer `expires_at <= now()` is re-checked on the latest row version, so a row
+    // that a concurrent claim has just revived is left alone.
+    `DELETE FROM ${s}.${table} WHERE (${key}) IN (
+       SELECT ${key} FROM ${s}.${table} WHERE expires_at <= now()
+       LIMIT ${SWEEP_BATCH} FOR UPDATE SKIP LOCKED
+     ) AND expires_at <= now()`;
+  return {
+    get: `SELECT value FROM ${s}.records WHERE key = $1 AND ${LIVE}`,
+
+    put: `INSERT INTO ${s}.records AS r (key, value, expires_at, last_claim_won)
+          VALUES ($1, $2, ${expiry("$3")}, false)
+          ON CONFLICT (key) DO UPDATE
+            SET value = excluded.value, expires_at = excluded.expires_at, last_claim_won = false`,
+
+    // Atomicity, first path: `seen` reads the statement's snapshot. If it holds a live record, that
+    // record was committed and live at the instant the snapshot was taken, so "lost, the winner is
+    // its value" is exactly what a claim at that instant answers; nothing is written (no row lock,
+    // no WAL flush), which keeps repeated and losing claims cheap.
+    //
+    // Second path, taken only when the snapshot shows no live record: INSERT … ON CONFLICT DO
+    // UPDATE either inserts or, if the key exists (including a row committed after the snapshot,
+    // which `seen` cannot see), waits for and locks the latest committed version and evaluates SET
+    // against that version, not against the snapshot. There is no WHERE on DO UPDATE, so RETURNING
+    // always yields the version this very statement wrote. Claims of one key on this path run one
+    // at a time on the row lock; a call replaces value and expiry only if the version it locked has
+    // expired (or it inserted), and records that in `last_claim_won`. So exactly one call per live
+    // lifetime is told it won, and every call returns the value stored after it: the winner's. A
+    // NULL expiry makes `expires_at <= now()` NULL: the CASE keeps the row, coalesce reports false.
+    claim: `WITH seen AS (
+              SELECT value FROM ${s}.records WHERE key = $1::text AND ${LIVE}
+            ), written AS (
+              INSERT INTO ${s}.records AS r (key, value, expires_at, last_claim_won)
+              SELECT $1::text, $2::bytea, ${expiry("$3")}, true
+              WHERE NOT EXISTS (SELECT 1 FROM seen)
+              ON CONFLICT (key) DO UPDATE SET
+                value = CASE WHEN r.expires_at <= now() THEN excluded.value ELSE r.value END,
+                expires_at = CASE WHEN r.expires_at <= now() THEN excluded.expires_at ELSE r.expires_at END,
+                last_claim_won = coalesce(r.expires_at <= now(), false)
+              RETURNING value, last_claim_won
+            )
+            SELECT value, false AS won FROM seen
+            UNION ALL
+            SELECT value, last_claim_won AS won FROM written`,
+
+    // Atomicity: DELETE locks the row; a concurrent DELETE of the same row waits for the lock and,
+    // once the first commits, re-checks its WHERE against the latest version, finds it deleted and
+    // returns nothing. Of any number of takers exactly one receives the row. An expired row is
+    // deleted too (it is garbage) but reported as absent. `delete` is the same statement.
+    take: `DELETE FROM ${s}.records WHERE key = $1 RETURNING value, ${LIVE} AS live`,
+
+    // Atomicity: as take, with the comparison in the WHERE clause, which PostgreSQL re-evaluates on
+    // the latest row version after waiting for a lock, so a value overwritten by a concurrent put is
+    // compared in its new form, and a mismatch deletes nothing.
+    takeIfEquals: `DELETE FROM ${s}.records WHERE key = $1 AND value = $2 AND ${LIVE}`,
+
+    // Atomicity, first path: when a limit is given and the snapshot's value (0 if absent or
+    // expired) plus `delta` exceeds it, the increment is refused at the snapshot's instant, when
+    // that value was committed, and nothing is written. Refusals are what an abusive caller
+    // produces in bulk, so they cost no row lock and no WAL flush.
+    //
+    // Otherwise the same ON CONFLICT argument as claim: increments of one key run one at a time on
+    // the row lock, each computing from the latest committed version, and the limit is checked and
+    // the sum written in that one locked step, so concurrent increments are exact and a limit is
+    // never exceeded. A refusal decided there writes the row back unchanged.
+    //
+    // The proposed row (used only when no row exists at all) is a fresh counter: `delta` with the
+    // TTL when the limit allows it; otherwise a placeholder born expired (`-infinity`), which every
+    // read treats as absent, so a refused first increment creates nothing live and a later one
+    // starts the TTL afresh. (The first path normally refuses that case; the placeholder covers a
+    // row swept between the snapshot and the write.) An expired row is replaced by the proposal. A
+    // live row keeps its expiry: later increments never extend the window.
+    increment: `WITH seen AS (
+                  SELECT coalesce(
+                    (SELECT value FROM ${s}.counters WHERE key = $1::text AND ${LIVE}), 0
+                  ) AS value
+                ), refused AS (
+                  SELECT value FROM seen
+                  WHERE $4::bigint IS NOT NULL AND value + $2::bigint > $4::bigint
+                ), written AS (
+                  INSERT INTO ${s}.counters AS c (key, value, expires_at, last_increment_applied)
+                  SELECT $1::text,
+                         CASE WHEN fresh.ok THEN $2::bigint ELSE 0 END,
+                         CASE WHEN fresh.ok THEN ${expiry("$3")} ELSE '-infinity' END,
+                         fresh.ok
+                  FROM (SELECT $4::bigint IS NULL OR $2::bigint <= $4::bigint AS ok) AS fresh
+                  WHERE NOT EXISTS (SELECT 1 FROM refused)
+                  ON CONFLICT (key) DO UPDATE SET
+                    value = CASE
+                      WHEN c.expires_at <= now() THEN excluded.value
+                      WHEN $4::bigint IS NULL OR c.value + $2::bigint <= $4::bigint
+                        THEN c.value + $2::bigint
+                      ELSE c.value END,
+                    expires_at = CASE
+                      WHEN c.expires_at <= now() THEN excluded.expires_at ELSE c.expires_at END,
+                    last_increment_applied = CASE
+                      WHEN c.expires_at <= now() THEN excluded.last_increment_applied
+                      ELSE $4::bigint IS NULL OR c.value + $2::bigint <= $4::bigint END
+                  RETURNING last_increment_applied AS applied,
+                            CASE WHEN ${LIVE} THEN value ELSE 0 END AS value
+                )
+                SELECT false AS applied, value FROM refused
+                UNION ALL
+                SELECT applied, value FROM written`,
+
+    indexAdd: `INSERT INTO ${s}.index_members (index_key, member, expires_at)
+               VALUES ($1, $2, ${expiry("$3")})
+               ON CONFLICT (index_key, member) DO UPDATE SET expires_at = excluded.expires_at`,
+
+    indexRemove: `DELETE FROM ${s}.index_members WHERE index_key = $1 AND member = $2
+                  RETURNING ${LIVE} AS live`,
+
+    indexList: `SELECT member FROM ${s}.index_members WHERE index_key = $1 AND ${LIVE}`,
+
+    sweep: [sweep("records", "key"), sweep("counters", "key"), sweep("index_members", "index_key, member")],
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * What of a driver error may travel as `cause`: a server error's SQLSTATE and severity, or a client
+ * error's message and code. Server errors can quote row contents in `detail` (a key, a value), and
+ * some client errors carry the connection string as a property, so neither is passed on whole.
+ */
+function safeCause(error: unknown): Error {
+  if (error instanceof pg.DatabaseError) {
+    return Object.assign(new Error(`server error ${error.code ?? "unknown"} (${error.severity ?? "?"})`), {
+      code: error.code,
+    });
+  }
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    return Object.assign(new Error(error.message), typeof code === "string" ? { code } : {});
+  }
+  return new Error("unknown driver failure");
+}
+
+function unavailable(error: unknown): GateError {
+  if (error instanceof GateError) return error;
+  return storeUnavailable(BACKEND, safeCause(error));
+}
+
+function positiveInteger(value: number | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value <= 0) throw invalidArgument(name, "must be a positive integer");
+  return value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------------------------
+
+interface Connections {
+  readonly pool: pg.Pool;
+  /** Every socket the pool has opened and not yet seen closed, to force shut on close. */
+  readonly sockets: Set<Socket>;
+}
+
+function createPool(url: string, timeoutMs: number, poolSize: number): Connections {
+  const sockets = new Set<Socket>();
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: poolSize,
+    // Bounds opening a connection. Waiting for a free one is bounded by Admission, which hands out
+    // at most `max` slots, so the pool's own queue stays empty.
+    connectionTimeoutMillis: timeoutMs,
+    // On expiry the driver fails the query and pool.query releases the client with the error,
+    // which destroys it instead of returning it to the pool: a connection with an unanswered query
+    // is never reused, and the next call opens a new one, so service resumes by itself.
+    query_timeout: timeoutMs,
+    keepAlive: true,
+    application_name: "tenantgate",
+    allowExitOnIdle: true,
+    stream: () => {
+      const socket = new Socket();
+      sockets.add(socket);
+      socket.once("close", () => sockets.delete(socket));
+      return socket;
+    },
+  });
+  // An idle connection that fails (server restart, network reset) is already removed from the pool
+  // when this fires; the next call opens a new one. Without a listener it would crash the process.
+  pool.on("error", () => {});
+  return { pool, sockets };
+}
+
+/**
+ * Ends the pool and waits for its sockets to close, up to `graceMs` for a polite goodbye; then
+ * destroys what is left. pool.end() resolves as soon as no client is checked out, while each
+ * connection's goodbye is still under way, and a server that has stopped answering never
+ * acknowledges it: without this the sockets would linger and close() would not mean closed.
+ */
+async function endPool({ pool, sockets }: Connections, graceMs: number): Promise<void> {
+  const force = setTimeout(() => {
+    for (const socket of sockets) socket.destroy();
+  }, graceMs);
+  try {
+    await pool.end().catch(() => {});
+    await Promise.all([...sockets].map((socket) => new Promise((resolve) => socket.once("close", resolve))));
+  } finally {
+    clearTimeout(force);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admission
+// ---------------------------------------------------------------------------------------------
+
+/** Whether the server answered, even if with an error: progress, as opposed to silence. */
+function serverAnswered(error: unknown): boolean {
+  return error instanceof pg.DatabaseError;
+}
+
+interface Waiter {
+  readonly admit: () => void;
+  readonly refuse: (error: GateError) => void;
+}
+
+/**
+ * Admission to the pool's `capacity` connections, in arrival order.
+ *
+ * A caller waiting for a connection is refused when the server has given no answer for `stallMs`,
+ * not merely when it has waited `stallMs` itself. The difference matters under a burst: a thousand
+ * callers racing for one row are served one commit at a time, and the last of them may wait longer
+ * than the timeout while the server answers steadily; refusing them would turn a busy store into
+ * an unavailable one. A silent server, by contrast, makes every connection's query time out (or
+ * its connect fail) within `stallMs`, so waiting callers are refused within `stallMs` of the last
+ * answer and never queue behind a dead server.
+ */
+class Admission {
+  readonly #capacity: number;
+  readonly #stallMs: number;
+  readonly #waiting: Waiter[] = [];
+  #inUse = 0;
+  #lastAnswerAt = performance.now();
+  #closed = false;
+
+  constructor(capacity: number, stallMs: number) {
+    this.#capacity = capacity;
+    this.#stallMs = stallMs;
+  }
+
+  async run<T>(work: () => Promise<T>): Promise<T> {
+    await this.#acquire();
+    try {
+      const result = await work();
+      this.#lastAnswerAt = performance.now();
+      return result;
+    } catch (error) {
+      if (serverAnswered(error)) this.#lastAnswerAt = performance.now();
+      throw error;
+    } finally {
+      this.#release();
+    }
+  }
+
+  /** Refuses everyone still waiting; later calls are refused by the store before reaching here. */
+  close(): void {
+    this.#closed = true;
+    for (const waiter of this.#waiting.splice(0)) waiter.refuse(storeClosed(BACKEND));
+  }
+
+  #acquire(): Promise<void> {
+    if (this.#closed) return Promise.reject(storeClosed(BACKEND));
+    if (this.#inUse < this.#capacity) {
+      this.#inUse++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const waiter: Waiter = {
+        admit: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        refuse: (error) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      };
+      const check = () => {
+        const silentFor = performance.now() - this.#lastAnswerAt;
+        if (silentFor < this.#stallMs) {
+          timer = setTimeout(check, this.#stallMs - silentFor);
+          return;
+        }
+        const index = this.#waiting.indexOf(waiter);
+        if (index !== -1) this.#waiting.splice(index, 1);
+        waiter.refuse(storeUnavailable(BACKEND, new Error("no answer while waiting for a connection")));
+      };
+      timer = setTimeout(check, this.#stallMs);
+      this.#waiting.push(waiter);
+    });
+  }
+
+  #release(): void {
+    const next = this.#waiting.shift();
+    // The slot passes straight to the next waiter, so #inUse is unchanged.
+    if (next) next.admit();
+    else this.#inUse--;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+// ---------------------------------------------------------------------------------------------
+
+class PostgresStore implements Store {
+  readonly backend = BACKEND;
+  readonly #connections: Connections;
+  readonly #admission: Admission;
+  readonly #sql: Statements;
+  readonly #timeoutMs: number;
+  readonly #sweepTimer: NodeJS.Timeout;
+  #sweeping = false;
+  #closing: Promise<void> | null = null;
+
+  constructor(
+    connections: Connections,
+    schema: string,
+    options: { timeoutMs: number; poolSize: number; sweepIntervalMs: number },
+  ) {
+    const { timeoutMs, poolSize, sweepIntervalMs } = options;
+    this.#connections = connections;
+    this.#admission = new Admission(poolSize, timeoutMs);
+    this.#sql = statements(schema);
+    this.#timeoutMs = timeoutMs;
+    this.#sweepTimer = setInterval(() => void this.#sweep(), sweepIntervalMs);
+    this.#sweepTimer.unref();
+  }
+
+  async get(key: RecordKey): Promise<string | null> {
+    const { rows } = await this.#query<{ value: Buffer }>(this.#sql.get, [key.encoded]);
+    return rows[0] ? decode(rows[0].value) : null;
+  }
+
+  async put(key: RecordKey, value: string, options?: TtlOptions): Promise<void> {
+    this.#open();
+    checkValue(value);
+    const ttlMs = checkTtl(options);
+    await this.#query(this.#sql.put, [key.encoded, encode(value), ttlMs ?? null]);
+  }
+
+  async claim(key: RecordKey, value: string, options?: TtlOptions): Promise<ClaimOutcome> {
+    this.#open();
+    checkValue(value);
+    const ttlMs = checkTtl(options);
+    const { rows } = await this.#query<{ value: Buffer; won: boolean }>(this.#sql.claim, [
+      key.encoded,
+      encode(value),
+      ttlMs ?? null,
+    ]);
+    const row = rows[0];
+    if (!row) throw unavailable(new Error("claim returned no row"));
+    return { won: row.won, winner: decode(row.value) };
+  }
+
+  async take(key: RecordKey): Promise<string | null> {
+    const { rows } = await this.#query<{ value: Buffer; live: boolean }>(this.#sql.take, [key.encoded]);
+    return rows[0]?.live ? decode(rows[0].value) : null;
+  }
+
+  async takeIfEquals(key: RecordKey, expected: string): Promise<boolean> {
+    this.#open();
+    // Stored values are well-formed strings (checkValue), so a malformed one equals none of them.
+    // It must not reach the driver, whose UTF-8 encoding would turn a lone surrogate into U+FFFD
+    // and could match a stored value that really holds U+FFFD.
+    if (typeof expected !== "string" || !expected.isWellFormed()) return false;
+    const { rowCount } = await this.#query(this.#sql.takeIfEquals, [key.encoded, encode(expected)]);
+    return rowCount === 1;
+  }
+
+  async delete(key: RecordKey): Promise<boolean> {
+    const { rows } = await this.#query<{ live: boolean }>(this.#sql.take, [key.encoded]);
+    return rows[0]?.live === true;
+  }
+
+  async increment(key: CounterKey, delta: number, options?: CounterOptions): Promise<CounterOutcome> {
+    this.#open();
+    const { ttlMs, limit } = checkCounter(delta, options);
+    const { rows } = await this.#query<{ applied: boolean; value: string }>(this.#sql.increment, [
+      key.encoded,
+      delta,
+      ttlMs ?? null,
+      limit ?? null,
+    ]);
+    const row = rows[0];
+    if (!row) throw unavailable(new Error("increment returned no row"));
+    return { applied: row.applied, value: Number(row.value) };
+  }
+
+  async indexAdd(key: IndexKey, member: string, options?: TtlOptions): Promise<void> {
+    this.#open();
+    checkMember(member);
+    const ttlMs = checkTtl(options);
+    await this.#query(this.#sql.indexAdd, [key.encoded, encode(member), ttlMs ?? null]);
+  }
+
+  async indexRemove(key: IndexKey, member: string): Promise<boolean> {
+    this.#open();
+    // As in takeIfEquals: a member that could never have been added is not there.
+    if (typeof member !== "string" || !member.isWellFormed()) return false;
+    const { rows } = await this.#query<{ live: boolean }>(this.#sql.indexRemove, [
+      key.encoded,
+      encode(member),
+    ]);
+    return rows[0]?.live === true;
+  }
+
+  async indexList(key: IndexKey): Promise<string[]> {
+    const { rows } = await this.#query<{ member: Buffer }>(this.#sql.indexList, [key.encoded]);
+    return rows.map((row) => decode(row.member));
+  }
+
+  async ping(): Promise<void> {
+    await this.#query("SELECT 1", []);
+  }
+
+  async close(): Promise<void> {
+    if (!this.#closing) {
+      clearInterval(this.#sweepTimer);
+      this.#admission.close();
+      this.#closing = endPool(this.#connections, this.#timeoutMs);
+    }
+    await this.#closing;
+  }
+
+  #open(): void {
+    if (this.#closing) throw storeClosed(BACKEND);
+  }
+
+  async #query<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
+    this.#open();
+    try {
+      return await this.#admission.run(() => this.#connections.pool.query<R>(text, values));
+    } catch (error) {
+      throw unavailable(error);
+    }
+  }
+
+  /** Deletes expired rows in small batches. Failures are ignored: the next sweep tries again. */
+  async #sweep(): Promise<void> {
+    if (this.#sweeping || this.#closing) return;
+    this.#sweeping = true;
+    try {
+      for (const statement of this.#sql.sweep) {
+        for (let batch = 0; batch < SWEEP_MAX_BATCHES && !this.#closing; batch++) {
+          const { rowCount } = await this.#admission.run(() => this.#connections.pool.query(statement));
+          if ((rowCount ?? 0) < SWEEP_BATCH) break;
+        }
+      }
+    } catch {
+      // Expired rows already read as absent; removing them is housekeeping, not correctness.
+    } finally {
+      this.#sweeping = false;
+    }
+  }
+}
+
+function encode(text: string): Buffer {
+  return Buffer.from(text, "utf8");
+}
+
+function decode(bytes: Buffer): string {
+  return bytes.toString("utf8");
+}
+
+/**
+ * Opens (and if needed creates or migrates) the store in `options.schema`. Rejects with
+ * ERR_STORE_UNAVAILABLE, after ending its connections, if the server does not answer within the
+ * timeout.
+ */
+export async function openPostgresStore(options: PostgresStoreOptions): Promise<Store> {
+  if (typeof options.schema !== "string" || !SCHEMA_NAME.test(options.schema)) {
+    throw invalidArgument("schema", "must match [a-z_][a-z0-9_]{0,62}");
+  }
+  const timeoutMs = positiveInteger(options.timeoutMs, "timeoutMs", DEFAULT_TIMEOUT_MS);
+  const poolSize = positiveInteger(options.poolSize, "poolSize", DEFAULT_POOL_SIZE);
+  const sweepIntervalMs = positiveInteger(
+    options.sweepIntervalMs,
+    "sweepIntervalMs",
+    DEFAULT_SWEEP_INTERVAL_MS,
+  );
+  const connections = createPool(options.url, timeoutMs, poolSize);
+  try {
+    const client = await connections.pool.connect();
+    // A checked-out client emits "error" when its connection fails; the failing query rejects
+    // with it too, so the listener only keeps the event from crashing the process.
+    const ignore = () => {};
+    client.on("error", ignore);
+    let failure: unknown;
+    try {
+      await migrate(client, options.schema, timeoutMs);
+    } catch (error) {
+      failure = error;
+      throw error;
+    } finally {
+      client.off("error", ignore);
+      // A failed migration leaves the connection mid-transaction: destroy it, which rolls back.
+      client.release(failure === undefined ? undefined : true);
+    }
+  } catch (error) {
+    await endPool(connections, timeoutMs);
+    throw unavailable(error);
+  }
+  return new PostgresStore(connections, options.schema, { timeoutMs, poolSize, sweepIntervalMs });
 }
