@@ -5,8 +5,9 @@ import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
  * needs, each one atomic on its own (no caller ever composes a check and a write).
  *
  * Failure semantics, the same on every backend:
- * - A backend that cannot answer (down, timed out, locked) rejects with `ERR_STORE_UNAVAILABLE`
- *   within the adapter's timeout; callers fail closed (DESIGN invariant 6).
+ * - A backend that cannot answer (down, hung, locked) rejects with `ERR_STORE_UNAVAILABLE` once it
+ *   has not answered for the adapter's timeout, including calls queued behind it; a backend that
+ *   is busy but answering is not unavailable. Callers fail closed (DESIGN invariant 6).
  * - A bounded store that is full rejects new entries with `ERR_STORE_FULL`; it never evicts.
  * - Invalid arguments reject with `ERR_ARGUMENT_INVALID`.
  * - An expired entry is indistinguishable from an absent one.

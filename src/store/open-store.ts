@@ -9,7 +9,7 @@ import { MemoryStore } from "./memory-store.ts";
  *   memory:[?maxEntries=N]
  *   sqlite:PATH[?busyTimeoutMs=N]          PATH relative to `baseDir` (the config file's folder)
  *   redis://[user:pass@]host:port[/db]?prefix=P[&timeoutMs=N]   (also rediss://)
- *   postgres://user@host:port/db?schema=S[&timeoutMs=N][&poolSize=N]   (also postgresql://)
+ *   postgres://user@host:port/db?schema=S[&timeoutMs=N][&poolSize=N][&sslmode=M]   (also postgresql://)
  *
  * Drivers are loaded only for the backend asked for, so importing tenantgate loads none of them.
  * Errors name the setting, never the URL: it may carry a password.
@@ -81,12 +81,17 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
     });
   }
   if (parsed.protocol === "postgres:" || parsed.protocol === "postgresql:") {
-    rejectUnknownParams(parsed.searchParams, ["schema", "timeoutMs", "poolSize"]);
+    rejectUnknownParams(parsed.searchParams, ["schema", "timeoutMs", "poolSize", "sslmode"]);
+    const sslmode = parsed.searchParams.get("sslmode");
+    if (sslmode !== null && !/^(disable|require|verify-ca|verify-full)$/.test(sslmode)) {
+      throw invalidUrl("parameter sslmode must be disable, require, verify-ca or verify-full");
+    }
     const schema = parsed.searchParams.get("schema") ?? "tenantgate";
     if (!PG_SCHEMA.test(schema)) throw invalidUrl("parameter schema must match [a-z_][a-z0-9_]{0,62}");
     const timeoutMs = positiveInteger(parsed.searchParams, "timeoutMs");
     const poolSize = positiveInteger(parsed.searchParams, "poolSize");
-    parsed.search = "";
+    // Only sslmode goes on to the driver; tenantgate's own parameters are removed.
+    parsed.search = sslmode === null ? "" : `?sslmode=${sslmode}`;
     const { openPostgresStore } = await import("./postgres-store.ts");
     return openPostgresStore({
       url: parsed.toString(),

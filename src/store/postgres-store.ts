@@ -223,48 +223,55 @@ function statements(schema: string): Statements {
     // compared in its new form, and a mismatch deletes nothing.
     takeIfEquals: `DELETE FROM ${s}.records WHERE key = $1 AND value = $2 AND ${LIVE}`,
 
-    // Atomicity, first path: when a limit is given and the snapshot's value (0 if absent or
-    // expired) plus `delta` exceeds it, the increment is refused at the snapshot's instant, when
-    // that value was committed, and nothing is written. Refusals are what an abusive caller
-    // produces in bulk, so they cost no row lock and no WAL flush.
+    // Atomicity, first path: when a limit is given, `delta` is an increase, and the snapshot's value
+    // (0 if absent or expired) plus `delta` exceeds the limit, the increment is refused at the
+    // snapshot's instant, when that value was committed, and nothing is written. Refusals are what
+    // an abusive caller produces in bulk, so they cost no row lock and no WAL flush.
     //
     // Otherwise the same ON CONFLICT argument as claim: increments of one key run one at a time on
     // the row lock, each computing from the latest committed version, and the limit is checked and
     // the sum written in that one locked step, so concurrent increments are exact and a limit is
-    // never exceeded. A refusal decided there writes the row back unchanged.
+    // never exceeded. A refusal decided there writes the row back unchanged. Releases (delta <= 0)
+    // are never refused, and the sum is floored at 0.
     //
-    // The proposed row (used only when no row exists at all) is a fresh counter: `delta` with the
-    // TTL when the limit allows it; otherwise a placeholder born expired (`-infinity`), which every
-    // read treats as absent, so a refused first increment creates nothing live and a later one
-    // starts the TTL afresh. (The first path normally refuses that case; the placeholder covers a
-    // row swept between the snapshot and the write.) An expired row is replaced by the proposal. A
-    // live row keeps its expiry: later increments never extend the window.
+    // A counter that reaches 0 is "removed" by writing it born expired (`-infinity`): every read
+    // treats it as absent, the next increment replaces it as an expired row (starting a fresh TTL),
+    // and the sweep deletes it. A DELETE cannot share a statement with this upsert, and this keeps
+    // one round trip. The proposed row (used only when no row exists at all) is `delta` with the TTL
+    // when it is allowed and positive, and otherwise such a placeholder, so neither a refused nor a
+    // non-positive first increment creates anything live. A live row keeps its expiry: later
+    // increments never extend the window.
     increment: `WITH seen AS (
                   SELECT coalesce(
                     (SELECT value FROM ${s}.counters WHERE key = $1::text AND ${LIVE}), 0
                   ) AS value
                 ), refused AS (
                   SELECT value FROM seen
-                  WHERE $4::bigint IS NOT NULL AND value + $2::bigint > $4::bigint
+                  WHERE $4::bigint IS NOT NULL AND $2::bigint > 0 AND value + $2::bigint > $4::bigint
                 ), written AS (
                   INSERT INTO ${s}.counters AS c (key, value, expires_at, last_increment_applied)
                   SELECT $1::text,
-                         CASE WHEN fresh.ok THEN $2::bigint ELSE 0 END,
-                         CASE WHEN fresh.ok THEN ${expiry("$3")} ELSE '-infinity' END,
+                         CASE WHEN fresh.ok THEN greatest(0, $2::bigint) ELSE 0 END,
+                         CASE WHEN fresh.ok AND $2::bigint > 0 THEN ${expiry("$3")} ELSE '-infinity' END,
                          fresh.ok
-                  FROM (SELECT $4::bigint IS NULL OR $2::bigint <= $4::bigint AS ok) AS fresh
+                  FROM (
+                    SELECT $4::bigint IS NULL OR $2::bigint <= 0 OR $2::bigint <= $4::bigint AS ok
+                  ) AS fresh
                   WHERE NOT EXISTS (SELECT 1 FROM refused)
                   ON CONFLICT (key) DO UPDATE SET
                     value = CASE
                       WHEN c.expires_at <= now() THEN excluded.value
-                      WHEN $4::bigint IS NULL OR c.value + $2::bigint <= $4::bigint
-                        THEN c.value + $2::bigint
+                      WHEN $4::bigint IS NULL OR $2::bigint <= 0 OR c.value + $2::bigint <= $4::bigint
+                        THEN greatest(0, c.value + $2::bigint)
                       ELSE c.value END,
                     expires_at = CASE
-                      WHEN c.expires_at <= now() THEN excluded.expires_at ELSE c.expires_at END,
+                      WHEN c.expires_at <= now() THEN excluded.expires_at
+                      WHEN ($4::bigint IS NULL OR $2::bigint <= 0 OR c.value + $2::bigint <= $4::bigint)
+                        AND c.value + $2::bigint <= 0 THEN '-infinity'
+                      ELSE c.expires_at END,
                     last_increment_applied = CASE
                       WHEN c.expires_at <= now() THEN excluded.last_increment_applied
-                      ELSE $4::bigint IS NULL OR c.value + $2::bigint <= $4::bigint END
+                      ELSE $4::bigint IS NULL OR $2::bigint <= 0 OR c.value + $2::bigint <= $4::bigint END
                   RETURNING last_increment_applied AS applied,
                             CASE WHEN ${LIVE} THEN value ELSE 0 END AS value
                 )

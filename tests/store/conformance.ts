@@ -153,6 +153,11 @@ export const conformanceCases: readonly ConformanceCase[] = [
         assert.equal(await store.get(key), 'v2 with ünïcode and "quotes" and \n newline');
         await store.put(key, "");
         assert.equal(await store.get(key), "", "an empty string is a value, not absence");
+        await store.put(key, "nul\u0000inside 🙂");
+        assert.equal(await store.get(key), "nul\u0000inside 🙂", "U+0000 and astral characters round-trip");
+        const index = ownerIndexKey({ ...scopeA, subject: unique("s") }, "session");
+        await store.indexAdd(index, "member\u0000x");
+        assert.deepEqual(await store.indexList(index), ["member\u0000x"]);
       });
     },
   },
@@ -515,6 +520,15 @@ export const conformanceCases: readonly ConformanceCase[] = [
             const elapsed = Date.now() - started;
             assert.ok(elapsed < bound, `${mode}: failed after ${elapsed} ms, bound ${bound} ms`);
           }
+          // Callers queued behind the outage are bounded too, not only the first in line.
+          const started = Date.now();
+          const queued = await Promise.allSettled(Array.from({ length: 50 }, () => store.get(key)));
+          const elapsed = Date.now() - started;
+          assert.ok(
+            queued.every((r) => r.status === "rejected" && isGateError(r.reason, "ERR_STORE_UNAVAILABLE")),
+            `${mode}: every queued caller fails with ERR_STORE_UNAVAILABLE`,
+          );
+          assert.ok(elapsed < bound, `${mode}: 50 queued callers took ${elapsed} ms, bound ${bound} ms`);
           await proxy.setMode("pass");
           await eventually(async () => assert.equal(await store.get(key), "before"), 20_000);
         }

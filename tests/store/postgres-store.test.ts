@@ -199,13 +199,15 @@ describe("postgres store", { skip: backend.skip }, () => {
     }
   });
 
-  it("a limit counts from the live value, negative values included", async () => {
-    const store = await openStore(storeUrl(newSchema()));
+  it("a counter released to zero reads as absent and counts again from zero", async () => {
+    const schema = newSchema();
+    const store = await openStore(storeUrl(schema));
     try {
-      const key = counterKey("balance", randomUUID());
-      assert.deepEqual(await store.increment(key, -5), { applied: true, value: -5 });
-      assert.deepEqual(await store.increment(key, 3, { limit: 0 }), { applied: true, value: -2 });
-      assert.deepEqual(await store.increment(key, 3, { limit: 0 }), { applied: false, value: -2 });
+      const key = counterKey("slots", randomUUID());
+      assert.deepEqual(await store.increment(key, -5), { applied: true, value: 0 }, "a release of nothing");
+      assert.deepEqual(await store.increment(key, 3, { limit: 3 }), { applied: true, value: 3 });
+      assert.deepEqual(await store.increment(key, -3, { limit: 0 }), { applied: true, value: 0 });
+      assert.deepEqual(await store.increment(key, 1, { limit: 1 }), { applied: true, value: 1 });
     } finally {
       await store.close();
     }
