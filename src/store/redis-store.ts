@@ -1,4 +1,28 @@
-import type { Store } from "./contract.ts";
+import { Redis, type RedisOptions } from "ioredis";
+import { GateError } from "../errors.ts";
+import {
+  checkCounter,
+  checkMember,
+  checkTtl,
+  checkValue,
+  storeClosed,
+  storeUnavailable,
+} from "./arguments.ts";
+import type { ClaimOutcome, CounterOptions, CounterOutcome, Store, TtlOptions } from "./contract.ts";
+import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
+
+/**
+ * A store on Redis (>= 6.2, for GETDEL), shared by every gateway replica.
+ *
+ * Layout under the prefix (see docs/storage-schema.md): records and counters are plain strings,
+ * indexes are sorted sets scored by expiry time in ms on the server's clock (+inf for no expiry).
+ * Every operation is one command or one Lua script, so each is atomic on the server whatever the
+ * number of clients, connections and processes.
+ *
+ * Fail fast (DESIGN invariant 6): no offline queue, a bound on connecting and on every command, and no
+ * command is retried or resent after a disconnect, so an outage answers ERR_STORE_UNAVAILABLE within
+ * `timeoutMs` while the client keeps reconnecting in the background.
+ */
 
 export interface RedisStoreOptions {
   /** redis:// or rediss:// URL without query parameters (may carry a password: never log it). */
@@ -9,6 +33,353 @@ export interface RedisStoreOptions {
   readonly timeoutMs?: number;
 }
 
-export async function openRedisStore(_options: RedisStoreOptions): Promise<Store> {
-  throw new Error("redis store: not built yet");
+const DEFAULT_TIMEOUT_MS = 1_000;
+const RECONNECT_BASE_MS = 100;
+const RECONNECT_CAP_MS = 2_000;
+
+/**
+ * SET NX (with PX) and the read of the winner in one script: a loser learns the value that beat it
+ * even if the winner's record is deleted or expires right after, because nothing runs between the
+ * two calls. SET NX treats an expired key as absent, so an expired claim is free again.
+ */
+const CLAIM = `
+local written
+if ARGV[2] == '' then
+  written = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+else
+  written = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+end
+if written then return {1, ARGV[1]} end
+return {0, redis.call('GET', KEYS[1])}
+`;
+
+/** Compare and delete as one step: a mismatch leaves the value for the party it belongs to. */
+const TAKE_IF_EQUALS = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`;
+
+/**
+ * Read, limit check and add in one script, so concurrent increments cannot both pass a cap. The add is
+ * INCRBY (exact 64-bit arithmetic on the stored integer); the TTL is set only when this call created
+ * the key, so later increments never extend a window. A refused increment writes nothing. Values go
+ * back as the stored string, not a Lua number, so no float formatting touches them.
+ */
+const INCREMENT = `
+local stored = redis.call('GET', KEYS[1])
+if ARGV[2] ~= '' and tonumber(stored or '0') + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
+  return {0, stored or '0'}
+end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+if not stored and ARGV[3] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return {1, redis.call('GET', KEYS[1])}
+`;
+
+/**
+ * Index scripts share a prelude and a postlude. Expiry is judged by the server's clock (TIME), never a
+ * replica's own, so every gateway replica agrees on which members are live; a member is live while its
+ * score is greater than now, as in the memory store. Expired members are dropped before anything else,
+ * so they are never listed, never reported as removed and never kept forever.
+ */
+const INDEX_PRELUDE = `
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+`;
+
+/**
+ * The sorted set itself expires with its latest member (or persists while a member has no expiry), so
+ * an index nobody reads again does not outlive what it lists.
+ */
+const INDEX_COVER = `
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] == 'inf' then
+  redis.call('PERSIST', KEYS[1])
+elseif last[2] then
+  redis.call('PEXPIREAT', KEYS[1], last[2])
+end
+`;
+
+const INDEX_ADD = `${INDEX_PRELUDE}
+local score = 'inf'
+if ARGV[2] ~= '' then score = now + tonumber(ARGV[2]) end
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+${INDEX_COVER}
+return 1
+`;
+
+const INDEX_REMOVE = `${INDEX_PRELUDE}
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then
+${INDEX_COVER}
+end
+return removed
+`;
+
+const INDEX_LIST = `${INDEX_PRELUDE}
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+`;
+
+/** The scripts as ioredis custom commands: EVALSHA, falling back to EVAL on NOSCRIPT. */
+const scripts = {
+  tenantgateClaim: { lua: CLAIM, numberOfKeys: 1 },
+  tenantgateTakeIfEquals: { lua: TAKE_IF_EQUALS, numberOfKeys: 1 },
+  tenantgateIncrement: { lua: INCREMENT, numberOfKeys: 1 },
+  tenantgateIndexAdd: { lua: INDEX_ADD, numberOfKeys: 1 },
+  tenantgateIndexRemove: { lua: INDEX_REMOVE, numberOfKeys: 1 },
+  tenantgateIndexList: { lua: INDEX_LIST, numberOfKeys: 1 },
+} as const;
+
+interface ScriptedRedis extends Redis {
+  tenantgateClaim(key: string, value: string, ttlMs: string): Promise<[number, string]>;
+  tenantgateTakeIfEquals(key: string, expected: string): Promise<number>;
+  tenantgateIncrement(key: string, delta: string, limit: string, ttlMs: string): Promise<[number, string]>;
+  tenantgateIndexAdd(key: string, member: string, ttlMs: string): Promise<number>;
+  tenantgateIndexRemove(key: string, member: string): Promise<number>;
+  tenantgateIndexList(key: string): Promise<string[]>;
+}
+
+/** Optional numbers travel to scripts as strings, '' for absent. */
+function scriptArgument(value: number | undefined): string {
+  return value === undefined ? "" : String(value);
+}
+
+/**
+ * What of a client error may go into `cause`. ioredis attaches the failed command's arguments (keys,
+ * values, sealed secrets) to reply and abort errors, a parser error carries raw reply bytes, and Redis
+ * echoes arguments in some replies ("unknown command ..., with args beginning with"), so a reply keeps
+ * only its error code and nothing is copied from the original object but its name and, for client-side
+ * errors (timeouts, refused connections), its message.
+ */
+class RedisFailure extends Error {
+  override readonly name = "RedisFailure";
+  readonly code: string | undefined;
+
+  constructor(message: string, code: string | undefined) {
+    super(message);
+    this.code = code;
+  }
+}
+
+function replyCode(error: Error): string | undefined {
+  // Redis before 7 wraps an error raised inside a script as "ERR Error running script ...: -OOM ...".
+  if (/-OOM command not allowed/.test(error.message)) return "OOM";
+  return /^[A-Z][A-Z_-]{1,30}\b/.exec(error.message)?.[0];
+}
+
+function describeFailure(error: unknown): RedisFailure {
+  if (!(error instanceof Error)) return new RedisFailure("redis client failed", undefined);
+  if (error.name === "ReplyError") {
+    const code = replyCode(error);
+    return new RedisFailure(`redis replied with an error${code ? ` (${code})` : ""}`, code);
+  }
+  if (error.name === "ParserError") return new RedisFailure("redis reply could not be parsed", undefined);
+  const code = (error as { code?: unknown }).code;
+  return new RedisFailure(
+    `${error.name}: ${error.message.slice(0, 200)}`,
+    typeof code === "string" ? code : undefined,
+  );
+}
+
+function failure(error: unknown): GateError {
+  const described = describeFailure(error);
+  // maxmemory reached under the noeviction policy: Redis refuses writes instead of evicting, which is
+  // the contract's "full" (THREATS L6), not an outage.
+  if (described.code === "OOM") {
+    return new GateError("ERR_STORE_FULL", "store full", {
+      detail: "redis store refused a write at its maxmemory limit",
+      cause: described,
+    });
+  }
+  return storeUnavailable("redis", described);
+}
+
+/** Rejects with `onTimeout()` if `promise` has not settled within `ms`. */
+function within<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(onTimeout()), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+class RedisStore implements Store {
+  readonly backend = "redis" as const;
+  readonly #client: ScriptedRedis;
+  readonly #prefix: string;
+  readonly #timeoutMs: number;
+  #closing: Promise<void> | null = null;
+
+  /** Use `openRedisStore`, which connects before handing the store out. */
+  constructor(client: ScriptedRedis, prefix: string, timeoutMs: number) {
+    this.#client = client;
+    this.#prefix = prefix;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  async get(key: RecordKey): Promise<string | null> {
+    this.#open();
+    return this.#call(() => this.#client.get(this.#name(key)));
+  }
+
+  async put(key: RecordKey, value: string, options?: TtlOptions): Promise<void> {
+    this.#open();
+    checkValue(value);
+    const ttlMs = checkTtl(options);
+    const name = this.#name(key);
+    // SET without KEEPTTL drops an earlier expiry, so an overwrite without a TTL lasts, as in memory.
+    await this.#call(() =>
+      ttlMs === undefined ? this.#client.set(name, value) : this.#client.set(name, value, "PX", ttlMs),
+    );
+  }
+
+  async claim(key: RecordKey, value: string, options?: TtlOptions): Promise<ClaimOutcome> {
+    this.#open();
+    checkValue(value);
+    const ttlMs = checkTtl(options);
+    const [won, winner] = await this.#call(() =>
+      this.#client.tenantgateClaim(this.#name(key), value, scriptArgument(ttlMs)),
+    );
+    return { won: won === 1, winner };
+  }
+
+  async take(key: RecordKey): Promise<string | null> {
+    this.#open();
+    // GETDEL is one command: of concurrent takers, exactly one receives the value.
+    return this.#call(() => this.#client.getdel(this.#name(key)));
+  }
+
+  async takeIfEquals(key: RecordKey, expected: string): Promise<boolean> {
+    this.#open();
+    const deleted = await this.#call(() => this.#client.tenantgateTakeIfEquals(this.#name(key), expected));
+    return deleted === 1;
+  }
+
+  async delete(key: RecordKey): Promise<boolean> {
+    this.#open();
+    // DEL of a logically expired key counts 0: expired reads as absent here too.
+    const deleted = await this.#call(() => this.#client.del(this.#name(key)));
+    return deleted === 1;
+  }
+
+  async increment(key: CounterKey, delta: number, options?: CounterOptions): Promise<CounterOutcome> {
+    this.#open();
+    const { ttlMs, limit } = checkCounter(delta, options);
+    const [applied, value] = await this.#call(() =>
+      this.#client.tenantgateIncrement(
+        this.#name(key),
+        String(delta),
+        scriptArgument(limit),
+        scriptArgument(ttlMs),
+      ),
+    );
+    return { applied: applied === 1, value: Number(value) };
+  }
+
+  async indexAdd(key: IndexKey, member: string, options?: TtlOptions): Promise<void> {
+    this.#open();
+    checkMember(member);
+    const ttlMs = checkTtl(options);
+    await this.#call(() => this.#client.tenantgateIndexAdd(this.#name(key), member, scriptArgument(ttlMs)));
+  }
+
+  async indexRemove(key: IndexKey, member: string): Promise<boolean> {
+    this.#open();
+    const removed = await this.#call(() => this.#client.tenantgateIndexRemove(this.#name(key), member));
+    return removed === 1;
+  }
+
+  async indexList(key: IndexKey): Promise<string[]> {
+    this.#open();
+    return this.#call(() => this.#client.tenantgateIndexList(this.#name(key)));
+  }
+
+  async ping(): Promise<void> {
+    this.#open();
+    await this.#call(() => this.#client.ping());
+  }
+
+  async close(): Promise<void> {
+    this.#closing ??= this.#quit();
+    return this.#closing;
+  }
+
+  /** QUIT lets replies already on their way arrive; a server that does not answer is cut off. */
+  async #quit(): Promise<void> {
+    try {
+      await within(this.#client.quit(), this.#timeoutMs, () => new Error("quit timed out"));
+    } catch {
+      // Nothing to report: the connection is dropped below either way.
+    } finally {
+      this.#client.disconnect();
+    }
+  }
+
+  #open(): void {
+    if (this.#closing) throw storeClosed(this.backend);
+  }
+
+  #name(key: RecordKey | CounterKey | IndexKey): string {
+    return this.#prefix + key.encoded;
+  }
+
+  async #call<T>(command: () => Promise<T>): Promise<T> {
+    try {
+      return await command();
+    } catch (error) {
+      throw failure(error);
+    }
+  }
+}
+
+function clientOptions(timeoutMs: number): RedisOptions {
+  return {
+    lazyConnect: true,
+    // Commands issued while disconnected fail at once instead of waiting for a reconnect.
+    enableOfflineQueue: false,
+    connectTimeout: timeoutMs,
+    commandTimeout: timeoutMs,
+    // A connection that stops answering (a black-holed network keeps TCP up for minutes) is destroyed
+    // and reconnected, so service resumes without waiting for keepalive to notice.
+    socketTimeout: timeoutMs,
+    // A command in flight when the connection drops may or may not have run; resending it could apply
+    // an increment twice or write a claim after its caller was told the store failed. Reject instead.
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    // Keep reconnecting with capped, jittered backoff: the store recovers by itself when Redis returns.
+    retryStrategy: (attempt) =>
+      Math.min(RECONNECT_BASE_MS * 2 ** Math.min(attempt - 1, 10), RECONNECT_CAP_MS) +
+      Math.floor(Math.random() * RECONNECT_BASE_MS),
+    // After a failover the old primary answers READONLY: reconnect (DNS then names the new one), but
+    // never resend the refused write.
+    reconnectOnError: (error) => error.message.startsWith("READONLY"),
+    scripts,
+  };
+}
+
+export async function openRedisStore(options: RedisStoreOptions): Promise<Store> {
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  let client: ScriptedRedis;
+  try {
+    client = new Redis(options.url, clientOptions(timeoutMs)) as ScriptedRedis;
+  } catch {
+    // The URL may carry a password: only the error's kind goes on, never its text.
+    throw storeUnavailable("redis", new RedisFailure("redis client could not be created", undefined));
+  }
+  // Without a listener ioredis prints each connection error (with its stack) to stderr; failures reach
+  // callers as rejected calls instead.
+  client.on("error", () => {});
+  const connecting = client.connect();
+  connecting.catch(() => {});
+  try {
+    await within(connecting, timeoutMs, () => new Error("Redis did not become ready in time"));
+  } catch (error) {
+    client.disconnect();
+    throw storeUnavailable("redis", describeFailure(error));
+  }
+  return new RedisStore(client, options.prefix, timeoutMs);
 }
