@@ -7,7 +7,9 @@ import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
  * Failure semantics, the same on every backend:
  * - A backend that cannot answer (down, hung, locked) rejects with `ERR_STORE_UNAVAILABLE` once it
  *   has not answered for the adapter's timeout, including calls queued behind it; a backend that
- *   is busy but answering is not unavailable. Callers fail closed (DESIGN invariant 6).
+ *   is busy but answering is not unavailable. Callers fail closed (DESIGN invariant 6). The outcome
+ *   of such a call is unknown: on a networked backend a timed-out write may still have been applied
+ *   (adapters never resend it, so it is applied at most once).
  * - A bounded store that is full rejects new entries with `ERR_STORE_FULL`; it never evicts.
  * - Invalid arguments reject with `ERR_ARGUMENT_INVALID`.
  * - An expired entry is indistinguishable from an absent one.

@@ -62,15 +62,24 @@ return 0
 `;
 
 /**
- * Read, limit check and add in one script, so concurrent increments cannot both pass a cap. The add is
- * INCRBY (exact 64-bit arithmetic on the stored integer); the TTL is set only when this call created
- * the key, so later increments never extend a window. A refused increment writes nothing. Values go
- * back as the stored string, not a Lua number, so no float formatting touches them.
+ * Read, limit check and add in one script, so concurrent increments cannot both pass a cap. The limit
+ * holds back increases only; a release is never refused. A sum at or below 0 deletes the key (the
+ * contract: counters floor at 0 and a counter at 0 is gone, so the next increment starts a new
+ * window). Otherwise the add is INCRBY (exact integer arithmetic on the stored value) and the TTL is
+ * set only when this call created the key, so later increments never extend a window. A refused
+ * increment writes nothing. Values go back as the stored string, not a Lua number, so no float
+ * formatting touches them (sums are compared as doubles, exact within the contract's ±2^53).
  */
 const INCREMENT = `
 local stored = redis.call('GET', KEYS[1])
-if ARGV[2] ~= '' and tonumber(stored or '0') + tonumber(ARGV[1]) > tonumber(ARGV[2]) then
+local current = tonumber(stored or '0')
+local delta = tonumber(ARGV[1])
+if ARGV[2] ~= '' and delta > 0 and current + delta > tonumber(ARGV[2]) then
   return {0, stored or '0'}
+end
+if current + delta <= 0 then
+  if stored then redis.call('DEL', KEYS[1]) end
+  return {1, '0'}
 end
 redis.call('INCRBY', KEYS[1], ARGV[1])
 if not stored and ARGV[3] ~= '' then
@@ -255,6 +264,9 @@ class RedisStore implements Store {
 
   async takeIfEquals(key: RecordKey, expected: string): Promise<boolean> {
     this.#open();
+    // ioredis encodes a lone surrogate as U+FFFD, which would match a stored U+FFFD; no stored value
+    // is ill-formed (put refuses them), so an ill-formed `expected` matches nothing.
+    if (typeof expected !== "string" || !expected.isWellFormed()) return false;
     const deleted = await this.#call(() => this.#client.tenantgateTakeIfEquals(this.#name(key), expected));
     return deleted === 1;
   }
@@ -289,6 +301,8 @@ class RedisStore implements Store {
 
   async indexRemove(key: IndexKey, member: string): Promise<boolean> {
     this.#open();
+    // As in takeIfEquals: an ill-formed member was never added (checkMember), so it is not there.
+    if (typeof member !== "string" || !member.isWellFormed()) return false;
     const removed = await this.#call(() => this.#client.tenantgateIndexRemove(this.#name(key), member));
     return removed === 1;
   }
@@ -381,5 +395,30 @@ export async function openRedisStore(options: RedisStoreOptions): Promise<Store>
     client.disconnect();
     throw storeUnavailable("redis", describeFailure(error));
   }
+  await refuseEvictingPolicy(client, timeoutMs);
   return new RedisStore(client, options.prefix, timeoutMs);
+}
+
+/**
+ * An evicting `maxmemory-policy` (allkeys-lru, volatile-lru, … as many managed services default to)
+ * would let Redis drop an ownership record under memory pressure, after which a known session or
+ * task id could be claimed by someone else (DESIGN invariants 3 and 6, THREATS L6). Only
+ * `noeviction`, where a full Redis refuses writes (answered as ERR_STORE_FULL), is accepted.
+ */
+async function refuseEvictingPolicy(client: ScriptedRedis, timeoutMs: number): Promise<void> {
+  let info: string;
+  try {
+    info = await within(client.info("memory"), timeoutMs, () => new Error("INFO did not answer in time"));
+  } catch (error) {
+    client.disconnect();
+    throw storeUnavailable("redis", describeFailure(error));
+  }
+  const policy = /^maxmemory_policy:(\S+)/m.exec(info)?.[1];
+  if (policy !== "noeviction") {
+    client.disconnect();
+    throw new GateError(
+      "ERR_CONFIG_INVALID",
+      `store: Redis maxmemory-policy is ${policy ?? "unknown"}; tenantgate needs noeviction (an evicting policy would drop ownership records)`,
+    );
+  }
 }

@@ -71,31 +71,6 @@ async function keysUnder(prefix: string): Promise<string[]> {
   return found;
 }
 
-/** How long a proxied connection is given to finish closing before its FaultProxy may be closed. */
-const PROXY_SETTLE_MS = 200;
-
-/**
- * Works around a FaultProxy bug without editing it: `close()` resets both sockets of every pair, even
- * one whose write side its pipe has already ended after the store's graceful QUIT; Node cannot reset a
- * socket in mid-shutdown (libuv refuses with EINVAL) and leaks the handle, which keeps this process
- * alive (and a core busy) after every test has passed. Letting the proxied connection finish closing
- * before the case closes the proxy avoids that. The proposed fix in FaultProxy#destroy is to reset only
- * sockets whose `writableEnded` is false and plainly destroy the rest.
- */
-function settlingClose(store: Store): Store {
-  const close = async () => {
-    await store.close();
-    await sleep(PROXY_SETTLE_MS);
-  };
-  return new Proxy(store, {
-    get(target, property) {
-      if (property === "close") return close;
-      const value: unknown = Reflect.get(target, property, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
-}
-
 export const redisHarness: StoreHarness = {
   name: "redis",
   async fixture() {
@@ -109,7 +84,7 @@ export const redisHarness: StoreHarness = {
       network: {
         host: backend.host,
         port: backend.port,
-        openVia: async (port: number) => settlingClose(await openStore(storeUrl(prefix, port))),
+        openVia: async (port: number) => await openStore(storeUrl(prefix, port)),
       },
       cleanup: () => deletePrefix(prefix),
     };
@@ -154,6 +129,7 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
  */
 async function fakeRedis(
   reply: (command: string[]) => string,
+  maxmemoryPolicy = "noeviction",
 ): Promise<{ port: number; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
@@ -171,8 +147,10 @@ async function fakeRedis(
         const upper = name.toUpperCase();
         if (upper === "HELLO") socket.write("-ERR unknown command 'HELLO'\r\n");
         else if (upper === "CLIENT") socket.write("+OK\r\n");
-        else if (upper === "INFO") socket.write("$11\r\nloading:0\r\n\r\n");
-        else socket.write(`-${reply(parsed.command)}\r\n`);
+        else if (upper === "INFO") {
+          const info = `loading:0\r\nmaxmemory_policy:${maxmemoryPolicy}\r\n`;
+          socket.write(`$${info.length}\r\n${info}\r\n`);
+        } else socket.write(`-${reply(parsed.command)}\r\n`);
       }
     });
   });
@@ -325,7 +303,7 @@ describe("redis store", { skip: backend.skip }, () => {
   it("ping answers, fails with ERR_STORE_UNAVAILABLE within the timeout while Redis hangs, then recovers", async () => {
     const proxy = await FaultProxy.start(backend.host, backend.port);
     const prefix = freshPrefix();
-    const store = settlingClose(await openStore(storeUrl(prefix, proxy.port)));
+    const store = await openStore(storeUrl(prefix, proxy.port));
     try {
       await store.ping();
       await proxy.setMode("hang");
@@ -444,6 +422,21 @@ describe("redis store", { skip: backend.skip }, () => {
       }
     } finally {
       await full.close();
+    }
+  });
+
+  it("refuses to open on a Redis whose maxmemory-policy could evict ownership records", async () => {
+    for (const policy of ["allkeys-lru", "volatile-lru", "allkeys-random"]) {
+      const evicting = await fakeRedis(() => "ERR unexpected", policy);
+      try {
+        const error = await rejection(
+          openStore(`redis://127.0.0.1:${evicting.port}?prefix=tgtest:x:&timeoutMs=${TIMEOUT_MS}`),
+        );
+        assert.ok(isGateError(error, "ERR_CONFIG_INVALID"), String(error));
+        assert.match((error as Error).message, /noeviction/);
+      } finally {
+        await evicting.close();
+      }
     }
   });
 });

@@ -124,7 +124,9 @@ export class FaultProxy {
     if (!this.#pairs.delete(pair)) return;
     for (const socket of [pair.client, pair.upstream]) {
       if (!socket || socket.destroyed) continue;
-      if (reset) socket.resetAndDestroy();
+      // A socket whose write side has already ended (a graceful QUIT went through the pipe) cannot be
+      // reset: Node raises an error and leaks the handle, which keeps the test process alive.
+      if (reset && !socket.writableEnded) socket.resetAndDestroy();
       else socket.destroy();
     }
   }
