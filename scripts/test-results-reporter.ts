@@ -13,6 +13,8 @@ interface TestEventData {
 
 interface Result {
   name: string;
+  /** Enclosing suites, outermost first (e.g. "store conformance: redis"). */
+  suites: string[];
   file: string;
   outcome: "pass" | "fail" | "skip";
 }
@@ -21,7 +23,18 @@ export default async function* testResultsReporter(
   source: AsyncIterable<{ type: string; data: TestEventData }>,
 ): AsyncGenerator<string> {
   const results: Result[] = [];
+  // Names of the tests and suites currently open, by nesting level, per file: events of one file
+  // arrive in order, but files running in parallel may interleave.
+  const openByFile = new Map<string, string[]>();
   for await (const event of source) {
+    const file = event.data?.file ?? "";
+    const open = openByFile.get(file) ?? [];
+    openByFile.set(file, open);
+    if (event.type === "test:start") {
+      open[event.data.nesting] = event.data.name;
+      open.length = event.data.nesting + 1;
+      continue;
+    }
     if (event.type !== "test:pass" && event.type !== "test:fail") continue;
     const { data } = event;
     // Suites report too; only leaf tests are cases.
@@ -29,6 +42,7 @@ export default async function* testResultsReporter(
     const skipped = data.skip !== undefined && data.skip !== false;
     results.push({
       name: data.name,
+      suites: open.slice(0, data.nesting),
       file: data.file ?? "",
       outcome: skipped || data.todo ? "skip" : event.type === "test:pass" ? "pass" : "fail",
     });

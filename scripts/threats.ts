@@ -8,6 +8,7 @@ import { relative } from "node:path";
 
 interface Result {
   name: string;
+  suites?: string[];
   file: string;
   outcome: "pass" | "fail" | "skip";
 }
@@ -41,7 +42,8 @@ for (const { id, status } of cases) {
   console.log(`${mark} ${id}  ${inScope ? `${passed.length} passing, ${failed.length} failing` : status}`);
   if (inScope) {
     for (const test of tests) {
-      console.log(`    ${test.outcome.padEnd(4)} ${relative(process.cwd(), test.file)} › ${test.name}`);
+      const path = [...(test.suites ?? []), test.name].join(" › ");
+      console.log(`    ${test.outcome.padEnd(4)} ${relative(process.cwd(), test.file)}: ${path}`);
     }
   }
 }
