@@ -9,6 +9,10 @@
 
 /** Every code tenantgate can raise. Adding one forces an entry in `wireForm` below. */
 export type GateErrorCode =
+  | "ERR_AUTH_REQUIRED"
+  | "ERR_AUTH_INVALID"
+  | "ERR_AUTH_RATE_LIMITED"
+  | "ERR_INSUFFICIENT_SCOPE"
   | "ERR_ARGUMENT_INVALID"
   | "ERR_CONFIG_INVALID"
   | "ERR_KEY_INVALID"
@@ -33,6 +37,12 @@ export interface WireError {
  * extra code a compile error.
  */
 const wireForm = {
+  // No credential, and a credential that failed any check, look alike apart from the code: both are
+  // 401 with the same challenge, so a client learns only that it must authenticate.
+  ERR_AUTH_REQUIRED: { status: 401, message: "authentication required" },
+  ERR_AUTH_INVALID: { status: 401, message: "authentication required" },
+  ERR_AUTH_RATE_LIMITED: { status: 429, message: "too many requests" },
+  ERR_INSUFFICIENT_SCOPE: { status: 403, message: "insufficient scope" },
   ERR_ARGUMENT_INVALID: { status: 500, message: "internal error" },
   ERR_CONFIG_INVALID: { status: 500, message: "internal error" },
   ERR_KEY_INVALID: { status: 500, message: "internal error" },
