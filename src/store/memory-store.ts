@@ -34,6 +34,10 @@ interface Entry<T> {
 /** Rough per-entry overhead in bytes (map slot, entry object). */
 const ENTRY_OVERHEAD = 64;
 
+function expiry(now: number, ttlMs: number | undefined): number {
+  return ttlMs === undefined ? Number.POSITIVE_INFINITY : now + ttlMs;
+}
+
 function positiveIntegerOption(name: string, value: number | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   if (!Number.isSafeInteger(value) || value <= 0) throw invalidArgument(name, "must be a positive integer");
@@ -68,51 +72,55 @@ export class MemoryStore implements Store {
     this.#maxBytes = positiveIntegerOption("maxBytes", options.maxBytes, 256 * 1024 * 1024);
     const sweepIntervalMs = positiveIntegerOption("sweepIntervalMs", options.sweepIntervalMs, 30_000);
     this.#now = options.now ?? Date.now;
-    this.#sweepTimer = setInterval(() => this.#sweep(), sweepIntervalMs);
+    this.#sweepTimer = setInterval(() => this.#sweep(this.#now()), sweepIntervalMs);
     this.#sweepTimer.unref();
   }
 
   /** Live entries (records, counters and index members), for metrics and tests. */
   get size(): number {
-    this.#sweep();
+    this.#sweep(this.#now());
     return this.#entries;
   }
 
   async get(key: RecordKey): Promise<string | null> {
     this.#open();
-    return this.#live(this.#records, key.encoded)?.value ?? null;
+    return this.#live(this.#records, key.encoded, this.#now())?.value ?? null;
   }
 
   async put(key: RecordKey, value: string, options?: TtlOptions): Promise<void> {
     this.#open();
     checkValue(value);
-    const expiresAt = this.#expiry(checkTtl(options));
-    const existing = this.#live(this.#records, key.encoded);
+    // One clock reading per operation: an entry live when read cannot expire (and be swept by
+    // #reserve) before it is written.
+    const now = this.#now();
+    const expiresAt = expiry(now, checkTtl(options));
+    const existing = this.#live(this.#records, key.encoded, now);
     if (existing) {
       const growth = recordBytes(key.encoded, value) - recordBytes(key.encoded, existing.value);
-      if (growth > 0) this.#reserve(growth, false);
+      if (growth > 0) this.#reserve(growth, false, now);
       else this.#bytes += growth;
       existing.value = value;
       existing.expiresAt = expiresAt;
       this.#noteExpiry(expiresAt);
       return;
     }
-    this.#insertRecord(key.encoded, value, expiresAt);
+    this.#insertRecord(key.encoded, value, expiresAt, now);
   }
 
   async claim(key: RecordKey, value: string, options?: TtlOptions): Promise<ClaimOutcome> {
     this.#open();
     checkValue(value);
-    const expiresAt = this.#expiry(checkTtl(options));
-    const existing = this.#live(this.#records, key.encoded);
+    const now = this.#now();
+    const expiresAt = expiry(now, checkTtl(options));
+    const existing = this.#live(this.#records, key.encoded, now);
     if (existing) return { won: false, winner: existing.value };
-    this.#insertRecord(key.encoded, value, expiresAt);
+    this.#insertRecord(key.encoded, value, expiresAt, now);
     return { won: true, winner: value };
   }
 
   async take(key: RecordKey): Promise<string | null> {
     this.#open();
-    const existing = this.#live(this.#records, key.encoded);
+    const existing = this.#live(this.#records, key.encoded, this.#now());
     if (!existing) return null;
     this.#deleteRecord(key.encoded, existing);
     return existing.value;
@@ -120,7 +128,7 @@ export class MemoryStore implements Store {
 
   async takeIfEquals(key: RecordKey, expected: string): Promise<boolean> {
     this.#open();
-    const existing = this.#live(this.#records, key.encoded);
+    const existing = this.#live(this.#records, key.encoded, this.#now());
     if (!existing || existing.value !== expected) return false;
     this.#deleteRecord(key.encoded, existing);
     return true;
@@ -133,11 +141,13 @@ export class MemoryStore implements Store {
   async increment(key: CounterKey, delta: number, options?: CounterOptions): Promise<CounterOutcome> {
     this.#open();
     const { ttlMs, limit } = checkCounter(delta, options);
-    const existing = this.#live(this.#counters, key.encoded);
+    const now = this.#now();
+    const existing = this.#live(this.#counters, key.encoded, now);
     const current = existing?.value ?? 0;
-    if (limit !== undefined && delta > 0 && current + delta > limit)
-      return { applied: false, value: current };
+    if (limit !== undefined && delta > 0 && current + delta > limit) return { applied: false, value: current };
     const next = Math.max(0, current + delta);
+    // The other backends refuse a result they could not represent exactly; so does this one.
+    if (!Number.isSafeInteger(next)) throw invalidArgument("delta", "would take the counter past 2^53");
     if (next === 0) {
       if (existing) {
         this.#counters.delete(key.encoded);
@@ -146,8 +156,8 @@ export class MemoryStore implements Store {
     } else if (existing) {
       existing.value = next;
     } else {
-      this.#reserve(recordBytes(key.encoded, ""), true);
-      const expiresAt = this.#expiry(ttlMs);
+      this.#reserve(recordBytes(key.encoded, ""), true, now);
+      const expiresAt = expiry(now, ttlMs);
       this.#counters.set(key.encoded, { value: next, expiresAt });
       this.#noteExpiry(expiresAt);
     }
@@ -157,19 +167,22 @@ export class MemoryStore implements Store {
   async indexAdd(key: IndexKey, member: string, options?: TtlOptions): Promise<void> {
     this.#open();
     checkMember(member);
-    const expiresAt = this.#expiry(checkTtl(options));
-    const members = this.#indexes.get(key.encoded);
-    const existing = members?.get(member);
-    if (members && existing !== undefined && existing > this.#now()) {
-      members.set(member, expiresAt);
+    const now = this.#now();
+    const expiresAt = expiry(now, checkTtl(options));
+    const existing = this.#indexes.get(key.encoded)?.get(member);
+    if (existing !== undefined && existing > now) {
+      this.#indexes.get(key.encoded)?.set(member, expiresAt);
       this.#noteExpiry(expiresAt);
       return;
     }
-    if (members && existing !== undefined) {
-      members.delete(member);
+    if (existing !== undefined) {
+      this.#indexes.get(key.encoded)?.delete(member);
       this.#release(recordBytes(key.encoded, member));
     }
-    this.#reserve(recordBytes(key.encoded, member), true);
+    this.#reserve(recordBytes(key.encoded, member), true, now);
+    // Looked up after #reserve: its sweep may have dropped this index's map once all its members
+    // had expired, and a member written into a detached map would be lost with its slot.
+    const members = this.#indexes.get(key.encoded);
     if (members) members.set(member, expiresAt);
     else this.#indexes.set(key.encoded, new Map([[member, expiresAt]]));
     this.#noteExpiry(expiresAt);
@@ -216,16 +229,12 @@ export class MemoryStore implements Store {
     if (this.#closed) throw storeClosed(this.backend);
   }
 
-  #expiry(ttlMs: number | undefined): number {
-    return ttlMs === undefined ? Number.POSITIVE_INFINITY : this.#now() + ttlMs;
-  }
-
   #noteExpiry(expiresAt: number): void {
     if (expiresAt < this.#earliestExpiry) this.#earliestExpiry = expiresAt;
   }
 
-  #insertRecord(encoded: string, value: string, expiresAt: number): void {
-    this.#reserve(recordBytes(encoded, value), true);
+  #insertRecord(encoded: string, value: string, expiresAt: number, now: number): void {
+    this.#reserve(recordBytes(encoded, value), true, now);
     this.#records.set(encoded, { value, expiresAt });
     this.#noteExpiry(expiresAt);
   }
@@ -236,10 +245,10 @@ export class MemoryStore implements Store {
   }
 
   /** The live entry, dropping it first if it has expired. */
-  #live<T>(map: Map<string, Entry<T>>, encoded: string): Entry<T> | undefined {
+  #live<T>(map: Map<string, Entry<T>>, encoded: string, now: number): Entry<T> | undefined {
     const entry = map.get(encoded);
     if (!entry) return undefined;
-    if (entry.expiresAt > this.#now()) return entry;
+    if (entry.expiresAt > now) return entry;
     map.delete(encoded);
     this.#release(recordBytes(encoded, typeof entry.value === "string" ? entry.value : ""));
     return undefined;
@@ -249,10 +258,10 @@ export class MemoryStore implements Store {
    * Accounts for `bytes` more (and one more entry when `newEntry`), or refuses when a bound would be
    * passed, after reclaiming what has expired if anything can have.
    */
-  #reserve(bytes: number, newEntry: boolean): void {
+  #reserve(bytes: number, newEntry: boolean, now: number): void {
     const entries = newEntry ? 1 : 0;
     const fits = () => this.#entries + entries <= this.#maxEntries && this.#bytes + bytes <= this.#maxBytes;
-    if (!fits() && this.#earliestExpiry <= this.#now()) this.#sweep();
+    if (!fits() && this.#earliestExpiry <= now) this.#sweep(now);
     if (!fits()) {
       throw new GateError("ERR_STORE_FULL", "store full", {
         detail: "memory store is at its entry or byte bound",
@@ -267,8 +276,7 @@ export class MemoryStore implements Store {
     this.#bytes -= bytes;
   }
 
-  #sweep(): void {
-    const now = this.#now();
+  #sweep(now: number): void {
     let earliest = Number.POSITIVE_INFINITY;
     for (const [encoded, entry] of this.#records) {
       if (entry.expiresAt <= now) this.#deleteRecord(encoded, entry);

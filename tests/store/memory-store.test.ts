@@ -102,3 +102,36 @@ describe("memory store bounds (L6)", () => {
     await store.close();
   });
 });
+
+describe("memory store accounting under a full store", () => {
+  it("an index add that sweeps its own expired index does not lose the member or its slot", async () => {
+    let now = 1_000;
+    const store = new MemoryStore({ maxEntries: 2, now: () => now });
+    const index = ownerIndexKey(scope, "session");
+    await store.indexAdd(index, "old", { ttlMs: 10 });
+    await store.put(ownedKey(scope, "note", "r"), "v");
+    now += 20;
+    await store.indexAdd(index, "new");
+    assert.deepEqual(await store.indexList(index), ["new"]);
+    assert.equal(store.size, 2);
+    assert.equal(await store.indexRemove(index, "new"), true);
+    await store.put(ownedKey(scope, "note", "r2"), "v", {});
+    await store.close();
+  });
+
+  it("a put over an entry that expires while the store is full neither loses the value nor drifts", async () => {
+    let now = 1_000;
+    // A clock that moves on every reading: each operation must read it once, or the entry it found
+    // live could be swept (and released) by the same operation before it writes.
+    const store = new MemoryStore({ maxBytes: 300, now: () => now++ });
+    const key = ownedKey(scope, "note", "k");
+    await store.put(key, "a".repeat(20), { ttlMs: 3 });
+    // Growing it does not fit beside itself; it would fit only if the entry itself were swept.
+    await assert.rejects(store.put(key, "b".repeat(90)), (e) => isGateError(e, "ERR_STORE_FULL"));
+    assert.equal(await store.get(key), "a".repeat(20));
+    now += 10;
+    assert.equal(store.size, 0, "expired and reclaimed, counted once");
+    await store.put(ownedKey(scope, "note", "fits"), "c".repeat(50));
+    await store.close();
+  });
+});
