@@ -144,7 +144,8 @@ export class MemoryStore implements Store {
     const now = this.#now();
     const existing = this.#live(this.#counters, key.encoded, now);
     const current = existing?.value ?? 0;
-    if (limit !== undefined && delta > 0 && current + delta > limit) return { applied: false, value: current };
+    if (limit !== undefined && delta > 0 && current + delta > limit)
+      return { applied: false, value: current };
     const next = Math.max(0, current + delta);
     // The other backends refuse a result they could not represent exactly; so does this one.
     if (!Number.isSafeInteger(next)) throw invalidArgument("delta", "would take the counter past 2^53");

@@ -12,7 +12,7 @@ import type { ClaimOutcome, CounterOptions, CounterOutcome, Store, TtlOptions } 
 import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
 
 /**
- * A store on Redis (>= 6.2, for GETDEL), shared by every gateway replica.
+ * A store on Redis (>= 7.0: GETDEL, and script flags so releases work at maxmemory), shared by every gateway replica.
  *
  * Layout under the prefix (see docs/storage-schema.md): records and counters are plain strings,
  * indexes are sorted sets scored by expiry time in ms on the server's clock (+inf for no expiry).
@@ -89,6 +89,29 @@ return {1, redis.call('GET', KEYS[1])}
 `;
 
 /**
+ * A release (delta <= 0) in a script of its own, flagged `allow-oom`: under `noeviction` at maxmemory
+ * Redis refuses deny-oom commands such as INCRBY, and a refused release would leak a reservation
+ * (invariant 7; the contract: a release is never refused). A release only shrinks or deletes a value,
+ * so allowing it past maxmemory cannot grow memory. Needs Redis >= 7.0 (script flags).
+ */
+const RELEASE = `#!lua flags=allow-oom
+local stored = redis.call('GET', KEYS[1])
+if not stored then
+  return {1, '0'}
+end
+if tonumber(ARGV[1]) == 0 then
+  return {1, stored}
+end
+local next = tonumber(stored) + tonumber(ARGV[1])
+if next <= 0 then
+  redis.call('DEL', KEYS[1])
+  return {1, '0'}
+end
+redis.call('SET', KEYS[1], string.format('%d', next), 'KEEPTTL')
+return {1, redis.call('GET', KEYS[1])}
+`;
+
+/**
  * Index scripts share a prelude and a postlude. Expiry is judged by the server's clock (TIME), never a
  * replica's own, so every gateway replica agrees on which members are live; a member is live while its
  * score is greater than now, as in the memory store. Expired members are dropped before anything else,
@@ -138,6 +161,7 @@ const scripts = {
   tenantgateClaim: { lua: CLAIM, numberOfKeys: 1 },
   tenantgateTakeIfEquals: { lua: TAKE_IF_EQUALS, numberOfKeys: 1 },
   tenantgateIncrement: { lua: INCREMENT, numberOfKeys: 1 },
+  tenantgateRelease: { lua: RELEASE, numberOfKeys: 1 },
   tenantgateIndexAdd: { lua: INDEX_ADD, numberOfKeys: 1 },
   tenantgateIndexRemove: { lua: INDEX_REMOVE, numberOfKeys: 1 },
   tenantgateIndexList: { lua: INDEX_LIST, numberOfKeys: 1 },
@@ -147,6 +171,7 @@ interface ScriptedRedis extends Redis {
   tenantgateClaim(key: string, value: string, ttlMs: string): Promise<[number, string]>;
   tenantgateTakeIfEquals(key: string, expected: string): Promise<number>;
   tenantgateIncrement(key: string, delta: string, limit: string, ttlMs: string): Promise<[number, string]>;
+  tenantgateRelease(key: string, delta: string): Promise<[number, string]>;
   tenantgateIndexAdd(key: string, member: string, ttlMs: string): Promise<number>;
   tenantgateIndexRemove(key: string, member: string): Promise<number>;
   tenantgateIndexList(key: string): Promise<string[]>;
@@ -281,13 +306,16 @@ class RedisStore implements Store {
   async increment(key: CounterKey, delta: number, options?: CounterOptions): Promise<CounterOutcome> {
     this.#open();
     const { ttlMs, limit } = checkCounter(delta, options);
+    // Releases and reads go through the allow-oom script, so a full Redis never refuses them.
     const [applied, value] = await this.#call(() =>
-      this.#client.tenantgateIncrement(
-        this.#name(key),
-        String(delta),
-        scriptArgument(limit),
-        scriptArgument(ttlMs),
-      ),
+      delta <= 0
+        ? this.#client.tenantgateRelease(this.#name(key), String(delta))
+        : this.#client.tenantgateIncrement(
+            this.#name(key),
+            String(delta),
+            scriptArgument(limit),
+            scriptArgument(ttlMs),
+          ),
     );
     return { applied: applied === 1, value: Number(value) };
   }

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
 import { createServer, type Server, type Socket } from "node:net";
 import { after, describe, it } from "node:test";
@@ -437,6 +438,71 @@ describe("redis store", { skip: backend.skip }, () => {
       } finally {
         await evicting.close();
       }
+    }
+  });
+
+  it("at maxmemory (noeviction) an increase is refused as full, but a release still goes through", async (t) => {
+    // A private redis-server on a free port, so the shared one is never filled or reconfigured.
+    if (spawnSync("redis-server", ["--version"]).status !== 0) {
+      if (process.env["CI"] === "true") assert.fail("redis-server is not installed; CI must run this test");
+      t.skip("redis-server is not installed");
+      return;
+    }
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+    const port = (probe.address() as { port: number }).port;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    const server = spawn(
+      "redis-server",
+      [
+        "--port",
+        String(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory-policy",
+        "noeviction",
+      ],
+      { stdio: "ignore" },
+    );
+    const admin = new Redis({ port, host: "127.0.0.1", lazyConnect: true, maxRetriesPerRequest: 1 });
+    admin.on("error", () => {});
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await admin.connect();
+          break;
+        } catch (error) {
+          if (attempt > 50) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      }
+      const store = await openStore(
+        `redis://127.0.0.1:${port}?prefix=tgtest:${process.pid}:oom:&timeoutMs=${TIMEOUT_MS}`,
+      );
+      try {
+        const slots = counterKey("slots", "k");
+        await store.increment(slots, 5, { ttlMs: 60_000 });
+        const used = Number(/used_memory:(\d+)/.exec(await admin.info("memory"))?.[1]);
+        await admin.config("SET", "maxmemory", String(Math.max(1, used - 1_000_000)));
+        const refused = await rejection(store.increment(slots, 1));
+        assert.ok(isGateError(refused, "ERR_STORE_FULL"), String(refused));
+        assert.deepEqual(await store.increment(slots, -1), { applied: true, value: 4 });
+        assert.deepEqual(await store.increment(slots, 0), { applied: true, value: 4 });
+        assert.deepEqual(await store.increment(slots, -4), { applied: true, value: 0 });
+        assert.ok(
+          (await admin.pttl(`tgtest:${process.pid}:oom:${slots.encoded}`)) < 0,
+          "a counter at zero is gone",
+        );
+      } finally {
+        await store.close();
+      }
+    } finally {
+      admin.disconnect();
+      server.kill("SIGKILL");
     }
   });
 });
