@@ -195,7 +195,11 @@ function statements(schema: string): Statements {
     // at a time on the row lock; a call replaces value and expiry only if the version it locked has
     // expired (or it inserted), and records that in `last_claim_won`. So exactly one call per live
     // lifetime is told it won, and every call returns the value stored after it: the winner's. A
-    // NULL expiry makes `expires_at <= now()` NULL: the CASE keeps the row, coalesce reports false.
+    // NULL expiry makes `expires_at <= …` NULL: the CASE keeps the row, coalesce reports false.
+    // The write path judges expiry, and computes the new expiry, by `clock_timestamp()` (the time of
+    // the write), not `now()` (the statement's start): a claim that waited on the row lock longer
+    // than its TTL must not write a record that is already expired, or the next claimant would win
+    // too.
     claim: `WITH seen AS (
               SELECT value FROM ${s}.records WHERE key = $1::text AND ${LIVE}
             ), written AS (
@@ -203,9 +207,10 @@ function statements(schema: string): Statements {
               SELECT $1::text, $2::bytea, ${expiry("$3")}, true
               WHERE NOT EXISTS (SELECT 1 FROM seen)
               ON CONFLICT (key) DO UPDATE SET
-                value = CASE WHEN r.expires_at <= now() THEN excluded.value ELSE r.value END,
-                expires_at = CASE WHEN r.expires_at <= now() THEN excluded.expires_at ELSE r.expires_at END,
-                last_claim_won = coalesce(r.expires_at <= now(), false)
+                value = CASE WHEN r.expires_at <= clock_timestamp() THEN excluded.value ELSE r.value END,
+                expires_at = CASE WHEN r.expires_at <= clock_timestamp()
+                  THEN clock_timestamp() + $3::bigint * interval '1 millisecond' ELSE r.expires_at END,
+                last_claim_won = coalesce(r.expires_at <= clock_timestamp(), false)
               RETURNING value, last_claim_won
             )
             SELECT value, false AS won FROM seen
@@ -335,6 +340,9 @@ interface Connections {
   readonly sockets: Set<Socket>;
 }
 
+/** The server-side statement timeout trails the client's, so the client decides first. */
+const SERVER_TIMEOUT_MARGIN_MS = 250;
+
 function createPool(url: string, timeoutMs: number, poolSize: number): Connections {
   const sockets = new Set<Socket>();
   const pool = new pg.Pool({
@@ -360,6 +368,17 @@ function createPool(url: string, timeoutMs: number, poolSize: number): Connectio
   // An idle connection that fails (server restart, network reset) is already removed from the pool
   // when this fires; the next call opens a new one. Without a listener it would crash the process.
   pool.on("error", () => {});
+  // The client-side timeout only abandons a query; the server would go on running or waiting for a
+  // lock, holding a backend, and could still apply the write much later. Server-side limits end it
+  // there too, just after the client gave up. Set per connection (not as startup parameters, which
+  // PgBouncer refuses); queued before any query of the caller's on that connection.
+  pool.on("connect", (client) => {
+    client
+      .query(
+        `SET statement_timeout = ${timeoutMs + SERVER_TIMEOUT_MARGIN_MS}; SET lock_timeout = ${timeoutMs}`,
+      )
+      .catch(() => {});
+  });
   return { pool, sockets };
 }
 
@@ -391,7 +410,8 @@ function serverAnswered(error: unknown): boolean {
 }
 
 interface Waiter {
-  readonly admit: () => void;
+  /** The query-time budget left when admitted: the timeout less the server's silence so far. */
+  readonly admit: (budgetMs: number) => void;
   readonly refuse: (error: GateError) => void;
 }
 
@@ -419,10 +439,15 @@ class Admission {
     this.#stallMs = stallMs;
   }
 
-  async run<T>(work: () => Promise<T>): Promise<T> {
-    await this.#acquire();
+  /**
+   * Runs `work` with a connection slot. `work` receives the query-time budget: the full timeout for
+   * a caller admitted at once; for one that waited, the timeout less the server's silence so far, so
+   * a queued call fails once the server has been silent for the timeout, not a timeout later.
+   */
+  async run<T>(work: (budgetMs: number) => Promise<T>): Promise<T> {
+    const budgetMs = await this.#acquire();
     try {
-      const result = await work();
+      const result = await work(budgetMs);
       this.#lastAnswerAt = performance.now();
       return result;
     } catch (error) {
@@ -439,18 +464,18 @@ class Admission {
     for (const waiter of this.#waiting.splice(0)) waiter.refuse(storeClosed(BACKEND));
   }
 
-  #acquire(): Promise<void> {
+  #acquire(): Promise<number> {
     if (this.#closed) return Promise.reject(storeClosed(BACKEND));
     if (this.#inUse < this.#capacity) {
       this.#inUse++;
-      return Promise.resolve();
+      return Promise.resolve(this.#stallMs);
     }
     return new Promise((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
       const waiter: Waiter = {
-        admit: () => {
+        admit: (budgetMs) => {
           clearTimeout(timer);
-          resolve();
+          resolve(budgetMs);
         },
         refuse: (error) => {
           clearTimeout(timer);
@@ -473,10 +498,17 @@ class Admission {
   }
 
   #release(): void {
-    const next = this.#waiting.shift();
-    // The slot passes straight to the next waiter, so #inUse is unchanged.
-    if (next) next.admit();
-    else this.#inUse--;
+    // The slot passes straight to the next waiter (so #inUse is unchanged), unless the server has
+    // been silent for the timeout: then waiters are refused now rather than handed a fresh timeout.
+    for (let next = this.#waiting.shift(); next; next = this.#waiting.shift()) {
+      const silentFor = performance.now() - this.#lastAnswerAt;
+      if (silentFor < this.#stallMs) {
+        next.admit(Math.max(1, Math.floor(this.#stallMs - silentFor)));
+        return;
+      }
+      next.refuse(storeUnavailable(BACKEND, new Error("no answer while waiting for a connection")));
+    }
+    this.#inUse--;
   }
 }
 
@@ -611,7 +643,9 @@ class PostgresStore implements Store {
   async #query<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<pg.QueryResult<R>> {
     this.#open();
     try {
-      return await this.#admission.run(() => this.#connections.pool.query<R>(text, values));
+      return await this.#admission.run((budgetMs) =>
+        this.#connections.pool.query<R>({ text, values, query_timeout: budgetMs } as pg.QueryConfig),
+      );
     } catch (error) {
       throw unavailable(error);
     }

@@ -93,6 +93,32 @@ describe("postgres store", { skip: backend.skip }, () => {
     for (const schema of schemas) await dropSchema(schema);
   });
 
+  it("a claim that timed out behind a held row lock is ended on the server, never applied later", async () => {
+    const schema = newSchema();
+    const store = await openStore(storeUrl(schema));
+    try {
+      const key = ownershipKey("session", randomUUID());
+      // An expired record sends the claim down the write path, where it must wait for the row lock.
+      await store.put(key, "expired", { ttlMs: 1 });
+      await sleep(20);
+      await withAdmin(async (holder) => {
+        await holder.query("BEGIN");
+        await holder.query(`SELECT 1 FROM "${schema}".records WHERE key = $1 FOR UPDATE`, [key.encoded]);
+        await assert.rejects(store.claim(key, "late-claimant"), (e: unknown) =>
+          isGateError(e, "ERR_STORE_UNAVAILABLE"),
+        );
+        // Hold the lock well past the server-side limits, then let go.
+        await sleep(TIMEOUT_MS + 1_500);
+        await holder.query("COMMIT");
+      });
+      await sleep(200);
+      assert.equal(await store.get(key), null, "the abandoned claim must not have been applied");
+      assert.deepEqual(await store.claim(key, "next"), { won: true, winner: "next" });
+    } finally {
+      await store.close();
+    }
+  });
+
   it("processes and pools opening a new schema at once all succeed, and migrate it once", async () => {
     const schema = newSchema();
     const url = storeUrl(schema);
