@@ -17,9 +17,14 @@ const USAGE = `usage: tenantgate <command>
   help                         this text
 `;
 
-async function readStdin(): Promise<string> {
+async function readStdin(maxBytes = 4096): Promise<string> {
   const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  let total = 0;
+  for await (const chunk of process.stdin) {
+    total += (chunk as Buffer).byteLength;
+    if (total > maxBytes) throw new GateError("ERR_ARGUMENT_INVALID", "input is too large");
+    chunks.push(chunk as Buffer);
+  }
   return Buffer.concat(chunks).toString("utf8").trim();
 }
 

@@ -13,6 +13,7 @@ import { GateError, invalidArgument } from "../errors.ts";
  */
 
 export const MASTER_KEY_BYTES = 32;
+const MAX_KEY_FILE_BYTES = 4096;
 const KEY_ID = /^[A-Za-z0-9_-]{1,32}$/;
 const PURPOSE = /^[a-z][a-z0-9/:-]{0,63}$/;
 const HKDF_SALT = Buffer.from("tenantgate/hkdf/v1");
@@ -163,6 +164,9 @@ async function readKeyFile(path: string): Promise<Buffer> {
     if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
       throw new GateError("ERR_KEY_FILE_EXPOSED", `key file ${path} is owned by another user`);
     }
+    // A key file is 43 characters and a newline; anything much larger is not a key file.
+    if (info.size > MAX_KEY_FILE_BYTES)
+      throw new GateError("ERR_KEY_INVALID", `key file ${path} is too large`);
     return parseMasterKey(await handle.readFile("utf8"), `key file ${path}`);
   } finally {
     await handle.close();

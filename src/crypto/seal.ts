@@ -84,6 +84,9 @@ function decodeCanonical(part: string): Buffer | null {
 
 /** Opens a sealed value. Every failure is the same `ERR_SEALED_VALUE_INVALID`. */
 export function open(keyring: Keyring, sealed: string, context: SealContext): Buffer {
+  // A malformed context is the caller's bug, not the client's: an argument error, outside the
+  // indistinguishable-failure path.
+  checkContext(context);
   if (typeof sealed !== "string" || sealed.length > MAX_SEALED_LENGTH) throw openFailed();
   const parts = sealed.split(".");
   if (parts.length !== 4) throw openFailed();
@@ -93,7 +96,6 @@ export function open(keyring: Keyring, sealed: string, context: SealContext): Bu
   const body = decodeCanonical(bodyPart);
   if (!iv || !body || iv.byteLength !== IV_BYTES || body.byteLength < TAG_BYTES) throw openFailed();
   try {
-    checkContext(context);
     const key = keyring.sealingKey(context.purpose, keyId);
     const decipher = createDecipheriv("aes-256-gcm", key, iv, { authTagLength: TAG_BYTES });
     decipher.setAAD(associatedData(keyId, context));

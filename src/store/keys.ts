@@ -86,6 +86,11 @@ function scopeSegments(scope: OwnerScope): string[] {
 export function ownershipKey(kind: string, ...idParts: [string, ...string[]]): RecordKey {
   checkKind(kind);
   if (idParts.length === 0) throw invalidArgument("idParts", "must name the id");
+  for (const part of idParts) {
+    if (typeof part !== "string" || part.length === 0 || part.length > MAX_SEGMENT_LENGTH) {
+      throw invalidArgument("id part", `must be a string of 1 to ${MAX_SEGMENT_LENGTH} characters`);
+    }
+  }
   // Always length-prefixed, so a one-part id can never spell the encoding of a two-part one.
   const named = idParts.map((part) => `${part.length}:${part}`).join("");
   return build("own", [kind, digest(kind, named)]) as RecordKey;

@@ -61,5 +61,7 @@ describe("store key builder", () => {
     invalid(() => ownedKey(scope, "note"));
     invalid(() => ownedKey(scope, "Note", "x"));
     invalid(() => counterKey("a/b"));
+    invalid(() => ownershipKey("task", "upstream", ""));
+    invalid(() => ownershipKey("task", "x".repeat(1025)));
   });
 });
