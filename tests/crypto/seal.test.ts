@@ -77,10 +77,7 @@ describe("seal and open", () => {
     const sealed = seal(ring, "x", { purpose: "vault", owner: ["ab", "c"] });
     assertOpenFails(() => open(ring, sealed, { purpose: "vault", owner: ["a", "bc"] }), "boundary shift");
     assertOpenFails(() => open(ring, sealed, { purpose: "vault", owner: ["abc"] }), "merged segments");
-    assertOpenFails(
-      () => open(ring, sealed, { purpose: "vault", owner: ["ab", "c", "x"] }),
-      "extra segment",
-    );
+    assertOpenFails(() => open(ring, sealed, { purpose: "vault", owner: ["ab", "c", "x"] }), "extra segment");
   });
 
   it("any change to any byte of the sealed text is refused with the same error", async () => {
@@ -99,7 +96,7 @@ describe("seal and open", () => {
       ".",
       "v1...",
       "v1.ephemeral.AAAA.AAAA",
-      "v2" + sealed.slice(2),
+      `v2${sealed.slice(2)}`,
       `${sealed}.x`,
       "x".repeat(2 << 20),
     ]) {
