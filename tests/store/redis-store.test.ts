@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { createServer, type Server, type Socket } from "node:net";
+import { connect, createServer, type Server, type Socket } from "node:net";
 import { after, describe, it } from "node:test";
 import { inspect } from "node:util";
 import { Redis } from "ioredis";
@@ -165,6 +165,17 @@ async function fakeRedis(
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
+}
+
+function portAnswers(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ port, host: "127.0.0.1" });
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once("error", () => resolve(false));
+  });
 }
 
 /** One RESP array of bulk strings from the front of `input`, or null if it is not all there yet. */
@@ -471,15 +482,13 @@ describe("redis store", { skip: backend.skip }, () => {
     const admin = new Redis({ port, host: "127.0.0.1", lazyConnect: true, maxRetriesPerRequest: 1 });
     admin.on("error", () => {});
     try {
-      for (let attempt = 0; ; attempt++) {
-        try {
-          await admin.connect();
-          break;
-        } catch (error) {
-          if (attempt > 50) throw error;
-          await new Promise((resolve) => setTimeout(resolve, 100));
-        }
+      // Wait for the private server to listen before connecting a client to it (a failed connect
+      // would leave the client retrying on its own, and a second connect() is refused).
+      for (let attempt = 0; !(await portAnswers(port)); attempt++) {
+        if (attempt > 100) assert.fail("the private redis-server did not start");
+        await new Promise((resolve) => setTimeout(resolve, 50));
       }
+      await admin.connect();
       const store = await openStore(
         `redis://127.0.0.1:${port}?prefix=tgtest:${process.pid}:oom:&timeoutMs=${TIMEOUT_MS}`,
       );
