@@ -123,7 +123,7 @@ const keyId = checked(
   (value) => /^[A-Za-z0-9_-]{1,32}$/.test(value),
   "must be 1-32 characters of A-Z a-z 0-9 _ -",
 );
-const digest = checked(isDigest, "must be a 43-character base64url digest (tenantgate keys api-key)");
+const digest = checked(isDigest, "must be a 43-character base64url digest");
 
 export const ASYMMETRIC_ALGORITHMS = [
   "RS256",
@@ -238,7 +238,7 @@ const apiKeySchema = z.strictObject({
     (value) => /^[A-Za-z0-9_.-]{1,64}$/.test(value),
     "must be 1-64 characters of A-Z a-z 0-9 _ . -",
   ),
-  digest,
+  digest: checked(isDigest, "must be a 43-character base64url digest (tenantgate keys api-key prints one)"),
   subject: checked(isPlainText, "must be 1-256 printable characters"),
   tenant: checked(isPlainText, "must be 1-256 printable characters"),
   scopes,
