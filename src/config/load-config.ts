@@ -1,14 +1,7 @@
 import { dirname, resolve } from "node:path";
 import { applyEnvironment, environmentSourceOf } from "./environment.ts";
 import type { GatewayConfig } from "./gateway-config.ts";
-import {
-  type ConfigIssue,
-  type ConfigPath,
-  configError,
-  describePath,
-  fromZodIssue,
-  issueAt,
-} from "./issues.ts";
+import { type ConfigIssue, type ConfigPath, configError, describePath, fromZodIssue } from "./issues.ts";
 import { readConfigFile } from "./read-config-file.ts";
 import { resolveConfig } from "./resolve-config.ts";
 import { gatewayConfigSchema } from "./schema.ts";
@@ -50,11 +43,19 @@ export function parseConfig(input: unknown, options: ParseConfigOptions = {}): G
   const env = options.env ?? process.env;
   const issues: ConfigIssue[] = [];
 
-  const clean = withoutPrototypeKeys(input, [], issues);
-  const overlay = applyEnvironment(clean, env, gatewayConfigSchema);
+  const overlay = applyEnvironment(input, env, gatewayConfigSchema);
   issues.push(...overlay.issues);
+  const subjectFor = (path: ConfigPath): string => {
+    const variable = environmentSourceOf(overlay.sources, path);
+    return describePath(path) + (variable ? ` (from environment variable ${variable})` : "");
+  };
+  // After the overlay, so that JSON from a variable is checked as well as the file.
+  const prototypeKeys: ConfigPath[] = [];
+  const merged = withoutPrototypeKeys(overlay.merged, [], prototypeKeys);
+  for (const path of prototypeKeys)
+    issues.push({ subject: subjectFor(path), problem: "is not an allowed key name" });
 
-  const referenced = new Set(secretReferences(overlay.merged).map(referencedEnvironmentVariable));
+  const referenced = new Set(secretReferences(merged).map(referencedEnvironmentVariable));
   for (const variable of overlay.unmatched) {
     if (!referenced.has(variable)) {
       issues.push({
@@ -64,14 +65,11 @@ export function parseConfig(input: unknown, options: ParseConfigOptions = {}): G
     }
   }
 
-  const parsed = gatewayConfigSchema.safeParse(overlay.merged, { reportInput: true });
+  const parsed = gatewayConfigSchema.safeParse(merged, { reportInput: true });
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
-      for (const { path, problem } of fromZodIssue(issue)) {
-        const variable = environmentSourceOf(overlay.sources, path);
-        const subject = describePath(path) + (variable ? ` (from environment variable ${variable})` : "");
-        issues.push({ subject, problem });
-      }
+      for (const { path, problem } of fromZodIssue(issue))
+        issues.push({ subject: subjectFor(path), problem });
     }
   }
   if (issues.length > 0 || !parsed.success) throw configError(issues);
@@ -101,18 +99,18 @@ function secretReferences(input: unknown): string[] {
  * as an ordinary property, but copying it with plain assignment would replace the copy's prototype,
  * and zod's record parsing drops it silently: it is refused so that nothing is ignored unseen.
  */
-function withoutPrototypeKeys(value: unknown, path: ConfigPath, issues: ConfigIssue[]): unknown {
+function withoutPrototypeKeys(value: unknown, path: ConfigPath, found: ConfigPath[]): unknown {
   if (Array.isArray(value))
-    return value.map((item, index) => withoutPrototypeKeys(item, [...path, index], issues));
+    return value.map((item, index) => withoutPrototypeKeys(item, [...path, index], found));
   if (typeof value !== "object" || value === null) return value;
   const copy: Record<string, unknown> = {};
   for (const key of Object.keys(value)) {
     if (key === "__proto__") {
-      issues.push(issueAt([...path, key], "is not an allowed key name"));
+      found.push([...path, key]);
       continue;
     }
     Object.defineProperty(copy, key, {
-      value: withoutPrototypeKeys((value as Record<string, unknown>)[key], [...path, key], issues),
+      value: withoutPrototypeKeys((value as Record<string, unknown>)[key], [...path, key], found),
       writable: true,
       enumerable: true,
       configurable: true,

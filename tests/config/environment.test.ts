@@ -197,6 +197,17 @@ describe("environment overrides", () => {
     });
   });
 
+  it("refuses a __proto__ key inside JSON from a variable instead of dropping it", () => {
+    const lines = refusalLines(() =>
+      parseConfig(minimalConfig(), {
+        env: { TENANTGATE_UPSTREAMS__0__INJECT: '{"__proto__": {"X-B": "1"}, "X-A": "v"}' },
+      }),
+    );
+    assert.deepEqual(lines, [
+      "config: upstreams[0].inject.__proto__ (from environment variable TENANTGATE_UPSTREAMS__0__INJECT) is not an allowed key name",
+    ]);
+  });
+
   it("refuses two variables that set the same setting", () => {
     const lines = refusalLines(() =>
       parseConfig(minimalConfig(), { env: { TENANTGATE_LISTEN__PORT: "1", tenantgate_listen__port: "2" } }),
