@@ -126,6 +126,18 @@ function define(container: Record<string | number, unknown>, key: string | numbe
   Object.defineProperty(container, key, { value, writable: true, enumerable: true, configurable: true });
 }
 
+/**
+ * A copy of lists and objects, so the caller's input is never changed. Other values are kept as they
+ * are and left to the schema to refuse (structuredClone would throw a non-GateError on a function).
+ */
+function copyData(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(copyData);
+  if (!isContainer(value)) return value;
+  const copy: Record<string, unknown> = {};
+  for (const key of Object.keys(value)) define(copy, key, copyData(value[key]));
+  return copy;
+}
+
 /** Writes `value` at `path` inside `root`, creating objects and lists on the way. */
 function setAt(root: Record<string, unknown>, path: ConfigPath, value: unknown): string | undefined {
   let container: Record<string | number, unknown> = root;
@@ -203,7 +215,7 @@ export function applyEnvironment(
   }
   targets.sort((a, b) => comparePaths(a.path, b.path) || (a.variable < b.variable ? -1 : 1));
 
-  const merged: unknown = raw === undefined ? {} : structuredClone(raw);
+  const merged: unknown = raw === undefined ? {} : copyData(raw);
   const sources: EnvironmentSource[] = [];
   for (const [index, target] of targets.entries()) {
     const previous = targets[index - 1];

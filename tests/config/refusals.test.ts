@@ -654,6 +654,19 @@ describe("config refusals", () => {
     assert.deepEqual(lines, [...lines].sort());
   });
 
+  it("refuses input that is not plain data with ERR_CONFIG_INVALID, not a crash", () => {
+    for (const input of [null, 42, "text", [], { listen: () => 1 }, { upstreams: new Map() }]) {
+      refusalLines(() => parseConfig(input, { env: {} }));
+    }
+  });
+
+  it("does not modify the object it is given", () => {
+    const input = minimalConfig();
+    const before = structuredClone(input);
+    parseConfig(input, { env: { TENANTGATE_UPSTREAMS__0__URL: "http://127.0.0.1:1/" } });
+    assert.deepEqual(input, before);
+  });
+
   it("never puts a value in the message: passwords, digests, tokens and templates stay out", () => {
     const secrets = [
       "hunter2",
