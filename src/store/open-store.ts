@@ -56,7 +56,11 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
     return new MemoryStore(maxEntries === undefined ? {} : { maxEntries });
   }
   if (url.startsWith("sqlite:")) {
-    const [rawPath = "", query = ""] = url.slice("sqlite:".length).split("?", 2);
+    // Split at the first "?" only: anything after it is the query, refused if malformed.
+    const rest = url.slice("sqlite:".length);
+    const mark = rest.indexOf("?");
+    const rawPath = mark === -1 ? rest : rest.slice(0, mark);
+    const query = mark === -1 ? "" : rest.slice(mark + 1);
     if (!rawPath) throw invalidUrl("sqlite: needs a file path");
     const params = new URLSearchParams(query);
     rejectUnknownParams(params, ["busyTimeoutMs"]);

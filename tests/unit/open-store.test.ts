@@ -20,6 +20,7 @@ describe("openStore URLs", () => {
       "postgres://u:hunter2@127.0.0.1:1/test?timeoutMs=0",
       "memory:?maxEntries=-1",
       "sqlite:",
+      "sqlite:a.db?busyTimeoutMs=5?x=1",
       "not a url with hunter2",
     ];
     for (const url of cases) {
