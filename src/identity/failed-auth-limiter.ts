@@ -55,7 +55,13 @@ export function createFailedAuthLimiter(options: FailedAuthLimiterOptions = {}):
   const maxTracked = options.maxTrackedAddresses ?? 10_000;
   const overflowMax = options.overflowMaxFailures ?? maxFailures * 10;
   const now = options.now ?? Date.now;
-  for (const [name, value] of Object.entries({ maxFailures, windowMs, maxTracked, overflowMax })) {
+  const limits = {
+    maxFailures,
+    windowMs,
+    maxTrackedAddresses: maxTracked,
+    overflowMaxFailures: overflowMax,
+  };
+  for (const [name, value] of Object.entries(limits)) {
     if (!Number.isSafeInteger(value) || value < 1) throw invalidArgument(name, "must be a positive integer");
   }
 
