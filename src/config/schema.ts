@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { ASYMMETRIC_JWT_ALGORITHMS, type JwtAlgorithm } from "../identity/jwt-authenticator.ts";
 import { durationToMs } from "./duration.ts";
 import { isLoopbackHost } from "./loopback.ts";
 import {
@@ -125,19 +126,8 @@ const keyId = checked(
 );
 const digest = checked(isDigest, "must be a 43-character base64url digest");
 
-export const ASYMMETRIC_ALGORITHMS = [
-  "RS256",
-  "RS384",
-  "RS512",
-  "PS256",
-  "PS384",
-  "PS512",
-  "ES256",
-  "ES384",
-  "ES512",
-  "EdDSA",
-] as const;
-export type JwtAlgorithm = (typeof ASYMMETRIC_ALGORITHMS)[number];
+/** The identity layer decides which algorithms exist; the config only accepts those. */
+export { ASYMMETRIC_JWT_ALGORITHMS as ASYMMETRIC_ALGORITHMS, type JwtAlgorithm };
 
 // --- sections --------------------------------------------------------------------------------
 
@@ -220,7 +210,7 @@ const issuerSchema = z
       "must be an https URL (http only for a loopback host) without credentials or fragment",
     ).optional(),
     jwksFile: filePath.optional(),
-    algorithms: uniqueList(z.enum(ASYMMETRIC_ALGORITHMS)).min(1).default(["RS256", "ES256", "EdDSA"]),
+    algorithms: uniqueList(z.enum(ASYMMETRIC_JWT_ALGORITHMS)).min(1).default(["RS256", "ES256", "EdDSA"]),
     clockSkew: duration(0, 300_000, "at most 5m").prefault("30s"),
     tenantClaim: checked(
       (value) => isPlainText(value, 200) && !/\s/.test(value),

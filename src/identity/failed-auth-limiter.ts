@@ -1,0 +1,162 @@
+import { isIPv4, isIPv6 } from "node:net";
+import { invalidArgument } from "../errors.ts";
+
+/**
+ * Per-address limiting of failed authentications (THREATS L2, DESIGN invariant 7). The gateway
+ * asks `check` before any token work, so a client that keeps sending bad credentials stops costing
+ * signature checks, JWKS fetches and digest lookups.
+ *
+ * Each address has a leaky bucket: a failure adds 1, and the level drains continuously at
+ * `maxFailures` per `windowMs`. An address is refused while one more failure would overflow
+ * `maxFailures`. The level is capped at `maxFailures`, so a refused address gets one new attempt
+ * every `windowMs / maxFailures`, and after `windowMs` without failures it is forgotten: there is
+ * no permanent lockout, however long the abuse went on (a counter that never decays locked users
+ * out for good in the Google Workspace incident).
+ *
+ * Memory is bounded: at most `maxTrackedAddresses` buckets. When the table is full, fully drained
+ * buckets are swept (at most once per drain interval); if it is still full, new addresses share one
+ * overflow bucket with a higher limit instead of evicting anyone, so an attacker with many addresses
+ * cannot free a victim address from its limit, and memory stays fixed.
+ *
+ * IPv6 addresses are grouped by /64, the block one host or customer usually gets; IPv4-mapped IPv6
+ * (`::ffff:192.0.2.1`, as dual-stack sockets report IPv4 peers) counts as the IPv4 address. The
+ * limiter never logs; addresses are kept in memory only.
+ */
+export interface FailedAuthLimiter {
+  /** Whether `address` may attempt authentication now. */
+  check(address: string | undefined): boolean;
+  /** Records one failed authentication from `address`. */
+  recordFailure(address: string | undefined): void;
+  /** How many addresses have their own bucket (for metrics). */
+  readonly trackedAddresses: number;
+}
+
+export interface FailedAuthLimiterOptions {
+  /** Failures one address may have within `windowMs`. Default 20. */
+  readonly maxFailures?: number;
+  /** Default 60 s. */
+  readonly windowMs?: number;
+  /** Default 10,000. */
+  readonly maxTrackedAddresses?: number;
+  /** Limit of the shared overflow bucket. Default `maxFailures * 10`. */
+  readonly overflowMaxFailures?: number;
+  /** The clock, in epoch ms; tests move it. */
+  readonly now?: () => number;
+}
+
+interface Bucket {
+  level: number;
+  at: number;
+}
+
+export function createFailedAuthLimiter(options: FailedAuthLimiterOptions = {}): FailedAuthLimiter {
+  const maxFailures = options.maxFailures ?? 20;
+  const windowMs = options.windowMs ?? 60_000;
+  const maxTracked = options.maxTrackedAddresses ?? 10_000;
+  const overflowMax = options.overflowMaxFailures ?? maxFailures * 10;
+  const now = options.now ?? Date.now;
+  const limits = {
+    maxFailures,
+    windowMs,
+    maxTrackedAddresses: maxTracked,
+    overflowMaxFailures: overflowMax,
+  };
+  for (const [name, value] of Object.entries(limits)) {
+    if (!Number.isSafeInteger(value) || value < 1) throw invalidArgument(name, "must be a positive integer");
+  }
+
+  const buckets = new Map<string, Bucket>();
+  const overflow: Bucket = { level: 0, at: now() };
+  // Per millisecond; the overflow bucket drains at its own limit's rate, over the same window.
+  const drainRate = maxFailures / windowMs;
+  const overflowDrainRate = overflowMax / windowMs;
+  let lastSweep = Number.NEGATIVE_INFINITY;
+
+  // A clock that steps backwards drains nothing rather than filling the bucket.
+  const level = (bucket: Bucket, rate: number, at: number): number =>
+    Math.max(0, bucket.level - Math.max(0, at - bucket.at) * rate);
+
+  const sweep = (at: number): void => {
+    // Once per time it takes to drain one failure: a full table of live buckets costs one pass per
+    // interval, not one per new address.
+    if (at - lastSweep < 1 / drainRate) return;
+    lastSweep = at;
+    for (const [key, bucket] of buckets) {
+      if (level(bucket, drainRate, at) === 0) buckets.delete(key);
+    }
+  };
+
+  return {
+    check(address) {
+      const at = now();
+      const bucket = buckets.get(addressKey(address));
+      if (bucket !== undefined) return level(bucket, drainRate, at) + 1 <= maxFailures;
+      // An untracked address while the table is full may be one whose failures went to overflow.
+      if (buckets.size >= maxTracked) return level(overflow, overflowDrainRate, at) + 1 <= overflowMax;
+      return true;
+    },
+    recordFailure(address) {
+      const at = now();
+      const key = addressKey(address);
+      let bucket = buckets.get(key);
+      if (bucket === undefined) {
+        if (buckets.size >= maxTracked) sweep(at);
+        if (buckets.size >= maxTracked) {
+          overflow.level = Math.min(overflowMax, level(overflow, overflowDrainRate, at) + 1);
+          overflow.at = at;
+          return;
+        }
+        bucket = { level: 0, at };
+        buckets.set(key, bucket);
+      }
+      bucket.level = Math.min(maxFailures, level(bucket, drainRate, at) + 1);
+      bucket.at = at;
+    },
+    get trackedAddresses() {
+      return buckets.size;
+    },
+  };
+}
+
+/**
+ * The bucket an address counts against: the IPv4 address itself, or the /64 of an IPv6 address.
+ * Anything that is not an IP address (a socket that closed before its address was read) shares one
+ * bucket.
+ */
+export function addressKey(address: string | undefined): string {
+  if (typeof address !== "string") return "unknown";
+  // A zone index (fe80::1%eth0) names an interface, not a host.
+  const zone = address.indexOf("%");
+  const bare = zone === -1 ? address : address.slice(0, zone);
+  if (isIPv4(bare)) return `ipv4:${bare}`;
+  if (!isIPv6(bare)) return "unknown";
+  const groups = ipv6Groups(bare);
+  const isMapped = groups.slice(0, 5).every((group) => group === 0) && groups[5] === 0xffff;
+  if (isMapped) {
+    const [high, low] = [groups[6]!, groups[7]!];
+    return `ipv4:${high >> 8}.${high & 0xff}.${low >> 8}.${low & 0xff}`;
+  }
+  return `ipv6:${groups
+    .slice(0, 4)
+    .map((group) => group.toString(16))
+    .join(":")}::/64`;
+}
+
+/** The eight 16-bit groups of a valid IPv6 address (checked by the caller with `isIPv6`). */
+function ipv6Groups(address: string): number[] {
+  let text = address.toLowerCase();
+  // A dotted IPv4 tail (::ffff:192.0.2.1) stands for the last two groups.
+  const lastColon = text.lastIndexOf(":");
+  const tail = text.slice(lastColon + 1);
+  if (tail.includes(".")) {
+    const [a, b, c, d] = tail.split(".").map(Number) as [number, number, number, number];
+    text = `${text.slice(0, lastColon + 1)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head, rest] = text.includes("::") ? text.split("::") : [text, undefined];
+  const headGroups = head === "" || head === undefined ? [] : head.split(":");
+  const restGroups = rest === undefined || rest === "" ? [] : rest.split(":");
+  const missing = rest === undefined ? 0 : 8 - headGroups.length - restGroups.length;
+  return [...headGroups, ...Array<string>(missing).fill("0"), ...restGroups].map((group) =>
+    Number.parseInt(group, 16),
+  );
+}
