@@ -3,6 +3,15 @@
  * Redis and PostgreSQL adapters are on their own subpaths and are loaded by `openStore` on demand.
  */
 
+export {
+  type GatewayConfig,
+  isLoopbackHost,
+  type LoadConfigOptions,
+  loadConfig,
+  type ParseConfigOptions,
+  parseConfig,
+  parseDuration,
+} from "./config/index.ts";
 export { createIdentifierTagger, type IdentifierTagger, TAG_HEX_LENGTH } from "./crypto/identifier-tag.ts";
 export { digest, ID_BYTES, looksLikeMintedId, mintId } from "./crypto/ids.ts";
 export {
@@ -22,6 +31,31 @@ export {
   toWire,
   type WireError,
 } from "./errors.ts";
+export {
+  ANONYMOUS_ISSUER,
+  API_KEY_ISSUER,
+  type ApiKeyAuthenticator,
+  type ApiKeyConfig,
+  ASYMMETRIC_JWT_ALGORITHMS,
+  type AuthenticateOptions,
+  type Authenticator,
+  type AuthenticatorOptions,
+  anonymousPrincipal,
+  type CredentialFailure,
+  createApiKeyAuthenticator,
+  createAuthenticator,
+  createFailedAuthLimiter,
+  createJwtAuthenticator,
+  credentialFailureOf,
+  extractBearerToken,
+  type FailedAuthLimiter,
+  findBearerToken,
+  type JwtAuthenticator,
+  type JwtIssuerConfig,
+  ownerScope,
+  type Principal,
+  samePrincipal,
+} from "./identity/index.ts";
 export type {
   ClaimOutcome,
   CounterOptions,

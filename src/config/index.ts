@@ -20,4 +20,3 @@ export {
 } from "./gateway-config.ts";
 export { type LoadConfigOptions, loadConfig, type ParseConfigOptions, parseConfig } from "./load-config.ts";
 export { isLoopbackHost } from "./loopback.ts";
-export { ASYMMETRIC_ALGORITHMS, type JwtAlgorithm } from "./schema.ts";

@@ -127,7 +127,7 @@ const keyId = checked(
 const digest = checked(isDigest, "must be a 43-character base64url digest");
 
 /** The identity layer decides which algorithms exist; the config only accepts those. */
-export { ASYMMETRIC_JWT_ALGORITHMS as ASYMMETRIC_ALGORITHMS, type JwtAlgorithm };
+export type { JwtAlgorithm };
 
 // --- sections --------------------------------------------------------------------------------
 
