@@ -1,3 +1,4 @@
+import type { ApiKeyConfig } from "../identity/api-key-authenticator.ts";
 import type { JwtAlgorithm } from "./schema.ts";
 
 /**
@@ -63,13 +64,8 @@ export interface IssuerConfig {
   readonly tenantClaim: string | undefined;
 }
 
-export interface ApiKeyConfig {
-  readonly id: string;
-  readonly digest: string;
-  readonly subject: string;
-  readonly tenant: string;
-  readonly scopes: readonly string[];
-}
+/** The same shape the API key authenticator takes: the config passes it on unchanged. */
+export type { ApiKeyConfig };
 
 export interface AuthConfig {
   readonly issuers: readonly IssuerConfig[];
