@@ -21,6 +21,9 @@ export type GateErrorCode =
   | "ERR_STORE_UNAVAILABLE"
   | "ERR_STORE_FULL"
   | "ERR_STORE_URL_INVALID"
+  | "ERR_HOST_FORBIDDEN"
+  | "ERR_ORIGIN_FORBIDDEN"
+  | "ERR_UNSAFE_EXPOSURE"
   | "ERR_INTERNAL";
 
 export interface WireError {
@@ -53,6 +56,12 @@ const wireForm = {
   ERR_STORE_UNAVAILABLE: { status: 503, message: "service temporarily unavailable" },
   ERR_STORE_FULL: { status: 503, message: "service temporarily unavailable" },
   ERR_STORE_URL_INVALID: { status: 500, message: "internal error" },
+  // A Host or Origin outside the allowlists (DNS rebinding, cross-site pages): one answer for both, so
+  // a probe cannot tell which header the gateway disliked.
+  ERR_HOST_FORBIDDEN: { status: 403, message: "forbidden" },
+  ERR_ORIGIN_FORBIDDEN: { status: 403, message: "forbidden" },
+  // Raised at start-up, before any client exists; mapped for completeness.
+  ERR_UNSAFE_EXPOSURE: { status: 500, message: "internal error" },
   ERR_INTERNAL: { status: 500, message: "internal error" },
 } as const satisfies Record<GateErrorCode, { status: number; message: string }>;
 
