@@ -358,6 +358,16 @@ function createPool(url: string, timeoutMs: number, poolSize: number): Connectio
     keepAlive: true,
     application_name: "tenantgate",
     allowExitOnIdle: true,
+    // The client-side timeout only abandons a query; the server would go on running or waiting for a
+    // lock, holding a backend, and could still apply the write much later. Server-side limits end it
+    // there too, just after the client gave up. Set per connection (not as startup parameters, which
+    // PgBouncer refuses), awaited by the pool before the connection serves any caller; if it fails,
+    // the pool drops the connection and the caller gets the error.
+    onConnect: async (client: pg.ClientBase) => {
+      await client.query(
+        `SET statement_timeout = ${timeoutMs + SERVER_TIMEOUT_MARGIN_MS}; SET lock_timeout = ${timeoutMs}`,
+      );
+    },
     stream: () => {
       const socket = new Socket();
       sockets.add(socket);
@@ -368,17 +378,6 @@ function createPool(url: string, timeoutMs: number, poolSize: number): Connectio
   // An idle connection that fails (server restart, network reset) is already removed from the pool
   // when this fires; the next call opens a new one. Without a listener it would crash the process.
   pool.on("error", () => {});
-  // The client-side timeout only abandons a query; the server would go on running or waiting for a
-  // lock, holding a backend, and could still apply the write much later. Server-side limits end it
-  // there too, just after the client gave up. Set per connection (not as startup parameters, which
-  // PgBouncer refuses); queued before any query of the caller's on that connection.
-  pool.on("connect", (client) => {
-    client
-      .query(
-        `SET statement_timeout = ${timeoutMs + SERVER_TIMEOUT_MARGIN_MS}; SET lock_timeout = ${timeoutMs}`,
-      )
-      .catch(() => {});
-  });
   return { pool, sockets };
 }
 
