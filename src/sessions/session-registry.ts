@@ -1,0 +1,432 @@
+import { looksLikeMintedId, mintId } from "../crypto/ids.ts";
+import type { Keyring } from "../crypto/keyring.ts";
+import { openToString, type SealContext, seal } from "../crypto/seal.ts";
+import { GateError, invalidArgument } from "../errors.ts";
+import { ownerScope, type Principal, samePrincipal } from "../identity/principal.ts";
+import { MAX_TTL_MS } from "../store/arguments.ts";
+import type { Store } from "../store/contract.ts";
+import { type OwnerScope, ownedKey, ownerIndexKey, ownershipKey, type RecordKey } from "../store/keys.ts";
+
+/**
+ * The registry of legacy MCP sessions (`Mcp-Session-Id`, protocol versions 2025-03-26 .. 2025-11-25).
+ *
+ * Two records per session (docs/storage-schema.md, "Keys in use"):
+ * - the ownership record `own/session/<digest>`: owner, upstream, negotiated version and times, written
+ *   with `claim` before the id is returned (DESIGN invariant 3) and never rewritten afterwards;
+ * - the upstream's session id, sealed, in `data/<tenant>/<issuer>/<subject>/session-upstream/<digest>`,
+ *   written once with `claim`. It is a record of its own because it usually arrives after the session
+ *   exists (in the initialize response), and the store has no compare-and-set: rewriting the
+ *   ownership record with `put` could recreate a session that was ended or revoked in between.
+ *
+ * `resolve` reads both keys for every caller, the second under the caller's own scope, so an owner,
+ * a stranger, an unknown id and a malformed one all cost the same two reads (THREATS S1/S3: the same
+ * store operations), and a stranger can never read the owner's mapping.
+ */
+
+/** Why `resolve` (or `end`) answered as for an unknown id; for the audit trail only. */
+export type SessionDenialReason =
+  | "malformed"
+  | "unknown"
+  | "expired"
+  | "foreign-principal"
+  | "other-upstream"
+  | "record-invalid"
+  | "mapping-invalid";
+
+export interface SessionDenial {
+  readonly reason: SessionDenialReason;
+  readonly operation: "resolve" | "end";
+  /** Digest of the presented id (never the id itself); null when it was not a well-formed id. */
+  readonly sessionDigest: string | null;
+  /** Who presented it. */
+  readonly caller: OwnerScope;
+  /** The upstream it was presented at (resolve only). */
+  readonly upstream: string | null;
+}
+
+export interface SessionRegistryOptions {
+  readonly store: Store;
+  readonly keyring: Keyring;
+  /** A session's lifetime from creation; its records expire with it (store TTL). */
+  readonly absoluteTimeoutMs: number;
+  /** Clock (epoch ms), for tests. */
+  readonly now?: () => number;
+  /**
+   * Called for every refused resolve or end, for the audit trail. Must not throw: an error from it is
+   * swallowed, so a broken audit sink never makes a refusal look different from an unknown id.
+   */
+  readonly onDenied?: (denial: SessionDenial) => void;
+}
+
+export interface CreateSessionInput {
+  readonly principal: Principal;
+  readonly upstream: string;
+  readonly protocolVersion: string;
+  readonly upstreamSessionId?: string;
+}
+
+export interface Session {
+  /** Digest of the session id: what lists, audit events and logs may name. */
+  readonly sessionDigest: string;
+  readonly owner: OwnerScope;
+  readonly upstream: string;
+  readonly protocolVersion: string;
+  readonly createdAt: number;
+  readonly expiresAt: number;
+}
+
+export interface ResolvedSession extends Session {
+  /** The upstream's own session id, or null while the upstream has not assigned one. */
+  readonly upstreamSessionId: string | null;
+}
+
+export interface SessionRegistry {
+  create(input: CreateSessionInput): Promise<{ sessionId: string; session: Session }>;
+  /** Stores the upstream's id, once; false if the caller does not own a live session or it is set. */
+  setUpstreamSessionId(sessionId: string, principal: Principal, upstreamSessionId: string): Promise<boolean>;
+  /** The session, or null for every reason it may not be used (indistinguishable to the caller). */
+  resolve(sessionId: string, principal: Principal, upstream: string): Promise<ResolvedSession | null>;
+  /** DELETE by the owner at the session's upstream; false (and nothing removed) for anyone else. */
+  end(sessionId: string, principal: Principal, upstream: string): Promise<boolean>;
+  /** Operator revocation; true if a live session was removed. */
+  revoke(sessionId: string): Promise<boolean>;
+  /** Digests of the principal's sessions (live, or ended less than a TTL ago by expiry alone). */
+  list(principal: Principal): Promise<string[]>;
+}
+
+const SESSION_KIND = "session";
+const MAPPING_KIND = "session-upstream";
+const SEAL_PURPOSE = "upstream-session";
+const RECORD_VERSION = 1;
+/** A lost claim on a fresh 192-bit id means something is wrong, not bad luck: give up quickly. */
+const MAX_CREATE_ATTEMPTS = 3;
+/** Upstream names, protocol versions and upstream session ids are bounded, visible ASCII. */
+const VISIBLE_ASCII = /^[\x21-\x7e]+$/;
+const MAX_UPSTREAM_SESSION_ID_LENGTH = 1024;
+const MAX_LABEL_LENGTH = 256;
+
+/**
+ * What `resolve` reads for an id that is not well-formed: a key no minted id can produce (minted ids
+ * are base64url; this contains spaces), so a malformed id costs the same reads as any other.
+ */
+const MALFORMED_ID_STAND_IN = "(not a session id)";
+const MALFORMED_KEY = ownershipKey(SESSION_KIND, MALFORMED_ID_STAND_IN);
+const MALFORMED_DIGEST = digestOf(MALFORMED_KEY);
+
+interface SessionRecord {
+  readonly v: typeof RECORD_VERSION;
+  readonly tenant: string;
+  readonly issuer: string;
+  readonly subject: string;
+  readonly upstream: string;
+  readonly protocolVersion: string;
+  readonly createdAt: number;
+  readonly expiresAt: number;
+}
+
+/**
+ * The digest inside a session's ownership key, reused as its public name (index member, audit,
+ * mapping key), so one id has one digest everywhere an operator may meet it.
+ */
+function digestOf(key: RecordKey): string {
+  const digest = key.segments[1];
+  if (key.namespace !== "own" || key.segments.length !== 2 || digest === undefined) {
+    throw new GateError("ERR_INTERNAL", "unexpected ownership key shape");
+  }
+  return digest;
+}
+
+function checkLabel(name: string, value: unknown): asserts value is string {
+  if (typeof value !== "string" || value.length > MAX_LABEL_LENGTH || !VISIBLE_ASCII.test(value)) {
+    throw invalidArgument(name, `must be 1 to ${MAX_LABEL_LENGTH} visible ASCII characters`);
+  }
+}
+
+/** MCP transports (2025-03-26, Session Management): a session id is visible ASCII (0x21-0x7E). */
+function checkUpstreamSessionId(value: unknown): asserts value is string {
+  if (
+    typeof value !== "string" ||
+    value.length > MAX_UPSTREAM_SESSION_ID_LENGTH ||
+    !VISIBLE_ASCII.test(value)
+  ) {
+    throw invalidArgument(
+      "upstreamSessionId",
+      `must be 1 to ${MAX_UPSTREAM_SESSION_ID_LENGTH} visible ASCII characters`,
+    );
+  }
+}
+
+function isWellFormedSessionId(value: unknown): value is string {
+  return typeof value === "string" && looksLikeMintedId(value);
+}
+
+/**
+ * The mapping is bound to the owner, the upstream and the session (by digest): copied to another
+ * session's or principal's key, or read for another upstream, it does not open (THREATS C2/C3).
+ */
+function mappingContext(owner: OwnerScope, upstream: string, sessionDigest: string): SealContext {
+  return {
+    purpose: SEAL_PURPOSE,
+    owner: [owner.tenant, owner.issuer, owner.subject, upstream, sessionDigest],
+  };
+}
+
+function mappingKey(owner: OwnerScope, sessionDigest: string): RecordKey {
+  return ownedKey(owner, MAPPING_KIND, sessionDigest);
+}
+
+function isNonEmptyString(value: unknown): value is string {
+  return typeof value === "string" && value.length > 0;
+}
+
+/** A record that does not parse to exactly this shape is treated as absent (fail closed). */
+function parseRecord(text: string): SessionRecord | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof parsed !== "object" || parsed === null) return null;
+  const r = parsed as Record<string, unknown>;
+  if (
+    r["v"] !== RECORD_VERSION ||
+    !isNonEmptyString(r["tenant"]) ||
+    !isNonEmptyString(r["issuer"]) ||
+    !isNonEmptyString(r["subject"]) ||
+    !isNonEmptyString(r["upstream"]) ||
+    !isNonEmptyString(r["protocolVersion"]) ||
+    !Number.isSafeInteger(r["createdAt"]) ||
+    !Number.isSafeInteger(r["expiresAt"])
+  ) {
+    return null;
+  }
+  return {
+    v: RECORD_VERSION,
+    tenant: r["tenant"],
+    issuer: r["issuer"],
+    subject: r["subject"],
+    upstream: r["upstream"],
+    protocolVersion: r["protocolVersion"],
+    createdAt: r["createdAt"] as number,
+    expiresAt: r["expiresAt"] as number,
+  };
+}
+
+function recordOwner(record: SessionRecord): OwnerScope {
+  return Object.freeze({ tenant: record.tenant, issuer: record.issuer, subject: record.subject });
+}
+
+function ownedBy(record: SessionRecord, principal: Principal): boolean {
+  // samePrincipal compares issuer, subject and tenant: the same subject under another tenant or
+  // issuer is someone else (THREATS A3). The record is compared through it, not field by field.
+  return samePrincipal(principal, { ...principal, ...recordOwner(record) });
+}
+
+function sessionOf(record: SessionRecord, sessionDigest: string): Session {
+  return Object.freeze({
+    sessionDigest,
+    owner: recordOwner(record),
+    upstream: record.upstream,
+    protocolVersion: record.protocolVersion,
+    createdAt: record.createdAt,
+    expiresAt: record.expiresAt,
+  });
+}
+
+export function createSessionRegistry(options: SessionRegistryOptions): SessionRegistry {
+  const { store, keyring, absoluteTimeoutMs } = options;
+  // Bounded by what every store accepts as a TTL, so the failure shows at start, not on first use.
+  if (!Number.isSafeInteger(absoluteTimeoutMs) || absoluteTimeoutMs <= 0 || absoluteTimeoutMs > MAX_TTL_MS) {
+    throw invalidArgument("absoluteTimeoutMs", `must be an integer from 1 to ${MAX_TTL_MS}`);
+  }
+  const now = options.now ?? Date.now;
+  const onDenied = options.onDenied;
+
+  function deny(denial: SessionDenial): null {
+    try {
+      onDenied?.(denial);
+    } catch {
+      // Deliberately ignored: see SessionRegistryOptions.onDenied.
+    }
+    return null;
+  }
+
+  /**
+   * The live record the caller may use at `upstream`, or why not. Every check runs on what the one
+   * read returned; none of them touches the store again.
+   */
+  function judge(
+    wellFormed: boolean,
+    text: string | null,
+    principal: Principal,
+    upstream: string,
+  ): SessionRecord | SessionDenialReason {
+    if (!wellFormed) return "malformed";
+    if (text === null) return "unknown";
+    const record = parseRecord(text);
+    if (!record) return "record-invalid";
+    // The store's TTL already hides expired records; this holds even if a backend's clock lags.
+    if (record.expiresAt <= now()) return "expired";
+    if (!ownedBy(record, principal)) return "foreign-principal";
+    if (record.upstream !== upstream) return "other-upstream";
+    return record;
+  }
+
+  async function removeSession(
+    key: RecordKey,
+    record: SessionRecord,
+    sessionDigest: string,
+  ): Promise<boolean> {
+    const owner = recordOwner(record);
+    // The ownership record goes first: once it is gone, resolve refuses whatever else remains.
+    const removed = await store.delete(key);
+    await store.delete(mappingKey(owner, sessionDigest));
+    await store.indexRemove(ownerIndexKey(owner, SESSION_KIND), sessionDigest);
+    return removed;
+  }
+
+  return {
+    async create(input) {
+      const { principal, upstream, protocolVersion, upstreamSessionId } = input;
+      checkLabel("upstream", upstream);
+      checkLabel("protocolVersion", protocolVersion);
+      if (upstreamSessionId !== undefined) checkUpstreamSessionId(upstreamSessionId);
+      const owner = ownerScope(principal);
+      const createdAt = now();
+      const record: SessionRecord = {
+        v: RECORD_VERSION,
+        tenant: owner.tenant,
+        issuer: owner.issuer,
+        subject: owner.subject,
+        upstream,
+        protocolVersion,
+        createdAt,
+        expiresAt: createdAt + absoluteTimeoutMs,
+      };
+      const value = JSON.stringify(record);
+      const ttl = { ttlMs: absoluteTimeoutMs };
+
+      for (let attempt = 0; attempt < MAX_CREATE_ATTEMPTS; attempt++) {
+        // Always our own fresh id: a lost claim means someone else holds it, so it is never adopted.
+        const sessionId = mintId();
+        const key = ownershipKey(SESSION_KIND, sessionId);
+        const outcome = await store.claim(key, value, ttl);
+        if (!outcome.won) continue;
+        const sessionDigest = digestOf(key);
+        try {
+          await store.indexAdd(ownerIndexKey(owner, SESSION_KIND), sessionDigest, ttl);
+          if (upstreamSessionId !== undefined) {
+            const sealed = seal(keyring, upstreamSessionId, mappingContext(owner, upstream, sessionDigest));
+            await store.claim(mappingKey(owner, sessionDigest), sealed, ttl);
+          }
+        } catch (error) {
+          // The client never learns this id; removing its records is tidiness, not safety, so a
+          // failure here (the store is likely down) leaves them to expire.
+          await removeSession(key, record, sessionDigest).catch(() => undefined);
+          throw error;
+        }
+        return { sessionId, session: sessionOf(record, sessionDigest) };
+      }
+      throw new GateError("ERR_INTERNAL", "could not claim a fresh session id", {
+        detail: `${MAX_CREATE_ATTEMPTS} claims of freshly minted ids were lost`,
+      });
+    },
+
+    async setUpstreamSessionId(sessionId, principal, upstreamSessionId) {
+      checkUpstreamSessionId(upstreamSessionId);
+      if (!isWellFormedSessionId(sessionId)) return false;
+      const key = ownershipKey(SESSION_KIND, sessionId);
+      const text = await store.get(key);
+      const record = text === null ? null : parseRecord(text);
+      if (record === null || !ownedBy(record, principal)) return false;
+      // Whole milliseconds: store TTLs are integers, and an injected clock need not be.
+      const remainingMs = Math.floor(record.expiresAt - now());
+      if (remainingMs <= 0) return false;
+      const owner = recordOwner(record);
+      const sessionDigest = digestOf(key);
+      const sealed = seal(keyring, upstreamSessionId, mappingContext(owner, record.upstream, sessionDigest));
+      // claim, not put: an MCP server assigns its session id once (at initialize), so a second value
+      // is refused rather than swapped in. The mapping never outlives the session.
+      const outcome = await store.claim(mappingKey(owner, sessionDigest), sealed, { ttlMs: remainingMs });
+      return outcome.won;
+    },
+
+    async resolve(sessionId, principal, upstream) {
+      checkLabel("upstream", upstream);
+      const caller = ownerScope(principal);
+      const wellFormed = isWellFormedSessionId(sessionId);
+      const key = wellFormed ? ownershipKey(SESSION_KIND, sessionId) : MALFORMED_KEY;
+      const sessionDigest = wellFormed ? digestOf(key) : MALFORMED_DIGEST;
+      // Both reads happen for every caller and every id; the mapping is read under the caller's own
+      // scope, so only the owner's read can find it. A rejection (store down) rejects the resolve.
+      const [recordText, sealedMapping] = await Promise.all([
+        store.get(key),
+        store.get(mappingKey(caller, sessionDigest)),
+      ]);
+      const verdict = judge(wellFormed, recordText, principal, upstream);
+      if (typeof verdict === "string") {
+        return deny({
+          reason: verdict,
+          operation: "resolve",
+          sessionDigest: wellFormed ? sessionDigest : null,
+          caller,
+          upstream,
+        });
+      }
+      const record = verdict;
+      let upstreamSessionId: string | null = null;
+      if (sealedMapping !== null) {
+        try {
+          upstreamSessionId = openToString(
+            keyring,
+            sealedMapping,
+            mappingContext(recordOwner(record), record.upstream, sessionDigest),
+          );
+        } catch {
+          // A mapping that does not open was moved, tampered with or sealed under a retired key: the
+          // session cannot reach its upstream safely, so it is refused like an unknown one.
+          return deny({ reason: "mapping-invalid", operation: "resolve", sessionDigest, caller, upstream });
+        }
+      }
+      return Object.freeze({ ...sessionOf(record, sessionDigest), upstreamSessionId });
+    },
+
+    async end(sessionId, principal, upstream) {
+      checkLabel("upstream", upstream);
+      const caller = ownerScope(principal);
+      const wellFormed = isWellFormedSessionId(sessionId);
+      const key = wellFormed ? ownershipKey(SESSION_KIND, sessionId) : MALFORMED_KEY;
+      const sessionDigest = wellFormed ? digestOf(key) : MALFORMED_DIGEST;
+      // One read for every caller before any decision, as in resolve; only the owner goes further.
+      const verdict = judge(wellFormed, await store.get(key), principal, upstream);
+      if (typeof verdict === "string") {
+        deny({
+          reason: verdict,
+          operation: "end",
+          sessionDigest: wellFormed ? sessionDigest : null,
+          caller,
+          upstream,
+        });
+        return false;
+      }
+      return removeSession(key, verdict, sessionDigest);
+    },
+
+    async revoke(sessionId) {
+      if (!isWellFormedSessionId(sessionId)) return false;
+      const key = ownershipKey(SESSION_KIND, sessionId);
+      const text = await store.get(key);
+      const record = text === null ? null : parseRecord(text);
+      if (record === null) {
+        // An unreadable record still names a session id someone may hold: remove it all the same.
+        return text === null ? false : store.delete(key);
+      }
+      return removeSession(key, record, digestOf(key));
+    },
+
+    async list(principal) {
+      return store.indexList(ownerIndexKey(ownerScope(principal), SESSION_KIND));
+    },
+  };
+}

@@ -1,0 +1,689 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { after, before, describe, it } from "node:test";
+import { Redis } from "ioredis";
+import pg from "pg";
+import { looksLikeMintedId, mintId } from "../../src/crypto/ids.ts";
+import { Keyring } from "../../src/crypto/keyring.ts";
+import { isGateError } from "../../src/errors.ts";
+import { makePrincipal, type Principal } from "../../src/identity/principal.ts";
+import {
+  createSessionRegistry,
+  type SessionDenial,
+  type SessionRegistry,
+  type SessionRegistryOptions,
+} from "../../src/sessions/session-registry.ts";
+import { storeUnavailable } from "../../src/store/arguments.ts";
+import type { Store } from "../../src/store/contract.ts";
+import { ownedKey } from "../../src/store/keys.ts";
+import { MemoryStore } from "../../src/store/memory-store.ts";
+import { openStore } from "../../src/store/open-store.ts";
+import { postgresBackend, redisBackend } from "../support/backends.ts";
+import { sharedHandle } from "../support/shared-handle.ts";
+
+/**
+ * The session registry's cases, run against every store backend: the registry's guarantees must not
+ * depend on which store an operator picked.
+ */
+
+const UPSTREAM = "notes";
+const OTHER_UPSTREAM = "calendar";
+const VERSION = "2025-06-18";
+const TIMEOUT_MS = 60_000;
+
+// --- principals -----------------------------------------------------------------------------------
+
+let serial = 0;
+
+/** A principal of its own per call, so cases on a shared store never see each other's sessions. */
+function principal(fields: Partial<Pick<Principal, "issuer" | "subject" | "tenant">> = {}): Principal {
+  serial += 1;
+  return makePrincipal({
+    kind: "jwt",
+    issuer: fields.issuer ?? "https://issuer-a.example",
+    subject: fields.subject ?? `user-${serial}-${randomBytes(4).toString("hex")}`,
+    tenant: fields.tenant ?? `tenant-${serial}-${randomBytes(4).toString("hex")}`,
+    scopes: [],
+    expiresAt: null,
+  });
+}
+
+// --- store wrappers -------------------------------------------------------------------------------
+
+interface Call {
+  readonly method: string;
+  readonly args: readonly unknown[];
+}
+
+interface Wrapped {
+  readonly store: Store;
+  readonly calls: Call[];
+  /** When set, every call rejects as an unreachable backend does. */
+  failing: boolean;
+}
+
+const STORE_METHODS = [
+  "get",
+  "put",
+  "claim",
+  "take",
+  "takeIfEquals",
+  "delete",
+  "increment",
+  "indexAdd",
+  "indexRemove",
+  "indexList",
+  "ping",
+] as const;
+
+/** Records every call (for counting and for scanning what was written) and can fail on demand. */
+function wrap(inner: Store): Wrapped {
+  const wrapped: Wrapped = { store: undefined as unknown as Store, calls: [], failing: false };
+  const methods: Record<string, unknown> = {};
+  for (const method of STORE_METHODS) {
+    methods[method] = async (...args: unknown[]) => {
+      wrapped.calls.push({ method, args });
+      if (wrapped.failing) throw storeUnavailable(inner.backend, new Error("connection refused"));
+      return (inner[method] as (...a: unknown[]) => Promise<unknown>).apply(inner, args);
+    };
+  }
+  (wrapped as { store: Store }).store = {
+    ...(methods as unknown as Store),
+    backend: inner.backend,
+    close: async () => undefined,
+  };
+  return wrapped;
+}
+
+/** Every string a store call carried: encoded keys, values, members. */
+function writtenText(calls: readonly Call[]): string {
+  return calls
+    .flatMap((call) =>
+      call.args.map((arg) =>
+        typeof arg === "string" ? arg : typeof arg === "object" && arg ? JSON.stringify(arg) : "",
+      ),
+    )
+    .join("\n");
+}
+
+// --- backends -------------------------------------------------------------------------------------
+
+interface Fixture {
+  readonly store: Store;
+  /** Every row the backend holds, as text, where the test can read the backend directly. */
+  readonly dump?: () => Promise<string>;
+  cleanup(): Promise<void>;
+}
+
+interface Backend {
+  readonly name: string;
+  readonly skip: string | false;
+  open(): Promise<Fixture>;
+}
+
+const memoryBackend: Backend = {
+  name: "memory",
+  skip: false,
+  async open() {
+    const store = new MemoryStore();
+    return { store: sharedHandle(store), cleanup: () => store.close() };
+  },
+};
+
+const sqliteBackend: Backend = {
+  name: "sqlite",
+  skip: false,
+  async open() {
+    const dir = await mkdtemp(join(tmpdir(), "tenantgate-sessions-"));
+    const file = join(dir, "store.db");
+    const store = await openStore(`sqlite:${file}?busyTimeoutMs=2000`);
+    return {
+      store,
+      // A second connection reads the file's rows (WAL included), as anyone holding a copy could.
+      async dump() {
+        const db = new DatabaseSync(file, { readOnly: true });
+        try {
+          const rows = [
+            ...db.prepare("SELECT key, value FROM records").all(),
+            ...db.prepare("SELECT index_key, member FROM index_members").all(),
+            ...db.prepare("SELECT key, value FROM counters").all(),
+          ];
+          return JSON.stringify(rows);
+        } finally {
+          db.close();
+        }
+      },
+      async cleanup() {
+        await store.close();
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
+  },
+};
+
+const redis = await redisBackend();
+const redisStoreBackend: Backend = {
+  name: "redis",
+  skip: redis.skip,
+  async open() {
+    // A prefix of this run's own, so other runs and checkouts on the same server never meet.
+    const prefix = `tgtest:${process.pid}:${randomBytes(8).toString("hex")}:`;
+    const url = new URL(redis.url);
+    url.search = "";
+    url.searchParams.set("prefix", prefix);
+    const store = await openStore(url.toString());
+    return {
+      store,
+      async cleanup() {
+        await store.close();
+        const admin = new Redis(redis.url, { maxRetriesPerRequest: 1, connectTimeout: 5_000 });
+        try {
+          let cursor = "0";
+          do {
+            const [next, keys] = await admin.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1_000);
+            if (keys.length > 0) await admin.unlink(...keys);
+            cursor = next;
+          } while (cursor !== "0");
+        } finally {
+          await admin.quit();
+        }
+      },
+    };
+  },
+};
+
+const postgres = await postgresBackend();
+const postgresStoreBackend: Backend = {
+  name: "postgres",
+  skip: postgres.skip,
+  async open() {
+    const schema = `tgtest_${process.pid}_${randomBytes(6).toString("hex")}`;
+    const url = new URL(postgres.url);
+    url.search = "";
+    url.searchParams.set("schema", schema);
+    url.searchParams.set("poolSize", "4");
+    const store = await openStore(url.toString());
+    return {
+      store,
+      async cleanup() {
+        await store.close();
+        const admin = new pg.Client({ connectionString: postgres.url, connectionTimeoutMillis: 5_000 });
+        await admin.connect();
+        try {
+          await admin.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+        } finally {
+          await admin.end();
+        }
+      },
+    };
+  },
+};
+
+// --- the cases ------------------------------------------------------------------------------------
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function describeSessionRegistry(backend: Backend): void {
+  describe(`session registry on ${backend.name}`, { skip: backend.skip }, () => {
+    let fixture: Fixture;
+    const keyring = Keyring.ephemeral();
+
+    before(async () => {
+      fixture = await backend.open();
+    });
+    after(async () => {
+      await fixture?.cleanup();
+    });
+
+    function setup(options: Partial<SessionRegistryOptions> = {}): {
+      registry: SessionRegistry;
+      wrapped: Wrapped;
+      denials: SessionDenial[];
+    } {
+      const wrapped = wrap(fixture.store);
+      const denials: SessionDenial[] = [];
+      const registry = createSessionRegistry({
+        store: wrapped.store,
+        keyring,
+        absoluteTimeoutMs: TIMEOUT_MS,
+        onDenied: (denial) => denials.push(denial),
+        ...options,
+      });
+      return { registry, wrapped, denials };
+    }
+
+    it("creates a session with a fresh minted id that resolves for its owner at its upstream", async () => {
+      const { registry } = setup();
+      const alice = principal();
+      const before = Date.now();
+      const { sessionId, session } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      assert.ok(looksLikeMintedId(sessionId), "a minted id");
+      // >= 128 bits of base64url is >= 22 characters, all visible ASCII.
+      assert.ok(sessionId.length >= 22 && /^[\x21-\x7e]+$/.test(sessionId));
+      assert.deepEqual(session.owner, { tenant: alice.tenant, issuer: alice.issuer, subject: alice.subject });
+      assert.ok(session.createdAt >= before && session.expiresAt === session.createdAt + TIMEOUT_MS);
+
+      const resolved = await registry.resolve(sessionId, alice, UPSTREAM);
+      assert.ok(resolved);
+      assert.equal(resolved.upstream, UPSTREAM);
+      assert.equal(resolved.protocolVersion, VERSION);
+      assert.equal(resolved.sessionDigest, session.sessionDigest);
+      assert.equal(resolved.upstreamSessionId, null);
+      assert.deepEqual(await registry.list(alice), [session.sessionDigest]);
+
+      // A refreshed token (another credential, same issuer, subject and tenant) is the same owner.
+      const refreshed = makePrincipal({ ...alice, scopes: ["notes:read"], expiresAt: Date.now() + 60_000 });
+      assert.ok(await registry.resolve(sessionId, refreshed, UPSTREAM));
+    });
+
+    it("stores the upstream's session id once, for the owner only", async () => {
+      const { registry } = setup();
+      const alice = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      const stranger = principal();
+      assert.equal(await registry.setUpstreamSessionId(sessionId, stranger, "upstream-forged"), false);
+      assert.equal((await registry.resolve(sessionId, alice, UPSTREAM))?.upstreamSessionId, null);
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "upstream-1"), true);
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "upstream-2"), false, "set once");
+      assert.equal((await registry.resolve(sessionId, alice, UPSTREAM))?.upstreamSessionId, "upstream-1");
+      assert.equal(await registry.setUpstreamSessionId(mintId(), alice, "upstream-3"), false, "unknown id");
+      assert.equal(await registry.setUpstreamSessionId("bad id", alice, "upstream-3"), false, "malformed");
+
+      const withId = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "upstream-at-create",
+      });
+      assert.equal(
+        (await registry.resolve(withId.sessionId, alice, UPSTREAM))?.upstreamSessionId,
+        "upstream-at-create",
+      );
+    });
+
+    it("answers null for every other principal: other tenant, same tenant, same sub with another issuer or tenant", async () => {
+      const { registry, denials } = setup();
+      const alice = principal();
+      const { sessionId, session } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "alice-upstream",
+      });
+      const others: [string, Principal][] = [
+        ["another principal in another tenant", principal()],
+        ["another principal in the same tenant", principal({ tenant: alice.tenant, issuer: alice.issuer })],
+        [
+          "the same subject from another issuer",
+          principal({ subject: alice.subject, tenant: alice.tenant, issuer: "https://issuer-b.example" }),
+        ],
+        ["the same subject with another tenant", principal({ subject: alice.subject, issuer: alice.issuer })],
+      ];
+      for (const [label, other] of others) {
+        assert.equal(await registry.resolve(sessionId, other, UPSTREAM), null, label);
+        assert.equal(await registry.end(sessionId, other, UPSTREAM), false, label);
+        assert.equal(await registry.setUpstreamSessionId(sessionId, other, "x"), false, label);
+      }
+      assert.equal(denials.length, others.length * 2);
+      for (const denial of denials) {
+        assert.equal(denial.reason, "foreign-principal");
+        assert.equal(denial.sessionDigest, session.sessionDigest);
+        assert.ok(!JSON.stringify(denial).includes(sessionId), "the raw id never reaches the audit hook");
+      }
+      // The owner's session is untouched by all of it.
+      assert.equal((await registry.resolve(sessionId, alice, UPSTREAM))?.upstreamSessionId, "alice-upstream");
+    });
+
+    it("answers null at another upstream, even for the owner", async () => {
+      const { registry, denials } = setup();
+      const alice = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      assert.equal(await registry.resolve(sessionId, alice, OTHER_UPSTREAM), null);
+      assert.equal(await registry.end(sessionId, alice, OTHER_UPSTREAM), false);
+      assert.deepEqual(
+        denials.map((d) => d.reason),
+        ["other-upstream", "other-upstream"],
+      );
+      assert.ok(await registry.resolve(sessionId, alice, UPSTREAM));
+    });
+
+    it("answers null for unknown and malformed ids", async () => {
+      const { registry, denials } = setup();
+      const alice = principal();
+      await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      const unknown = mintId();
+      assert.equal(await registry.resolve(unknown, alice, UPSTREAM), null);
+      const malformed = [
+        "",
+        "short",
+        "has space in it and is long enough",
+        "a".repeat(5_000),
+        "\ud800".repeat(30),
+      ];
+      for (const id of malformed) {
+        assert.equal(await registry.resolve(id, alice, UPSTREAM), null, JSON.stringify(id.slice(0, 20)));
+        assert.equal(await registry.end(id, alice, UPSTREAM), false);
+        assert.equal(await registry.revoke(id), false);
+      }
+      assert.equal(await registry.resolve(42 as unknown as string, alice, UPSTREAM), null);
+      assert.equal(denials[0]?.reason, "unknown");
+      assert.ok(denials[0]?.sessionDigest && !denials[0].sessionDigest.includes(unknown));
+      assert.ok(denials.slice(1).every((d) => d.reason === "malformed" && d.sessionDigest === null));
+    });
+
+    it("answers null after the owner ends the session, for the owner too", async () => {
+      const { registry } = setup();
+      const alice = principal();
+      const { sessionId, session } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "u-1",
+      });
+      const other = await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      assert.equal(await registry.end(sessionId, alice, UPSTREAM), true);
+      assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
+      assert.equal(await registry.end(sessionId, alice, UPSTREAM), false, "ending twice");
+      assert.deepEqual(await registry.list(alice), [other.session.sessionDigest]);
+      assert.ok(!(await registry.list(alice)).includes(session.sessionDigest));
+      assert.ok(
+        await registry.resolve(other.sessionId, alice, UPSTREAM),
+        "the owner's other session lives on",
+      );
+    });
+
+    it("answers null after an operator revokes the session, for the owner too", async () => {
+      const { registry } = setup();
+      const alice = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "u-1",
+      });
+      assert.equal(await registry.revoke(sessionId), true);
+      assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
+      assert.deepEqual(await registry.list(alice), []);
+      assert.equal(await registry.revoke(sessionId), false);
+      assert.equal(await registry.revoke(mintId()), false);
+      // A late upstream id cannot bring it back.
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "u-2"), false);
+      assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
+    });
+
+    it("answers null once the absolute timeout has passed (store expiry)", async () => {
+      const { registry } = setup({ absoluteTimeoutMs: 300 });
+      const alice = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "u-1",
+      });
+      assert.ok(await registry.resolve(sessionId, alice, UPSTREAM));
+      await sleep(700);
+      assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
+      assert.deepEqual(await registry.list(alice), []);
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "u-2"), false);
+    });
+
+    it("answers null once the record's own expiry has passed, even if the store still holds it", async () => {
+      let offset = 0;
+      const { registry, denials } = setup({ now: () => Date.now() + offset });
+      const alice = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      offset = TIMEOUT_MS;
+      assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
+      assert.equal(denials[0]?.reason, "expired");
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "late"), false);
+    });
+
+    it("writes no raw session id and no raw upstream session id to the store", async () => {
+      const { registry, wrapped } = setup();
+      const alice = principal();
+      const upstreamIds = [`upstream-secret-${randomBytes(12).toString("hex")}`];
+      const sessionIds: string[] = [];
+      const first = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: upstreamIds[0],
+      });
+      sessionIds.push(first.sessionId);
+      const second = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      sessionIds.push(second.sessionId);
+      upstreamIds.push(`upstream-secret-${randomBytes(12).toString("hex")}`);
+      assert.equal(await registry.setUpstreamSessionId(second.sessionId, alice, upstreamIds[1]!), true);
+      assert.equal(
+        (await registry.resolve(second.sessionId, alice, UPSTREAM))?.upstreamSessionId,
+        upstreamIds[1],
+      );
+
+      const written = writtenText(wrapped.calls);
+      const stored = (await fixture.dump?.()) ?? "";
+      for (const secret of [...sessionIds, ...upstreamIds]) {
+        assert.ok(!written.includes(secret), "no store call carries a raw id");
+        assert.ok(!stored.includes(secret), "no stored row holds a raw id");
+      }
+      if (fixture.dump) assert.ok(stored.includes(first.session.sessionDigest), "the dump did read the rows");
+    });
+
+    it("refuses a sealed mapping copied into another session's or principal's record", async () => {
+      const { registry, denials } = setup();
+      const alice = principal();
+      const bob = principal();
+      const source = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "alice-upstream",
+      });
+      const aliceOther = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      const bobs = await registry.create({ principal: bob, upstream: UPSTREAM, protocolVersion: VERSION });
+      const mapping = (p: Principal, sessionDigest: string) =>
+        ownedKey(
+          { tenant: p.tenant, issuer: p.issuer, subject: p.subject },
+          "session-upstream",
+          sessionDigest,
+        );
+      const sealed = await fixture.store.get(mapping(alice, source.session.sessionDigest));
+      assert.ok(sealed, "the mapping is where the schema says");
+
+      await fixture.store.put(mapping(alice, aliceOther.session.sessionDigest), sealed);
+      await fixture.store.put(mapping(bob, bobs.session.sessionDigest), sealed);
+      // Refused like an unknown id: nothing of the mapping (or of why) reaches the caller.
+      assert.equal(await registry.resolve(aliceOther.sessionId, alice, UPSTREAM), null);
+      assert.equal(await registry.resolve(bobs.sessionId, bob, UPSTREAM), null);
+      assert.deepEqual(
+        denials.map((d) => d.reason),
+        ["mapping-invalid", "mapping-invalid"],
+      );
+      assert.equal(
+        (await registry.resolve(source.sessionId, alice, UPSTREAM))?.upstreamSessionId,
+        "alice-upstream",
+      );
+    });
+
+    it("gives 200 concurrent creates 200 distinct ids, each owned by its creator", async () => {
+      const { registry } = setup();
+      const creators = Array.from({ length: 200 }, () => principal());
+      const created = await Promise.all(
+        creators.map((creator, i) =>
+          registry.create({
+            principal: creator,
+            upstream: UPSTREAM,
+            protocolVersion: VERSION,
+            upstreamSessionId: `upstream-${i}`,
+          }),
+        ),
+      );
+      assert.equal(new Set(created.map((c) => c.sessionId)).size, 200);
+      await Promise.all(
+        created.map(async ({ sessionId }, i) => {
+          const owner = creators[i]!;
+          const neighbour = creators[(i + 1) % creators.length]!;
+          assert.equal(
+            (await registry.resolve(sessionId, owner, UPSTREAM))?.upstreamSessionId,
+            `upstream-${i}`,
+          );
+          assert.equal(await registry.resolve(sessionId, neighbour, UPSTREAM), null);
+          assert.equal((await registry.list(owner)).length, 1);
+        }),
+      );
+    });
+
+    it("performs the same store operations for foreign, unknown, malformed and other-upstream ids", async () => {
+      const { registry, wrapped } = setup();
+      const alice = principal();
+      const bob = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "u-1",
+      });
+      const attempts: [string, () => Promise<unknown>][] = [
+        ["foreign", () => registry.resolve(sessionId, bob, UPSTREAM)],
+        ["unknown", () => registry.resolve(mintId(), bob, UPSTREAM)],
+        ["malformed", () => registry.resolve("not/an id", bob, UPSTREAM)],
+        ["other-upstream", () => registry.resolve(sessionId, alice, OTHER_UPSTREAM)],
+        ["owner", () => registry.resolve(sessionId, alice, UPSTREAM)],
+      ];
+      const operations = new Map<string, string[]>();
+      for (const [label, attempt] of attempts) {
+        wrapped.calls.length = 0;
+        await attempt();
+        operations.set(
+          label,
+          wrapped.calls.map((call) => call.method),
+        );
+      }
+      for (const [label, methods] of operations) {
+        assert.deepEqual(methods, ["get", "get"], label);
+      }
+
+      const ends: [string, () => Promise<unknown>][] = [
+        ["foreign", () => registry.end(sessionId, bob, UPSTREAM)],
+        ["unknown", () => registry.end(mintId(), bob, UPSTREAM)],
+        ["malformed", () => registry.end("not/an id", bob, UPSTREAM)],
+        ["other-upstream", () => registry.end(sessionId, alice, OTHER_UPSTREAM)],
+      ];
+      for (const [label, attempt] of ends) {
+        wrapped.calls.length = 0;
+        assert.equal(await attempt(), false, label);
+        assert.deepEqual(
+          wrapped.calls.map((call) => call.method),
+          ["get"],
+          `end ${label}`,
+        );
+      }
+    });
+
+    it("rejects with ERR_STORE_UNAVAILABLE when the store cannot answer, never resolving", async () => {
+      const { registry, wrapped } = setup();
+      const alice = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      wrapped.failing = true;
+      const unavailable = (error: unknown) => isGateError(error, "ERR_STORE_UNAVAILABLE");
+      await assert.rejects(registry.resolve(sessionId, alice, UPSTREAM), unavailable);
+      await assert.rejects(registry.resolve(mintId(), alice, UPSTREAM), unavailable);
+      await assert.rejects(registry.resolve("malformed id", alice, UPSTREAM), unavailable);
+      await assert.rejects(
+        registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION }),
+        unavailable,
+      );
+      await assert.rejects(registry.setUpstreamSessionId(sessionId, alice, "u"), unavailable);
+      await assert.rejects(registry.end(sessionId, alice, UPSTREAM), unavailable);
+      await assert.rejects(registry.revoke(sessionId), unavailable);
+      await assert.rejects(registry.list(alice), unavailable);
+      wrapped.failing = false;
+      assert.ok(await registry.resolve(sessionId, alice, UPSTREAM), "answers again once the store does");
+    });
+  });
+}
+
+for (const backend of [memoryBackend, sqliteBackend, redisStoreBackend, postgresStoreBackend]) {
+  describeSessionRegistry(backend);
+}
+
+describe("session registry without a store", () => {
+  const keyring = Keyring.ephemeral();
+
+  it("refuses a timeout that no store accepts as a TTL", () => {
+    for (const absoluteTimeoutMs of [0, -1, 1.5, Number.NaN, 31 * 24 * 60 * 60 * 1000]) {
+      assert.throws(
+        () => createSessionRegistry({ store: new MemoryStore(), keyring, absoluteTimeoutMs }),
+        (error) => isGateError(error, "ERR_ARGUMENT_INVALID"),
+      );
+    }
+  });
+
+  it("never adopts an id whose claim was lost, and gives up after a few fresh ones", async () => {
+    const inner = new MemoryStore();
+    const claimed: string[] = [];
+    const store: Store = {
+      ...sharedHandle(inner),
+      // Every claim loses, as if each fresh id were already taken by someone else.
+      claim: async (key) => {
+        claimed.push(key.encoded);
+        return { won: false, winner: "someone-else" };
+      },
+    };
+    const registry = createSessionRegistry({ store, keyring, absoluteTimeoutMs: TIMEOUT_MS });
+    await assert.rejects(
+      registry.create({ principal: principal(), upstream: UPSTREAM, protocolVersion: VERSION }),
+      (error) => isGateError(error, "ERR_INTERNAL"),
+    );
+    assert.equal(new Set(claimed).size, claimed.length, "a fresh id per attempt");
+    assert.ok(claimed.length >= 2);
+    await inner.close();
+  });
+
+  it("an audit hook that throws does not change the answer", async () => {
+    const store = new MemoryStore();
+    const registry = createSessionRegistry({
+      store,
+      keyring,
+      absoluteTimeoutMs: TIMEOUT_MS,
+      onDenied: () => {
+        throw new Error("audit sink down");
+      },
+    });
+    assert.equal(await registry.resolve(mintId(), principal(), UPSTREAM), null);
+    await store.close();
+  });
+});
