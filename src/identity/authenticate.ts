@@ -1,4 +1,4 @@
-import { GateError, invalidArgument, isGateError } from "../errors.ts";
+import { GateError, invalidArgument } from "../errors.ts";
 import type { ApiKeyAuthenticator } from "./api-key-authenticator.ts";
 import { type DistinctHeaders, findBearerToken } from "./bearer.ts";
 import type { FailedAuthLimiter } from "./failed-auth-limiter.ts";
@@ -50,13 +50,21 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
     );
   }
 
-  // A credential the client got wrong counts against its address. "jwks-unavailable" does not: the
-  // issuer's outage is not the client's doing, and counting it would lock out every client that
-  // retried during the outage.
-  const noteFailure = (error: unknown, address: string | undefined): void => {
-    if (limiter === undefined || !isGateError(error, "ERR_AUTH_INVALID")) return;
-    if (credentialFailureOf(error) === "jwks-unavailable") return;
-    limiter.recordFailure(address);
+  // Only failures that cost real work count against an address: a signature checked, a key looked
+  // up or fetched, an API key tried. Refusals decided by the cheap checks (expired, wrong audience,
+  // malformed) cost less than the limiter itself, and counting them would lock out clients that
+  // share an address while they routinely refresh an expired token. An issuer's outage
+  // ("jwks-unavailable") is not the client's doing and never counts.
+  const COUNTED: ReadonlySet<string> = new Set([
+    "bad-signature",
+    "unknown-kid",
+    "key-unusable",
+    "unverifiable",
+    "unknown-api-key",
+  ]);
+  const costly = (error: unknown): boolean => {
+    const reason = credentialFailureOf(error);
+    return reason !== undefined && COUNTED.has(reason);
   };
 
   const verify = async (token: string, audience: string): Promise<Principal> => {
@@ -78,13 +86,8 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
         throw invalidArgument("requiredScopes", "must be a list of scope names");
       }
 
-      let token: string | undefined;
-      try {
-        token = findBearerToken(headers);
-      } catch (error) {
-        noteFailure(error, clientAddress);
-        throw error;
-      }
+      // A malformed Authorization header is refused before any work, and is not counted (above).
+      const token = findBearerToken(headers);
 
       if (token === undefined) {
         // An anonymous caller holds no scopes; where scopes are required the answer is the 401
@@ -95,22 +98,31 @@ export function createAuthenticator(options: AuthenticatorOptions): Authenticato
         });
       }
 
-      // Before any token work (THREATS L2): a limited address costs a map lookup, nothing more.
-      if (limiter !== undefined && !limiter.check(clientAddress)) {
-        throw new GateError("ERR_AUTH_RATE_LIMITED", "too many failed authentications", {
-          detail: "failed-auth-limit",
-        });
+      // A token this gateway already verified for this audience costs one digest to recognise, less
+      // than the limiter protects: it passes even from a limited address, so an attacker flooding
+      // the limiter cannot lock out clients whose tokens are already known good.
+      let principal = jwt?.verifiedBefore(token, { audience });
+      if (principal === undefined) {
+        // Before any token work (THREATS L2): a limited address costs a map lookup, nothing more.
+        // The attempt counts while in flight, so a concurrent burst is cut at the limit.
+        const attempt = limiter?.begin(clientAddress);
+        if (limiter !== undefined && attempt == null) {
+          throw new GateError("ERR_AUTH_RATE_LIMITED", "too many failed authentications", {
+            detail: "failed-auth-limit",
+          });
+        }
+        try {
+          principal = await verify(token, audience);
+          attempt?.done();
+        } catch (error) {
+          if (costly(error)) attempt?.failed();
+          else attempt?.done();
+          throw error;
+        }
       }
 
-      let principal: Principal;
-      try {
-        principal = await verify(token, audience);
-      } catch (error) {
-        noteFailure(error, clientAddress);
-        throw error;
-      }
-
-      const missing = requiredScopes.filter((scope) => !principal.scopes.includes(scope));
+      const granted = principal.scopes;
+      const missing = requiredScopes.filter((scope) => !granted.includes(scope));
       if (missing.length > 0) {
         // Scope names are configuration, not secrets: the audit trail and the 403's
         // `WWW-Authenticate: Bearer error="insufficient_scope", scope="..."` may both name them.

@@ -1,3 +1,4 @@
+import { createHmac, randomBytes } from "node:crypto";
 import { isIPv4, isIPv6 } from "node:net";
 import { invalidArgument } from "../errors.ts";
 
@@ -14,9 +15,15 @@ import { invalidArgument } from "../errors.ts";
  * out for good in the Google Workspace incident).
  *
  * Memory is bounded: at most `maxTrackedAddresses` buckets. When the table is full, fully drained
- * buckets are swept (at most once per drain interval); if it is still full, new addresses share one
- * overflow bucket with a higher limit instead of evicting anyone, so an attacker with many addresses
- * cannot free a victim address from its limit, and memory stays fixed.
+ * buckets are swept (at most once per drain interval); if it is still full, new addresses count in
+ * one of `OVERFLOW_BUCKETS` overflow buckets with a higher limit, chosen by a keyed hash with a
+ * per-process random key, instead of evicting anyone: an attacker with many addresses cannot free a
+ * victim address from its limit, cannot aim at the bucket a given victim falls in, and must fill
+ * every overflow bucket to lock out untracked addresses. Memory stays fixed.
+ *
+ * Attempts in flight count too (`begin`): a burst of concurrent bad tokens from one address is
+ * refused once in-flight plus recorded failures reach the limit, instead of all passing the check
+ * before the first failure is recorded.
  *
  * IPv6 addresses are grouped by /64, the block one host or customer usually gets; IPv4-mapped IPv6
  * (`::ffff:192.0.2.1`, as dual-stack sockets report IPv4 peers) counts as the IPv4 address. The
@@ -25,6 +32,11 @@ import { invalidArgument } from "../errors.ts";
 export interface FailedAuthLimiter {
   /** Whether `address` may attempt authentication now. */
   check(address: string | undefined): boolean;
+  /**
+   * Starts an attempt if `address` may make one, counting it in flight until it ends; null when
+   * limited. The attempt ends exactly once: `failed()` records a failure, `done()` records none.
+   */
+  begin(address: string | undefined): LimiterAttempt | null;
   /** Records one failed authentication from `address`. */
   recordFailure(address: string | undefined): void;
   /** How many addresses have their own bucket (for metrics). */
@@ -43,6 +55,14 @@ export interface FailedAuthLimiterOptions {
   /** The clock, in epoch ms; tests move it. */
   readonly now?: () => number;
 }
+
+export interface LimiterAttempt {
+  failed(): void;
+  done(): void;
+}
+
+/** Overflow buckets for addresses the full table cannot track. */
+const OVERFLOW_BUCKETS = 256;
 
 interface Bucket {
   level: number;
@@ -66,7 +86,13 @@ export function createFailedAuthLimiter(options: FailedAuthLimiterOptions = {}):
   }
 
   const buckets = new Map<string, Bucket>();
-  const overflow: Bucket = { level: 0, at: now() };
+  const overflow: Bucket[] = Array.from({ length: OVERFLOW_BUCKETS }, () => ({ level: 0, at: now() }));
+  const overflowKey = randomBytes(32);
+  const overflowFor = (key: string): Bucket =>
+    overflow[createHmac("sha256", overflowKey).update(key).digest().readUInt32BE(0) % OVERFLOW_BUCKETS]!;
+  // Attempts in flight per address key; an entry lives only while attempts are running, so its size
+  // is bounded by concurrent requests.
+  const inFlight = new Map<string, number>();
   // Per millisecond; the overflow bucket drains at its own limit's rate, over the same window.
   const drainRate = maxFailures / windowMs;
   const overflowDrainRate = overflowMax / windowMs;
@@ -86,32 +112,66 @@ export function createFailedAuthLimiter(options: FailedAuthLimiterOptions = {}):
     }
   };
 
+  /** Recorded failures (drained to now) and the limit that applies to `key`. */
+  const standing = (key: string, at: number): { level: number; max: number } => {
+    const bucket = buckets.get(key);
+    if (bucket !== undefined) return { level: level(bucket, drainRate, at), max: maxFailures };
+    // An untracked address while the table is full may be one whose failures went to overflow.
+    if (buckets.size >= maxTracked) {
+      return { level: level(overflowFor(key), overflowDrainRate, at), max: overflowMax };
+    }
+    return { level: 0, max: maxFailures };
+  };
+
+  const recordFailure = (address: string | undefined): void => {
+    const at = now();
+    const key = addressKey(address);
+    let bucket = buckets.get(key);
+    if (bucket === undefined) {
+      if (buckets.size >= maxTracked) sweep(at);
+      if (buckets.size >= maxTracked) {
+        const shared = overflowFor(key);
+        shared.level = Math.min(overflowMax, level(shared, overflowDrainRate, at) + 1);
+        shared.at = at;
+        return;
+      }
+      bucket = { level: 0, at };
+      buckets.set(key, bucket);
+    }
+    bucket.level = Math.min(maxFailures, level(bucket, drainRate, at) + 1);
+    bucket.at = at;
+  };
+
   return {
     check(address) {
-      const at = now();
-      const bucket = buckets.get(addressKey(address));
-      if (bucket !== undefined) return level(bucket, drainRate, at) + 1 <= maxFailures;
-      // An untracked address while the table is full may be one whose failures went to overflow.
-      if (buckets.size >= maxTracked) return level(overflow, overflowDrainRate, at) + 1 <= overflowMax;
-      return true;
-    },
-    recordFailure(address) {
-      const at = now();
       const key = addressKey(address);
-      let bucket = buckets.get(key);
-      if (bucket === undefined) {
-        if (buckets.size >= maxTracked) sweep(at);
-        if (buckets.size >= maxTracked) {
-          overflow.level = Math.min(overflowMax, level(overflow, overflowDrainRate, at) + 1);
-          overflow.at = at;
-          return;
-        }
-        bucket = { level: 0, at };
-        buckets.set(key, bucket);
-      }
-      bucket.level = Math.min(maxFailures, level(bucket, drainRate, at) + 1);
-      bucket.at = at;
+      const { level: failures, max } = standing(key, now());
+      return failures + (inFlight.get(key) ?? 0) + 1 <= max;
     },
+    begin(address) {
+      const key = addressKey(address);
+      const { level: failures, max } = standing(key, now());
+      const running = inFlight.get(key) ?? 0;
+      if (failures + running + 1 > max) return null;
+      inFlight.set(key, running + 1);
+      let ended = false;
+      const end = (): void => {
+        if (ended) return;
+        ended = true;
+        const left = (inFlight.get(key) ?? 1) - 1;
+        if (left <= 0) inFlight.delete(key);
+        else inFlight.set(key, left);
+      };
+      return {
+        failed() {
+          if (ended) return;
+          end();
+          recordFailure(address);
+        },
+        done: end,
+      };
+    },
+    recordFailure,
     get trackedAddresses() {
       return buckets.size;
     },

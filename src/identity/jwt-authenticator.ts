@@ -67,6 +67,11 @@ export interface JwtAuthenticator {
    * same message and a reason code in `detail`; nothing of the token or its claims is in the error.
    */
   verify(token: string, options: JwtVerifyOptions): Promise<Principal>;
+  /**
+   * The principal of a token already verified for `audience` and still fresh, from the verified-token
+   * cache only (one digest, no key or signature work); undefined otherwise.
+   */
+  verifiedBefore(token: string, options: JwtVerifyOptions): Principal | undefined;
 }
 
 export const DEFAULT_REMOTE_JWKS: RemoteJwksOptions = Object.freeze({
@@ -112,6 +117,11 @@ export function createJwtAuthenticator(options: JwtAuthenticatorOptions): JwtAut
   });
 
   return {
+    verifiedBefore(token, { audience }) {
+      if (typeof token !== "string" || typeof audience !== "string" || audience.length === 0)
+        return undefined;
+      return cache.get(token, audience);
+    },
     async verify(token, { audience }) {
       if (typeof audience !== "string" || audience.length === 0) {
         throw invalidArgument("audience", "must be a non-empty string");

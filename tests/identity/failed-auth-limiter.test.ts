@@ -53,7 +53,7 @@ describe("failed-auth limiter", () => {
     assert.equal(limiter.check("192.0.2.1"), true);
   });
 
-  it("L2 is bounded: when full, new addresses share an overflow bucket and nobody is evicted", () => {
+  it("L2 is bounded: when full, new addresses count in hashed overflow buckets and nobody is evicted", () => {
     const { limiter, advance } = limiterWithClock({ maxTrackedAddresses: 3, overflowMaxFailures: 2 });
     // The victim of an abuser is limited; then the table fills.
     for (let i = 0; i < 5; i++) limiter.recordFailure("198.51.100.1");
@@ -64,14 +64,20 @@ describe("failed-auth limiter", () => {
     for (let i = 0; i < 5_000; i++) limiter.recordFailure(`203.0.113.${i % 250}`);
     assert.equal(limiter.trackedAddresses, 3);
     assert.equal(limiter.check("198.51.100.1"), false);
-    // New addresses share the overflow bucket, which is saturated.
+    // An abusing address is limited through its overflow bucket...
     assert.equal(limiter.check("203.0.113.7"), false);
-    assert.equal(limiter.check("192.0.2.99"), false);
+    // ...but the abuse cannot lock out every address it never shared a bucket with: the overflow is
+    // spread over many buckets by a keyed hash (250 abusers fill about 60% of 256 buckets).
+    const fresh = Array.from({ length: 100 }, (_, i) => `192.0.2.${i + 1}`);
+    assert.ok(
+      fresh.some((address) => limiter.check(address)),
+      "every fresh address was locked out",
+    );
     // Tracked addresses keep their own state.
     assert.equal(limiter.check("198.51.100.2"), true);
     // Once buckets drain, the table makes room again.
     advance(60_000);
-    assert.equal(limiter.check("192.0.2.99"), true);
+    assert.ok(fresh.every((address) => limiter.check(address)));
     limiter.recordFailure("192.0.2.99");
     assert.equal(limiter.trackedAddresses, 1);
   });
@@ -118,5 +124,18 @@ describe("failed-auth limiter", () => {
         (error: unknown) => isGateError(error, "ERR_ARGUMENT_INVALID"),
       );
     }
+  });
+
+  it("L2 attempts in flight count: a burst from one address is cut at the limit, not after it", () => {
+    const { limiter } = limiterWithClock({ maxFailures: 5 });
+    const attempts = Array.from({ length: 50 }, () => limiter.begin("192.0.2.50"));
+    assert.equal(attempts.filter((attempt) => attempt !== null).length, 5);
+    for (const attempt of attempts) attempt?.failed();
+    assert.equal(limiter.begin("192.0.2.50"), null);
+    // A successful attempt frees its place without counting as a failure.
+    const other = limiter.begin("192.0.2.51");
+    other?.done();
+    other?.failed();
+    assert.equal(limiter.check("192.0.2.51"), true);
   });
 });
