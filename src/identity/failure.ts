@@ -17,6 +17,8 @@ export type CredentialFailure =
   | "unknown-issuer"
   | "missing-kid"
   | "expired"
+  | "lifetime"
+  | "sender-constrained"
   | "not-yet-valid"
   | "audience"
   | "subject"

@@ -279,10 +279,20 @@ function numericDate(value: unknown): number {
   return value;
 }
 
+const MAX_TOKEN_LIFETIME_MS = 366 * 24 * 60 * 60 * 1000;
+
 function checkTimes(claims: Claims, issuer: Issuer, nowMs: number): void {
   // `exp` is required: a token that never expires cannot be bounded by anything we control.
   if (!Object.hasOwn(claims, "exp")) throw invalidCredential("malformed");
-  if (numericDate(claims["exp"]) * 1000 <= nowMs - issuer.clockSkewMs) throw invalidCredential("expired");
+  const expMs = numericDate(claims["exp"]) * 1000;
+  if (expMs <= nowMs - issuer.clockSkewMs) throw invalidCredential("expired");
+  // A token valid for more than a year is not an access token anyone meant to issue, and an `exp`
+  // far enough out overflows the times derived from it (stream end timers, audit dates).
+  if (expMs > nowMs + MAX_TOKEN_LIFETIME_MS) throw invalidCredential("lifetime");
+  // A sender-constrained token (RFC 8705 mTLS, RFC 9449 DPoP) is only as good as its proof of
+  // possession, which this gateway does not check: accepting it as a plain bearer token would make a
+  // stolen bound token usable here.
+  if (Object.hasOwn(claims, "cnf")) throw invalidCredential("sender-constrained");
   if (Object.hasOwn(claims, "nbf") && numericDate(claims["nbf"]) * 1000 > nowMs + issuer.clockSkewMs) {
     throw invalidCredential("not-yet-valid");
   }

@@ -277,6 +277,21 @@ describe("JWT authenticator: refusals (THREATS A1, A2)", () => {
     );
   });
 
+  it("A2 a token valid for more than a year, or sender-constrained (cnf), is refused", async () => {
+    await refused(
+      auth.verify(await signToken(rsa, claimsA({ exp: 1e300 })), { audience: AUD_X }),
+      "lifetime",
+    );
+    await refused(
+      auth.verify(await signToken(rsa, claimsA({ exp: nowSeconds() + 400 * 86_400 })), { audience: AUD_X }),
+      "lifetime",
+    );
+    await refused(
+      auth.verify(await signToken(rsa, { ...claimsA(), cnf: { jkt: "thumbprint" } }), { audience: AUD_X }),
+      "sender-constrained",
+    );
+  });
+
   it("A2 not yet valid", async () => {
     await refused(
       auth.verify(await signToken(rsa, claimsA({ nbf: nowSeconds() + 120 })), { audience: AUD_X }),
