@@ -3,6 +3,7 @@ import { type EnvironmentSource, environmentSourceOf } from "./environment.ts";
 import { DEFAULT_MASTER_KEY_ID, type GatewayConfig, type UpstreamConfig } from "./gateway-config.ts";
 import { type ConfigIssue, type ConfigPath, issueAt } from "./issues.ts";
 import { isLoopbackHost } from "./loopback.ts";
+import { canonicalPublicUrl } from "./network-values.ts";
 import type { ParsedConfig } from "./schema.ts";
 import { isProcessLocalStore, resolveStoreUrl } from "./store-url.ts";
 
@@ -60,8 +61,27 @@ export function resolveConfig(
       ),
     );
   }
-  const publicUrl = parsed.publicUrl ?? `http://${hostInUrl(listen.host)}:${listen.port}`;
+  // The derived default goes through the same canonical form as a written one (`:80` dropped,
+  // `[0:0:…:1]` shortened), so audiences and allowlists derived from it match what clients use.
+  const derivedUrl = `http://${hostInUrl(listen.host)}:${listen.port}`;
+  const publicUrl = parsed.publicUrl ?? canonicalPublicUrl(derivedUrl) ?? derivedUrl;
   const publicOrigin = new URL(publicUrl);
+
+  // THREATS L3 at load time (the gateway checks the address it actually bound as well): anonymous
+  // access with any sign of exposure (a listen host, a public URL that is not loopback, or trusted
+  // proxies, i.e. a loopback gateway published by a reverse proxy) needs the explicit attestation.
+  const exposed =
+    !isLoopbackHost(listen.host) ||
+    !isLoopbackHost(publicOrigin.hostname.replace(/^\[|\]$/g, "")) ||
+    listen.trustedProxies.length > 0;
+  if (parsed.auth.anonymous === true && exposed && listen.allowUnauthenticatedExposure !== true) {
+    issues.push(
+      issueAt(
+        ["auth", "anonymous"],
+        "is refused on an exposed gateway (listen.host, publicUrl or listen.trustedProxies beyond loopback) unless listen.allowUnauthenticatedExposure is true",
+      ),
+    );
+  }
 
   if (parsed.limits.scope === "cluster" && isProcessLocalStore(parsed.store)) {
     issues.push(issueAt(["limits", "scope"], "must be local with a memory: store (it is not shared)"));
@@ -109,6 +129,21 @@ export function resolveConfig(
           env: upstream.env ?? {},
         };
   });
+
+  // A token is accepted only at the upstream its audience names (THREATS A1): two upstreams with one
+  // audience would accept each other's tokens.
+  const seenAudiences = new Map<string, number>();
+  for (const [index, upstream] of upstreams.entries()) {
+    const first = seenAudiences.get(upstream.audience);
+    if (first !== undefined) {
+      return {
+        issues: [
+          issueAt(["upstreams", index, "audience"], `must differ from upstreams[${first}]'s audience`),
+        ],
+      };
+    }
+    seenAudiences.set(upstream.audience, index);
+  }
 
   const config: GatewayConfig = {
     configDir: context.configDir,

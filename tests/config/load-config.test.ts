@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { loadConfig, parseConfig } from "../../src/config/index.ts";
-import { minimalConfig, refusalLinesAsync, withSetting } from "../support/config-fixtures.ts";
+import { minimalConfig, refusalLines, refusalLinesAsync, withSetting } from "../support/config-fixtures.ts";
 
 const dir = await mkdtemp(join(tmpdir(), "tenantgate-config-"));
 after(() => rm(dir, { recursive: true, force: true }));
@@ -81,6 +81,12 @@ describe("config defaults", () => {
     });
   });
 
+  /** The same minimal config, authenticating with an API key (anonymous access may not be exposed). */
+  const authenticatedConfig = () =>
+    withSetting(withSetting(minimalConfig(), "auth.anonymous", false), "auth.apiKeys", [
+      { id: "k", digest: "A".repeat(43), subject: "svc", tenant: "t" },
+    ]);
+
   it("derives publicUrl, Host and Origin allowlists and audiences from the listen address", () => {
     const ipv6 = parseConfig(withSetting(minimalConfig(), "listen", { host: "::1", port: 9000 }), {
       env: {},
@@ -89,14 +95,16 @@ describe("config defaults", () => {
     assert.ok(ipv6.listen.allowedHosts.includes("[::1]:9000"));
     assert.equal(ipv6.upstreams[0]?.audience, "http://[::1]:9000/mcp");
 
-    const named = parseConfig(withSetting(minimalConfig(), "listen", { host: "gw.internal" }), { env: {} });
+    const named = parseConfig(withSetting(authenticatedConfig(), "listen", { host: "gw.internal" }), {
+      env: {},
+    });
     assert.equal(named.publicUrl, "http://gw.internal:8787");
     assert.deepEqual(named.listen.allowedHosts, ["gw.internal:8787"]);
     assert.deepEqual(named.listen.allowedOrigins, ["http://gw.internal:8787"]);
   });
 
   it("canonicalises publicUrl and takes its host and origin for the allowlists", () => {
-    let input = withSetting(minimalConfig(), "publicUrl", "HTTPS://GW.Example.com:443/tenants/");
+    let input = withSetting(authenticatedConfig(), "publicUrl", "HTTPS://GW.Example.com:443/tenants/");
     input = withSetting(input, "listen", { host: "10.0.0.5" });
     const config = parseConfig(input, { env: {} });
     assert.equal(config.publicUrl, "https://gw.example.com/tenants");
@@ -105,8 +113,47 @@ describe("config defaults", () => {
     assert.equal(config.upstreams[0]?.audience, "https://gw.example.com/tenants/mcp");
   });
 
+  it("L3 anonymous access on an exposed gateway is refused unless attested", () => {
+    for (const exposure of [
+      withSetting(minimalConfig(), "listen", { host: "gw.internal" }),
+      withSetting(minimalConfig(), "publicUrl", "https://gw.example.com"),
+      withSetting(minimalConfig(), "listen.trustedProxies", ["10.0.0.0/8"]),
+    ]) {
+      const lines = refusalLines(() => parseConfig(exposure, { env: {} }));
+      assert.ok(
+        lines.some(
+          (line) => line.includes("auth.anonymous") && line.includes("allowUnauthenticatedExposure"),
+        ),
+      );
+      const attested = withSetting(exposure, "listen.allowUnauthenticatedExposure", true);
+      assert.equal(parseConfig(attested, { env: {} }).auth.anonymous, true);
+    }
+  });
+
+  it("two upstreams with one audience are refused (a token for one would pass at the other)", () => {
+    const input = withSetting(
+      withSetting(authenticatedConfig(), "upstreams.1", {
+        name: "b",
+        path: "/b",
+        url: "http://127.0.0.1:9001/b",
+      }),
+      "upstreams.1.audience",
+      "http://127.0.0.1:8787/mcp",
+    );
+    const lines = refusalLines(() => parseConfig(input, { env: {} }));
+    assert.ok(lines.some((line) => line.includes("upstreams[1].audience")));
+  });
+
+  it("the default publicUrl is canonical: port 80 dropped", () => {
+    const config = parseConfig(withSetting(minimalConfig(), "listen", { host: "127.0.0.1", port: 80 }), {
+      env: {},
+    });
+    assert.equal(config.publicUrl, "http://127.0.0.1");
+    assert.equal(config.upstreams[0]?.audience, "http://127.0.0.1/mcp");
+  });
+
   it("on loopback behind a proxy also allows the public URL's host", () => {
-    const config = parseConfig(withSetting(minimalConfig(), "publicUrl", "https://gw.example.com"), {
+    const config = parseConfig(withSetting(authenticatedConfig(), "publicUrl", "https://gw.example.com"), {
       env: {},
     });
     assert.deepEqual(config.listen.allowedHosts, [
