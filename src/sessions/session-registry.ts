@@ -5,7 +5,14 @@ import { GateError, invalidArgument } from "../errors.ts";
 import { ownerScope, type Principal, samePrincipal } from "../identity/principal.ts";
 import { MAX_TTL_MS } from "../store/arguments.ts";
 import type { Store } from "../store/contract.ts";
-import { type OwnerScope, ownedKey, ownerIndexKey, ownershipKey, type RecordKey } from "../store/keys.ts";
+import {
+  type OwnerScope,
+  ownedKey,
+  ownerIndexKey,
+  ownershipKey,
+  ownershipKeyFromDigest,
+  type RecordKey,
+} from "../store/keys.ts";
 
 /**
  * The registry of legacy MCP sessions (`Mcp-Session-Id`, protocol versions 2025-03-26 .. 2025-11-25).
@@ -21,9 +28,13 @@ import { type OwnerScope, ownedKey, ownerIndexKey, ownershipKey, type RecordKey 
  * `resolve` reads both keys for every caller, the second under the caller's own scope, so an owner,
  * a stranger, an unknown id and a malformed one all cost the same two reads (THREATS S1/S3: the same
  * store operations), and a stranger can never read the owner's mapping.
+ *
+ * A session created with an upstream id, or with `expectsUpstreamSession`, records that it needs one:
+ * `resolve` refuses it while the mapping is missing (not yet set, or removed by an `end` or `revoke`
+ * running at the same time), so a missing mapping is never mistaken for an upstream without sessions.
  */
 
-/** Why `resolve` (or `end`) answered as for an unknown id; for the audit trail only. */
+/** Why `resolve`, `end` or `setUpstreamSessionId` answered as for an unknown id; for the audit trail only. */
 export type SessionDenialReason =
   | "malformed"
   | "unknown"
@@ -31,16 +42,18 @@ export type SessionDenialReason =
   | "foreign-principal"
   | "other-upstream"
   | "record-invalid"
-  | "mapping-invalid";
+  | "mapping-invalid"
+  /** The session expects an upstream session id and has none (not set yet, or being removed). */
+  | "mapping-missing";
 
 export interface SessionDenial {
   readonly reason: SessionDenialReason;
-  readonly operation: "resolve" | "end";
+  readonly operation: "resolve" | "end" | "set-upstream-session";
   /** Digest of the presented id (never the id itself); null when it was not a well-formed id. */
   readonly sessionDigest: string | null;
   /** Who presented it. */
   readonly caller: OwnerScope;
-  /** The upstream it was presented at (resolve only). */
+  /** The upstream it was presented at. */
   readonly upstream: string | null;
 }
 
@@ -52,10 +65,12 @@ export interface SessionRegistryOptions {
   /** Clock (epoch ms), for tests. */
   readonly now?: () => number;
   /**
-   * Called for every refused resolve or end, for the audit trail. Must not throw: an error from it is
-   * swallowed, so a broken audit sink never makes a refusal look different from an unknown id.
+   * Called for every refused resolve, end or setUpstreamSessionId, for the audit trail. It is not
+   * awaited. An error it throws, and a rejection of a promise it returns, are swallowed, so a broken
+   * audit sink never makes a refusal look different from an unknown id (nor stops the process with
+   * an unhandled rejection).
    */
-  readonly onDenied?: (denial: SessionDenial) => void;
+  readonly onDenied?: (denial: SessionDenial) => void | Promise<void>;
 }
 
 export interface CreateSessionInput {
@@ -63,6 +78,11 @@ export interface CreateSessionInput {
   readonly upstream: string;
   readonly protocolVersion: string;
   readonly upstreamSessionId?: string;
+  /**
+   * The upstream will assign a session id later (`setUpstreamSessionId`): until it does, `resolve`
+   * refuses the session. Implied when `upstreamSessionId` is given.
+   */
+  readonly expectsUpstreamSession?: boolean;
 }
 
 export interface Session {
@@ -73,23 +93,53 @@ export interface Session {
   readonly protocolVersion: string;
   readonly createdAt: number;
   readonly expiresAt: number;
+  /** Whether the session was created needing an upstream session id. */
+  readonly expectsUpstreamSession: boolean;
 }
 
 export interface ResolvedSession extends Session {
-  /** The upstream's own session id, or null while the upstream has not assigned one. */
+  /**
+   * The upstream's own session id, or null for a session created without one and without
+   * `expectsUpstreamSession`: an upstream that does not use sessions, or one whose id has not been set.
+   * Null can also be seen by a resolve racing an `end` or `revoke` (the mapping is removed after the
+   * ownership record, and both are read at once). The gateway must treat a session that should have
+   * an upstream id but has none as unusable; sessions created with `expectsUpstreamSession` (or an
+   * upstream id) are refused by `resolve` in that case, so for them null never appears.
+   */
   readonly upstreamSessionId: string | null;
 }
 
 export interface SessionRegistry {
   create(input: CreateSessionInput): Promise<{ sessionId: string; session: Session }>;
-  /** Stores the upstream's id, once; false if the caller does not own a live session or it is set. */
-  setUpstreamSessionId(sessionId: string, principal: Principal, upstreamSessionId: string): Promise<boolean>;
-  /** The session, or null for every reason it may not be used (indistinguishable to the caller). */
+  /**
+   * Stores the upstream's id, once; false if the caller does not own a live session at `upstream`
+   * (refused through `onDenied`, as resolve and end are), if it is already set, or if the session was
+   * ended or revoked while it was being stored.
+   */
+  setUpstreamSessionId(
+    sessionId: string,
+    principal: Principal,
+    upstream: string,
+    upstreamSessionId: string,
+  ): Promise<boolean>;
+  /**
+   * The session, or null for every reason it may not be used (indistinguishable to the caller). See
+   * `ResolvedSession.upstreamSessionId`: a resolve racing an `end` may still see the session, with a
+   * null upstream id; for a session that should have one, that answer must be treated as unusable.
+   */
   resolve(sessionId: string, principal: Principal, upstream: string): Promise<ResolvedSession | null>;
   /** DELETE by the owner at the session's upstream; false (and nothing removed) for anyone else. */
   end(sessionId: string, principal: Principal, upstream: string): Promise<boolean>;
   /** Operator revocation; true if a live session was removed. */
   revoke(sessionId: string): Promise<boolean>;
+  /**
+   * Operator revocation by the digest `list` shows (an admin action: a digest is not a credential, so
+   * no client-facing path may call this). Rejects with ERR_ARGUMENT_INVALID for anything but a
+   * 43-character base64url digest; true if a live session was removed.
+   */
+  revokeByDigest(sessionDigest: string): Promise<boolean>;
+  /** Operator revocation of every session the principal owns; the number removed. */
+  revokeAll(principal: Principal): Promise<number>;
   /** Digests of the principal's sessions (live, or ended less than a TTL ago by expiry alone). */
   list(principal: Principal): Promise<string[]>;
 }
@@ -122,6 +172,7 @@ interface SessionRecord {
   readonly protocolVersion: string;
   readonly createdAt: number;
   readonly expiresAt: number;
+  readonly expectsUpstreamSession: boolean;
 }
 
 /**
@@ -197,7 +248,8 @@ function parseRecord(text: string): SessionRecord | null {
     !isNonEmptyString(r["upstream"]) ||
     !isNonEmptyString(r["protocolVersion"]) ||
     !Number.isSafeInteger(r["createdAt"]) ||
-    !Number.isSafeInteger(r["expiresAt"])
+    !Number.isSafeInteger(r["expiresAt"]) ||
+    typeof r["expectsUpstreamSession"] !== "boolean"
   ) {
     return null;
   }
@@ -210,6 +262,7 @@ function parseRecord(text: string): SessionRecord | null {
     protocolVersion: r["protocolVersion"],
     createdAt: r["createdAt"] as number,
     expiresAt: r["expiresAt"] as number,
+    expectsUpstreamSession: r["expectsUpstreamSession"],
   };
 }
 
@@ -231,6 +284,7 @@ function sessionOf(record: SessionRecord, sessionDigest: string): Session {
     protocolVersion: record.protocolVersion,
     createdAt: record.createdAt,
     expiresAt: record.expiresAt,
+    expectsUpstreamSession: record.expectsUpstreamSession,
   });
 }
 
@@ -245,7 +299,15 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
 
   function deny(denial: SessionDenial): null {
     try {
-      onDenied?.(denial);
+      const result: unknown = onDenied?.(denial);
+      if (
+        (typeof result === "object" || typeof result === "function") &&
+        result !== null &&
+        typeof (result as PromiseLike<unknown>).then === "function"
+      ) {
+        // Not awaited (the answer does not wait for the audit sink), but never left unhandled.
+        (result as PromiseLike<unknown>).then(undefined, () => undefined);
+      }
     } catch {
       // Deliberately ignored: see SessionRegistryOptions.onDenied.
     }
@@ -286,14 +348,33 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     return removed;
   }
 
+  /**
+   * Operator removal of the session whose ownership record is `key`. With `onlyOwner`, a record owned
+   * by anyone else is left alone (an index entry is not trusted to name its owner's sessions only).
+   */
+  async function revokeKey(key: RecordKey, onlyOwner?: Principal): Promise<boolean> {
+    const text = await store.get(key);
+    if (text === null) return false;
+    const record = parseRecord(text);
+    if (record === null) {
+      // An unreadable record still names a session id someone may hold: remove it all the same. Its
+      // owner is unknown, so its mapping and index entry are left to expire.
+      return onlyOwner === undefined ? store.delete(key) : false;
+    }
+    if (onlyOwner !== undefined && !ownedBy(record, onlyOwner)) return false;
+    return removeSession(key, record, digestOf(key));
+  }
+
   return {
     async create(input) {
       const { principal, upstream, protocolVersion, upstreamSessionId } = input;
       checkLabel("upstream", upstream);
       checkLabel("protocolVersion", protocolVersion);
       if (upstreamSessionId !== undefined) checkUpstreamSessionId(upstreamSessionId);
+      const expectsUpstreamSession = upstreamSessionId !== undefined || input.expectsUpstreamSession === true;
       const owner = ownerScope(principal);
-      const createdAt = now();
+      // Whole milliseconds: records hold integers, and an injected clock need not give one.
+      const createdAt = Math.floor(now());
       const record: SessionRecord = {
         v: RECORD_VERSION,
         tenant: owner.tenant,
@@ -303,6 +384,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         protocolVersion,
         createdAt,
         expiresAt: createdAt + absoluteTimeoutMs,
+        expectsUpstreamSession,
       };
       const value = JSON.stringify(record);
       const ttl = { ttlMs: absoluteTimeoutMs };
@@ -318,11 +400,17 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
           await store.indexAdd(ownerIndexKey(owner, SESSION_KIND), sessionDigest, ttl);
           if (upstreamSessionId !== undefined) {
             const sealed = seal(keyring, upstreamSessionId, mappingContext(owner, upstream, sessionDigest));
-            await store.claim(mappingKey(owner, sessionDigest), sealed, ttl);
+            const mapped = await store.claim(mappingKey(owner, sessionDigest), sealed, ttl);
+            // The mapping of a session id that was free a moment ago cannot exist: something else
+            // writes under these keys, so the session is not handed out with a value it did not set.
+            if (!mapped.won) {
+              throw new GateError("ERR_INTERNAL", "could not claim a fresh session's upstream mapping");
+            }
           }
         } catch (error) {
           // The client never learns this id; removing its records is tidiness, not safety, so a
-          // failure here (the store is likely down) leaves them to expire.
+          // failure here (the store is likely down) leaves them to expire. After a lost mapping
+          // claim this also deletes the value found there, which names this session and no other.
           await removeSession(key, record, sessionDigest).catch(() => undefined);
           throw error;
         }
@@ -333,23 +421,50 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       });
     },
 
-    async setUpstreamSessionId(sessionId, principal, upstreamSessionId) {
+    async setUpstreamSessionId(sessionId, principal, upstream, upstreamSessionId) {
+      checkLabel("upstream", upstream);
       checkUpstreamSessionId(upstreamSessionId);
-      if (!isWellFormedSessionId(sessionId)) return false;
-      const key = ownershipKey(SESSION_KIND, sessionId);
-      const text = await store.get(key);
-      const record = text === null ? null : parseRecord(text);
-      if (record === null || !ownedBy(record, principal)) return false;
-      // Whole milliseconds: store TTLs are integers, and an injected clock need not be.
+      const caller = ownerScope(principal);
+      const wellFormed = isWellFormedSessionId(sessionId);
+      const key = wellFormed ? ownershipKey(SESSION_KIND, sessionId) : MALFORMED_KEY;
+      const sessionDigest = wellFormed ? digestOf(key) : MALFORMED_DIGEST;
+      const refuse = (reason: SessionDenialReason): false => {
+        deny({
+          reason,
+          operation: "set-upstream-session",
+          sessionDigest: wellFormed ? sessionDigest : null,
+          caller,
+          upstream,
+        });
+        return false;
+      };
+      // One read for every caller before any decision, as in end.
+      const verdict = judge(wellFormed, await store.get(key), principal, upstream);
+      if (typeof verdict === "string") return refuse(verdict);
+      const record = verdict;
+      // Whole milliseconds: store TTLs are integers, and an injected clock need not be. The mapping
+      // never outlives the session, nor the session's full lifetime (a clock that went back, or a
+      // record whose expiry was tampered with, could otherwise give it a longer TTL).
       const remainingMs = Math.floor(record.expiresAt - now());
-      if (remainingMs <= 0) return false;
+      if (remainingMs <= 0) return refuse("expired");
+      const ttlMs = Math.max(1, Math.min(remainingMs, absoluteTimeoutMs));
       const owner = recordOwner(record);
-      const sessionDigest = digestOf(key);
+      const mapping = mappingKey(owner, sessionDigest);
       const sealed = seal(keyring, upstreamSessionId, mappingContext(owner, record.upstream, sessionDigest));
       // claim, not put: an MCP server assigns its session id once (at initialize), so a second value
-      // is refused rather than swapped in. The mapping never outlives the session.
-      const outcome = await store.claim(mappingKey(owner, sessionDigest), sealed, { ttlMs: remainingMs });
-      return outcome.won;
+      // is refused rather than swapped in.
+      const outcome = await store.claim(mapping, sealed, { ttlMs });
+      if (!outcome.won) return false;
+      // An end or revoke may have removed the session between the read above and the claim; its own
+      // delete of the mapping then ran before our write. Read the ownership record again: if it is
+      // gone (or changed), remove what we wrote. A removal after this read deletes the mapping itself.
+      // (The record is never rewritten and ids are never reused, so present means the same session.)
+      const after = await store.get(key);
+      if (after === null || parseRecord(after) === null) {
+        await store.delete(mapping);
+        return refuse("unknown");
+      }
+      return true;
     },
 
     async resolve(sessionId, principal, upstream) {
@@ -360,6 +475,9 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       const sessionDigest = wellFormed ? digestOf(key) : MALFORMED_DIGEST;
       // Both reads happen for every caller and every id; the mapping is read under the caller's own
       // scope, so only the owner's read can find it. A rejection (store down) rejects the resolve.
+      // The two reads are not one snapshot: a resolve racing an end or revoke can see the record and
+      // miss the mapping. A session that expects an upstream id is refused then ("mapping-missing");
+      // for one that does not, null is the answer (see ResolvedSession.upstreamSessionId).
       const [recordText, sealedMapping] = await Promise.all([
         store.get(key),
         store.get(mappingKey(caller, sessionDigest)),
@@ -388,6 +506,8 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
           // session cannot reach its upstream safely, so it is refused like an unknown one.
           return deny({ reason: "mapping-invalid", operation: "resolve", sessionDigest, caller, upstream });
         }
+      } else if (record.expectsUpstreamSession) {
+        return deny({ reason: "mapping-missing", operation: "resolve", sessionDigest, caller, upstream });
       }
       return Object.freeze({ ...sessionOf(record, sessionDigest), upstreamSessionId });
     },
@@ -415,14 +535,31 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
 
     async revoke(sessionId) {
       if (!isWellFormedSessionId(sessionId)) return false;
-      const key = ownershipKey(SESSION_KIND, sessionId);
-      const text = await store.get(key);
-      const record = text === null ? null : parseRecord(text);
-      if (record === null) {
-        // An unreadable record still names a session id someone may hold: remove it all the same.
-        return text === null ? false : store.delete(key);
+      return revokeKey(ownershipKey(SESSION_KIND, sessionId));
+    },
+
+    async revokeByDigest(sessionDigest) {
+      // Throws ERR_ARGUMENT_INVALID for anything but a digest's shape.
+      return revokeKey(ownershipKeyFromDigest(SESSION_KIND, sessionDigest));
+    },
+
+    async revokeAll(principal) {
+      const index = ownerIndexKey(ownerScope(principal), SESSION_KIND);
+      let removed = 0;
+      for (const member of await store.indexList(index)) {
+        let key: RecordKey;
+        try {
+          key = ownershipKeyFromDigest(SESSION_KIND, member);
+        } catch {
+          // Not a digest this registry wrote: drop the entry, there is nothing it can name.
+          await store.indexRemove(index, member);
+          continue;
+        }
+        if (await revokeKey(key, principal)) removed += 1;
+        // Whatever the record said (gone, someone else's, unreadable), the entry leaves this index.
+        await store.indexRemove(index, member);
       }
-      return removeSession(key, record, digestOf(key));
+      return removed;
     },
 
     async list(principal) {

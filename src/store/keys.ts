@@ -96,6 +96,23 @@ export function ownershipKey(kind: string, ...idParts: [string, ...string[]]): R
   return build("own", [kind, digest(kind, named)]) as RecordKey;
 }
 
+/** A SHA-256 digest in base64url without padding: what `ownershipKey` puts in its second segment. */
+const OWNERSHIP_DIGEST = /^[A-Za-z0-9_-]{43}$/;
+
+/**
+ * The ownership record of `kind` named by its digest (as `list` and audit events show it) instead of
+ * by the id. For operator paths only (revocation, inspection): a digest is not a credential, so
+ * anything that acts on a key built here must be an admin action, never one a client can trigger by
+ * presenting a digest. Refuses anything that is not a 43-character base64url digest.
+ */
+export function ownershipKeyFromDigest(kind: string, idDigest: string): RecordKey {
+  checkKind(kind);
+  if (typeof idDigest !== "string" || !OWNERSHIP_DIGEST.test(idDigest)) {
+    throw invalidArgument("digest", "must be a 43-character base64url digest");
+  }
+  return build("own", [kind, idDigest]) as RecordKey;
+}
+
 /** Data owned by one principal, e.g. `ownedKey(scope, "vault", "github_token")`. */
 export function ownedKey(scope: OwnerScope, kind: string, ...parts: string[]): RecordKey {
   checkKind(kind);

@@ -19,7 +19,7 @@ import {
 } from "../../src/sessions/session-registry.ts";
 import { storeUnavailable } from "../../src/store/arguments.ts";
 import type { Store } from "../../src/store/contract.ts";
-import { ownedKey } from "../../src/store/keys.ts";
+import { ownedKey, type RecordKey } from "../../src/store/keys.ts";
 import { MemoryStore } from "../../src/store/memory-store.ts";
 import { openStore } from "../../src/store/open-store.ts";
 import { postgresBackend, redisBackend } from "../support/backends.ts";
@@ -64,6 +64,8 @@ interface Wrapped {
   readonly calls: Call[];
   /** When set, every call rejects as an unreachable backend does. */
   failing: boolean;
+  /** When set, every claim waits for it before reaching the store. */
+  beforeClaim: ((key: RecordKey) => Promise<void>) | null;
 }
 
 const STORE_METHODS = [
@@ -82,12 +84,18 @@ const STORE_METHODS = [
 
 /** Records every call (for counting and for scanning what was written) and can fail on demand. */
 function wrap(inner: Store): Wrapped {
-  const wrapped: Wrapped = { store: undefined as unknown as Store, calls: [], failing: false };
+  const wrapped: Wrapped = {
+    store: undefined as unknown as Store,
+    calls: [],
+    failing: false,
+    beforeClaim: null,
+  };
   const methods: Record<string, unknown> = {};
   for (const method of STORE_METHODS) {
     methods[method] = async (...args: unknown[]) => {
       wrapped.calls.push({ method, args });
       if (wrapped.failing) throw storeUnavailable(inner.backend, new Error("connection refused"));
+      if (method === "claim" && wrapped.beforeClaim) await wrapped.beforeClaim(args[0] as RecordKey);
       return (inner[method] as (...a: unknown[]) => Promise<unknown>).apply(inner, args);
     };
   }
@@ -252,7 +260,9 @@ function describeSessionRegistry(backend: Backend): void {
         store: wrapped.store,
         keyring,
         absoluteTimeoutMs: TIMEOUT_MS,
-        onDenied: (denial) => denials.push(denial),
+        onDenied: (denial) => {
+          denials.push(denial);
+        },
         ...options,
       });
       return { registry, wrapped, denials };
@@ -287,7 +297,7 @@ function describeSessionRegistry(backend: Backend): void {
     });
 
     it("stores the upstream's session id once, for the owner only", async () => {
-      const { registry } = setup();
+      const { registry, denials } = setup();
       const alice = principal();
       const { sessionId } = await registry.create({
         principal: alice,
@@ -295,13 +305,45 @@ function describeSessionRegistry(backend: Backend): void {
         protocolVersion: VERSION,
       });
       const stranger = principal();
-      assert.equal(await registry.setUpstreamSessionId(sessionId, stranger, "upstream-forged"), false);
+      assert.equal(
+        await registry.setUpstreamSessionId(sessionId, stranger, UPSTREAM, "upstream-forged"),
+        false,
+      );
+      assert.equal(
+        await registry.setUpstreamSessionId(sessionId, alice, OTHER_UPSTREAM, "upstream-elsewhere"),
+        false,
+        "another upstream, even for the owner",
+      );
       assert.equal((await registry.resolve(sessionId, alice, UPSTREAM))?.upstreamSessionId, null);
-      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "upstream-1"), true);
-      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "upstream-2"), false, "set once");
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, UPSTREAM, "upstream-1"), true);
+      assert.equal(
+        await registry.setUpstreamSessionId(sessionId, alice, UPSTREAM, "upstream-2"),
+        false,
+        "set once",
+      );
       assert.equal((await registry.resolve(sessionId, alice, UPSTREAM))?.upstreamSessionId, "upstream-1");
-      assert.equal(await registry.setUpstreamSessionId(mintId(), alice, "upstream-3"), false, "unknown id");
-      assert.equal(await registry.setUpstreamSessionId("bad id", alice, "upstream-3"), false, "malformed");
+      assert.equal(
+        await registry.setUpstreamSessionId(mintId(), alice, UPSTREAM, "upstream-3"),
+        false,
+        "unknown id",
+      );
+      assert.equal(
+        await registry.setUpstreamSessionId("bad id", alice, UPSTREAM, "upstream-3"),
+        false,
+        "malformed",
+      );
+      // Every refusal went through the audit hook, as resolve's and end's do; "set once" is no refusal.
+      assert.deepEqual(
+        denials
+          .filter((d) => d.operation === "set-upstream-session")
+          .map((d) => [d.reason, d.upstream, d.sessionDigest === null]),
+        [
+          ["foreign-principal", UPSTREAM, false],
+          ["other-upstream", OTHER_UPSTREAM, false],
+          ["unknown", UPSTREAM, false],
+          ["malformed", UPSTREAM, true],
+        ],
+      );
 
       const withId = await registry.create({
         principal: alice,
@@ -336,9 +378,13 @@ function describeSessionRegistry(backend: Backend): void {
       for (const [label, other] of others) {
         assert.equal(await registry.resolve(sessionId, other, UPSTREAM), null, label);
         assert.equal(await registry.end(sessionId, other, UPSTREAM), false, label);
-        assert.equal(await registry.setUpstreamSessionId(sessionId, other, "x"), false, label);
+        assert.equal(await registry.setUpstreamSessionId(sessionId, other, UPSTREAM, "x"), false, label);
       }
-      assert.equal(denials.length, others.length * 2);
+      assert.equal(denials.length, others.length * 3);
+      assert.deepEqual(
+        new Set(denials.map((d) => d.operation)),
+        new Set(["resolve", "end", "set-upstream-session"]),
+      );
       for (const denial of denials) {
         assert.equal(denial.reason, "foreign-principal");
         assert.equal(denial.sessionDigest, session.sessionDigest);
@@ -425,7 +471,7 @@ function describeSessionRegistry(backend: Backend): void {
       assert.equal(await registry.revoke(sessionId), false);
       assert.equal(await registry.revoke(mintId()), false);
       // A late upstream id cannot bring it back.
-      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "u-2"), false);
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, UPSTREAM, "u-2"), false);
       assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
     });
 
@@ -442,7 +488,7 @@ function describeSessionRegistry(backend: Backend): void {
       await sleep(700);
       assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
       assert.deepEqual(await registry.list(alice), []);
-      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "u-2"), false);
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, UPSTREAM, "u-2"), false);
     });
 
     it("answers null once the record's own expiry has passed, even if the store still holds it", async () => {
@@ -457,7 +503,7 @@ function describeSessionRegistry(backend: Backend): void {
       offset = TIMEOUT_MS;
       assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
       assert.equal(denials[0]?.reason, "expired");
-      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, "late"), false);
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, UPSTREAM, "late"), false);
     });
 
     it("writes no raw session id and no raw upstream session id to the store", async () => {
@@ -479,7 +525,10 @@ function describeSessionRegistry(backend: Backend): void {
       });
       sessionIds.push(second.sessionId);
       upstreamIds.push(`upstream-secret-${randomBytes(12).toString("hex")}`);
-      assert.equal(await registry.setUpstreamSessionId(second.sessionId, alice, upstreamIds[1]!), true);
+      assert.equal(
+        await registry.setUpstreamSessionId(second.sessionId, alice, UPSTREAM, upstreamIds[1]!),
+        true,
+      );
       assert.equal(
         (await registry.resolve(second.sessionId, alice, UPSTREAM))?.upstreamSessionId,
         upstreamIds[1],
@@ -607,6 +656,188 @@ function describeSessionRegistry(backend: Backend): void {
           `end ${label}`,
         );
       }
+
+      const sets: [string, () => Promise<unknown>][] = [
+        ["foreign", () => registry.setUpstreamSessionId(sessionId, bob, UPSTREAM, "x")],
+        ["unknown", () => registry.setUpstreamSessionId(mintId(), bob, UPSTREAM, "x")],
+        ["malformed", () => registry.setUpstreamSessionId("not/an id", bob, UPSTREAM, "x")],
+        ["other-upstream", () => registry.setUpstreamSessionId(sessionId, alice, OTHER_UPSTREAM, "x")],
+      ];
+      for (const [label, attempt] of sets) {
+        wrapped.calls.length = 0;
+        assert.equal(await attempt(), false, label);
+        assert.deepEqual(
+          wrapped.calls.map((call) => call.method),
+          ["get"],
+          `setUpstreamSessionId ${label}`,
+        );
+      }
+    });
+
+    it("removes a mapping whose claim landed after end removed the session, and answers false", async () => {
+      const { registry, wrapped, denials } = setup();
+      const alice = principal();
+      const { sessionId, session } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        expectsUpstreamSession: true,
+      });
+      let reached!: () => void;
+      const claimReached = new Promise<void>((resolve) => {
+        reached = resolve;
+      });
+      let release!: () => void;
+      const claimReleased = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      wrapped.beforeClaim = async () => {
+        reached();
+        await claimReleased;
+      };
+      const late = registry.setUpstreamSessionId(sessionId, alice, UPSTREAM, "late-upstream");
+      await claimReached;
+      wrapped.beforeClaim = null;
+      // The session is ended while the claim is in flight: its delete of the mapping finds nothing.
+      assert.equal(await registry.end(sessionId, alice, UPSTREAM), true);
+      release();
+      assert.equal(await late, false);
+      const mapping = ownedKey(
+        { tenant: alice.tenant, issuer: alice.issuer, subject: alice.subject },
+        "session-upstream",
+        session.sessionDigest,
+      );
+      assert.equal(await fixture.store.get(mapping), null, "the late mapping was removed");
+      assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
+      assert.ok(denials.some((d) => d.operation === "set-upstream-session" && d.reason === "unknown"));
+    });
+
+    it("revokes by the digest list shows, and every session of a principal", async () => {
+      const { registry } = setup();
+      const alice = principal();
+      const bob = principal();
+      const scope = (p: Principal) => ({ tenant: p.tenant, issuer: p.issuer, subject: p.subject });
+      const first = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "u-1",
+      });
+      const [listed] = await registry.list(alice);
+      assert.equal(listed, first.session.sessionDigest);
+      assert.equal(await registry.revokeByDigest(listed!), true);
+      assert.equal(await registry.resolve(first.sessionId, alice, UPSTREAM), null);
+      assert.deepEqual(await registry.list(alice), []);
+      assert.equal(
+        await fixture.store.get(ownedKey(scope(alice), "session-upstream", listed!)),
+        null,
+        "the mapping went with it",
+      );
+      assert.equal(await registry.revokeByDigest(listed!), false, "revoking twice");
+      for (const bad of ["", "short", `${listed!}x`, `${listed!.slice(0, 42)}/`, "a".repeat(44)]) {
+        await assert.rejects(registry.revokeByDigest(bad), (e) => isGateError(e, "ERR_ARGUMENT_INVALID"));
+      }
+
+      const others = await Promise.all(
+        [1, 2, 3].map((i) =>
+          registry.create({
+            principal: alice,
+            upstream: UPSTREAM,
+            protocolVersion: VERSION,
+            upstreamSessionId: `u-${i}`,
+          }),
+        ),
+      );
+      const bobs = await registry.create({ principal: bob, upstream: UPSTREAM, protocolVersion: VERSION });
+      assert.equal(await registry.revokeAll(alice), 3);
+      assert.deepEqual(await registry.list(alice), []);
+      for (const { sessionId, session } of others) {
+        assert.equal(await registry.resolve(sessionId, alice, UPSTREAM), null);
+        assert.equal(
+          await fixture.store.get(ownedKey(scope(alice), "session-upstream", session.sessionDigest)),
+          null,
+        );
+      }
+      assert.ok(
+        await registry.resolve(bobs.sessionId, bob, UPSTREAM),
+        "another principal's session lives on",
+      );
+      assert.deepEqual(await registry.list(bob), [bobs.session.sessionDigest]);
+      assert.equal(await registry.revokeAll(alice), 0);
+    });
+
+    it("never gives the mapping a TTL beyond the session's lifetime, whatever the clock says", async () => {
+      let offset = 0;
+      const { registry, wrapped } = setup({ now: () => Date.now() + offset });
+      const alice = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      // The clock steps back a long way: the record's expiry is now far more than a lifetime away.
+      offset = -10 * TIMEOUT_MS;
+      wrapped.calls.length = 0;
+      assert.equal(await registry.setUpstreamSessionId(sessionId, alice, UPSTREAM, "u-1"), true);
+      const claims = wrapped.calls.filter((call) => call.method === "claim");
+      assert.equal(claims.length, 1);
+      const ttlMs = (claims[0]!.args[2] as { ttlMs: number }).ttlMs;
+      assert.ok(Number.isSafeInteger(ttlMs) && ttlMs >= 1 && ttlMs <= TIMEOUT_MS, String(ttlMs));
+    });
+
+    it("records whole milliseconds from a clock that gives fractions", async () => {
+      const { registry } = setup({ now: () => Date.now() + 0.75 });
+      const alice = principal();
+      const { sessionId, session } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      assert.ok(Number.isSafeInteger(session.createdAt) && Number.isSafeInteger(session.expiresAt));
+      assert.ok(await registry.resolve(sessionId, alice, UPSTREAM), "the stored record parses");
+    });
+
+    it("refuses a session that expects an upstream session id while it has none", async () => {
+      const { registry, denials } = setup();
+      const alice = principal();
+      const pending = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        expectsUpstreamSession: true,
+      });
+      assert.equal(pending.session.expectsUpstreamSession, true);
+      assert.equal(await registry.resolve(pending.sessionId, alice, UPSTREAM), null, "not set yet");
+      assert.equal(denials.at(-1)?.reason, "mapping-missing");
+      assert.equal(await registry.setUpstreamSessionId(pending.sessionId, alice, UPSTREAM, "u-1"), true);
+      assert.equal((await registry.resolve(pending.sessionId, alice, UPSTREAM))?.upstreamSessionId, "u-1");
+
+      // As a resolve racing an end sees it: the record still there, the mapping already gone.
+      const withId = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "u-2",
+      });
+      assert.equal(withId.session.expectsUpstreamSession, true, "implied by an upstream id");
+      await fixture.store.delete(
+        ownedKey(
+          { tenant: alice.tenant, issuer: alice.issuer, subject: alice.subject },
+          "session-upstream",
+          withId.session.sessionDigest,
+        ),
+      );
+      assert.equal(await registry.resolve(withId.sessionId, alice, UPSTREAM), null);
+      assert.equal(denials.at(-1)?.reason, "mapping-missing");
+
+      // A session created expecting none resolves with null, as before.
+      const without = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      assert.equal(without.session.expectsUpstreamSession, false);
+      assert.equal((await registry.resolve(without.sessionId, alice, UPSTREAM))?.upstreamSessionId, null);
     });
 
     it("rejects with ERR_STORE_UNAVAILABLE when the store cannot answer, never resolving", async () => {
@@ -626,9 +857,11 @@ function describeSessionRegistry(backend: Backend): void {
         registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION }),
         unavailable,
       );
-      await assert.rejects(registry.setUpstreamSessionId(sessionId, alice, "u"), unavailable);
+      await assert.rejects(registry.setUpstreamSessionId(sessionId, alice, UPSTREAM, "u"), unavailable);
       await assert.rejects(registry.end(sessionId, alice, UPSTREAM), unavailable);
       await assert.rejects(registry.revoke(sessionId), unavailable);
+      await assert.rejects(registry.revokeByDigest("x".repeat(43)), unavailable);
+      await assert.rejects(registry.revokeAll(alice), unavailable);
       await assert.rejects(registry.list(alice), unavailable);
       wrapped.failing = false;
       assert.ok(await registry.resolve(sessionId, alice, UPSTREAM), "answers again once the store does");
@@ -670,6 +903,64 @@ describe("session registry without a store", () => {
     );
     assert.equal(new Set(claimed).size, claimed.length, "a fresh id per attempt");
     assert.ok(claimed.length >= 2);
+    await inner.close();
+  });
+
+  it("an async audit hook that rejects never becomes an unhandled rejection", async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => {
+      unhandled.push(reason);
+    };
+    process.on("unhandledRejection", onUnhandled);
+    const store = new MemoryStore();
+    try {
+      let calls = 0;
+      const registry = createSessionRegistry({
+        store,
+        keyring,
+        absoluteTimeoutMs: TIMEOUT_MS,
+        onDenied: async () => {
+          calls += 1;
+          await Promise.resolve();
+          throw new Error("audit sink down");
+        },
+      });
+      const alice = principal();
+      assert.equal(await registry.resolve(mintId(), alice, UPSTREAM), null);
+      assert.equal(await registry.end("malformed id", alice, UPSTREAM), false);
+      assert.equal(await registry.setUpstreamSessionId(mintId(), alice, UPSTREAM, "u"), false);
+      assert.equal(calls, 3);
+      // Unhandled rejections are reported after the microtask queue drains: give them a few turns.
+      for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));
+      await sleep(20);
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+      await store.close();
+    }
+  });
+
+  it("fails a create whose upstream mapping claim is lost, leaving no session behind", async () => {
+    const inner = new MemoryStore();
+    const base = sharedHandle(inner);
+    const store: Store = {
+      ...base,
+      // Ownership claims win; the mapping's claim loses, as if a value were already there.
+      claim: async (key, value, options) =>
+        key.namespace === "data" ? { won: false, winner: "someone-else" } : base.claim(key, value, options),
+    };
+    const registry = createSessionRegistry({ store, keyring, absoluteTimeoutMs: TIMEOUT_MS });
+    const alice = principal();
+    await assert.rejects(
+      registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        upstreamSessionId: "u-1",
+      }),
+      (error) => isGateError(error, "ERR_INTERNAL"),
+    );
+    assert.deepEqual(await registry.list(alice), [], "the index entry was removed");
     await inner.close();
   });
 

@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { isGateError } from "../../src/errors.ts";
-import { counterKey, escapeSegment, ownedKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
+import {
+  counterKey,
+  escapeSegment,
+  ownedKey,
+  ownerIndexKey,
+  ownershipKey,
+  ownershipKeyFromDigest,
+} from "../../src/store/keys.ts";
 import { fastCheckParameters } from "../support/fast-check.ts";
 
 const scope = { tenant: "t", issuer: "https://issuer.example", subject: "alice" };
@@ -40,6 +47,27 @@ describe("store key builder", () => {
     );
     assert.notEqual(ownershipKey("task", "ab", "c").encoded, ownershipKey("task", "a", "bc").encoded);
     assert.notEqual(ownershipKey("task", "2:ab1:c").encoded, ownershipKey("task", "ab", "c").encoded);
+  });
+
+  it("an ownership key rebuilt from its digest (operator paths) is the same key; nothing else is accepted", () => {
+    const key = ownershipKey("session", "raw-session-id-value");
+    const idDigest = key.segments[1]!;
+    assert.equal(ownershipKeyFromDigest("session", idDigest).encoded, key.encoded);
+    assert.notEqual(ownershipKeyFromDigest("task", idDigest).encoded, key.encoded);
+    const invalid = (fn: () => unknown) =>
+      assert.throws(fn, (e: unknown) => isGateError(e, "ERR_ARGUMENT_INVALID"));
+    for (const bad of [
+      "",
+      "raw-session-id-value",
+      idDigest.slice(1),
+      `${idDigest}A`,
+      `${idDigest.slice(1)}/`,
+    ]) {
+      invalid(() => ownershipKeyFromDigest("session", bad));
+    }
+    invalid(() => ownershipKeyFromDigest("session", `${idDigest.slice(1)}=`));
+    invalid(() => ownershipKeyFromDigest("session", 42 as unknown as string));
+    invalid(() => ownershipKeyFromDigest("Session", idDigest));
   });
 
   it("namespaces keep records, counters and indexes apart", () => {
