@@ -179,6 +179,18 @@ interface SessionRecord {
  * The digest inside a session's ownership key, reused as its public name (index member, audit,
  * mapping key), so one id has one digest everywhere an operator may meet it.
  */
+/**
+ * The ownership key and digest a presented id is looked up under. A malformed id maps to a fixed
+ * stand-in key no minted id can produce, so it costs the same store operations as any other.
+ */
+function sessionKeyOf(sessionId: unknown): { key: RecordKey; sessionDigest: string; wellFormed: boolean } {
+  if (!isWellFormedSessionId(sessionId)) {
+    return { key: MALFORMED_KEY, sessionDigest: MALFORMED_DIGEST, wellFormed: false };
+  }
+  const key = ownershipKey(SESSION_KIND, sessionId);
+  return { key, sessionDigest: digestOf(key), wellFormed: true };
+}
+
 function digestOf(key: RecordKey): string {
   const digest = key.segments[1];
   if (key.namespace !== "own" || key.segments.length !== 2 || digest === undefined) {
@@ -425,9 +437,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       checkLabel("upstream", upstream);
       checkUpstreamSessionId(upstreamSessionId);
       const caller = ownerScope(principal);
-      const wellFormed = isWellFormedSessionId(sessionId);
-      const key = wellFormed ? ownershipKey(SESSION_KIND, sessionId) : MALFORMED_KEY;
-      const sessionDigest = wellFormed ? digestOf(key) : MALFORMED_DIGEST;
+      const { key, sessionDigest, wellFormed } = sessionKeyOf(sessionId);
       const refuse = (reason: SessionDenialReason): false => {
         deny({
           reason,
@@ -470,9 +480,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     async resolve(sessionId, principal, upstream) {
       checkLabel("upstream", upstream);
       const caller = ownerScope(principal);
-      const wellFormed = isWellFormedSessionId(sessionId);
-      const key = wellFormed ? ownershipKey(SESSION_KIND, sessionId) : MALFORMED_KEY;
-      const sessionDigest = wellFormed ? digestOf(key) : MALFORMED_DIGEST;
+      const { key, sessionDigest, wellFormed } = sessionKeyOf(sessionId);
       // Both reads happen for every caller and every id; the mapping is read under the caller's own
       // scope, so only the owner's read can find it. A rejection (store down) rejects the resolve.
       // The two reads are not one snapshot: a resolve racing an end or revoke can see the record and
@@ -515,9 +523,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     async end(sessionId, principal, upstream) {
       checkLabel("upstream", upstream);
       const caller = ownerScope(principal);
-      const wellFormed = isWellFormedSessionId(sessionId);
-      const key = wellFormed ? ownershipKey(SESSION_KIND, sessionId) : MALFORMED_KEY;
-      const sessionDigest = wellFormed ? digestOf(key) : MALFORMED_DIGEST;
+      const { key, sessionDigest, wellFormed } = sessionKeyOf(sessionId);
       // One read for every caller before any decision, as in resolve; only the owner goes further.
       const verdict = judge(wellFormed, await store.get(key), principal, upstream);
       if (typeof verdict === "string") {
