@@ -3,7 +3,7 @@ import { SignJWT } from "jose";
 import { GateError, invalidArgument } from "../errors.ts";
 import { isIdentityString, type Principal } from "../identity/principal.ts";
 import { mintId } from "./ids.ts";
-import type { Keyring } from "./keyring.ts";
+import { Keyring } from "./keyring.ts";
 
 /**
  * Signs the `Tenantgate-Assertion` the gateway sends upstream (DESIGN, "MCP specifics" →
@@ -81,8 +81,11 @@ interface SigningKey {
 }
 
 export function createAssertionSigner(options: AssertionSignerOptions): AssertionSigner {
+  if (typeof options !== "object" || options === null || !(options.keyring instanceof Keyring)) {
+    throw invalidArgument("keyring", "must be a Keyring");
+  }
   const { keyring, issuer, lifetimeMs = MAX_ASSERTION_LIFETIME_MS, now = Date.now } = options;
-  if (!isClaimString(issuer)) throw invalidArgument("issuer", "must be a non-empty URL string");
+  if (!isClaimString(issuer) || !URL.canParse(issuer)) throw invalidArgument("issuer", "must be a URL");
   // JWT times are whole seconds; a fractional lifetime would have to be rounded one way or the other,
   // and rounding up could exceed the 60 s bound.
   if (

@@ -82,13 +82,15 @@ export class Keyring {
   #derive(info: string, keyId: string): Buffer {
     // Neither a key id nor an info string can contain NUL, so the cache key is unambiguous.
     const cacheKey = `${keyId}\0${info}`;
+    // Callers get a copy: one that zeroes or writes into its key after use must not change what
+    // every later caller derives (a zeroed assertion seed would be a key anyone can compute).
     const cached = this.#derived.get(cacheKey);
-    if (cached) return cached;
+    if (cached) return Buffer.from(cached);
     const master = this.#masterKeys.get(keyId);
     if (!master) throw invalidArgument("keyId", "must name a loaded key");
     const derived = Buffer.from(hkdfSync("sha256", master, HKDF_SALT, info, 32));
     this.#derived.set(cacheKey, derived);
-    return derived;
+    return Buffer.from(derived);
   }
 }
 

@@ -136,6 +136,18 @@ describe("keyring", () => {
     );
   });
 
+  it("hands out copies of derived keys: a caller that zeroes its key changes nothing for others", () => {
+    const ring = Keyring.fromKeys([{ id: "k", key: randomBytes(32) }], "k");
+    const first = ring.purposeKey("assertion-signing");
+    const expected = Buffer.from(first);
+    first.fill(0);
+    assert.deepEqual(ring.purposeKey("assertion-signing"), expected);
+    const sealing = ring.sealingKey("vault");
+    const sealingExpected = Buffer.from(sealing);
+    sealing.fill(0);
+    assert.deepEqual(ring.sealingKey("vault"), sealingExpected);
+  });
+
   it("keeps its own copy of the key material", () => {
     const key = randomBytes(32);
     const ring = Keyring.fromKeys([{ id: "k", key }], "k");
