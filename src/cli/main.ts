@@ -13,7 +13,7 @@ const USAGE = `usage: tenantgate <command>
   keys generate [--out FILE]   print a new master key (base64url), or write it to FILE with mode 0600
   keys api-key                 print a new API key (256 bits) and the digest to put in auth.apiKeys[]
   keys digest                  read an API key on stdin and print its digest (keys under 32 characters refused)
-  demo                         the gateway on its embedded default (not built yet)
+  demo                         the gateway on its embedded default (not built yet: see the README)
   help                         this text
 `;
 
@@ -75,7 +75,7 @@ export async function main(argv: string[]): Promise<number> {
     case "demo":
     case "serve":
       process.stderr.write(
-        `tenantgate: the gateway (${command}) is not built yet; this release has the library's keys and stores\n`,
+        `tenantgate: the gateway's HTTP edge (${command}) is not built yet; see the README's status\n`,
       );
       return 1;
     case undefined:
