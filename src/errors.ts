@@ -24,6 +24,20 @@ export type GateErrorCode =
   | "ERR_HOST_FORBIDDEN"
   | "ERR_ORIGIN_FORBIDDEN"
   | "ERR_UNSAFE_EXPOSURE"
+  | "ERR_REQUEST_INVALID"
+  | "ERR_BODY_TOO_LARGE"
+  | "ERR_HEADERS_TOO_LARGE"
+  | "ERR_BATCH_REFUSED"
+  | "ERR_MEDIA_TYPE_UNSUPPORTED"
+  | "ERR_NOT_ACCEPTABLE"
+  | "ERR_METHOD_NOT_ALLOWED"
+  | "ERR_NOT_FOUND"
+  | "ERR_SESSION_REQUIRED"
+  | "ERR_SESSION_NOT_FOUND"
+  | "ERR_PROTOCOL_VERSION_MISMATCH"
+  | "ERR_UPSTREAM_UNAVAILABLE"
+  | "ERR_UPSTREAM_REFUSED"
+  | "ERR_SHUTTING_DOWN"
   | "ERR_INTERNAL";
 
 export interface WireError {
@@ -62,6 +76,27 @@ const wireForm = {
   ERR_ORIGIN_FORBIDDEN: { status: 403, message: "forbidden" },
   // Raised at start-up, before any client exists; mapped for completeness.
   ERR_UNSAFE_EXPOSURE: { status: 500, message: "internal error" },
+  // Malformed JSON-RPC, a framing the gateway will not read (smuggling), a header it cannot police:
+  // one answer, whatever the flaw, so a probe learns nothing about the parser.
+  ERR_REQUEST_INVALID: { status: 400, message: "invalid request" },
+  ERR_BODY_TOO_LARGE: { status: 413, message: "request too large" },
+  ERR_HEADERS_TOO_LARGE: { status: 431, message: "request headers too large" },
+  ERR_BATCH_REFUSED: { status: 400, message: "batch refused" },
+  ERR_MEDIA_TYPE_UNSUPPORTED: { status: 415, message: "unsupported media type" },
+  ERR_NOT_ACCEPTABLE: { status: 406, message: "not acceptable" },
+  ERR_METHOD_NOT_ALLOWED: { status: 405, message: "method not allowed" },
+  ERR_NOT_FOUND: { status: 404, message: "not found" },
+  // MCP transports: a non-initialize request without a session id is 400; an id that is unknown,
+  // expired, revoked, foreign or bound to another upstream is 404, one answer for all of them
+  // (THREATS S1, S3, S4, S11), so a client re-initializes and a prober learns nothing.
+  ERR_SESSION_REQUIRED: { status: 400, message: "session id required" },
+  ERR_SESSION_NOT_FOUND: { status: 404, message: "session not found" },
+  ERR_PROTOCOL_VERSION_MISMATCH: { status: 400, message: "protocol version does not match the session" },
+  // The upstream's own refusals of the gateway (401/403) are never relayed: a client seeing 401 would
+  // drop its gateway token (DESIGN, authorization). Both upstream failures read the same to a client.
+  ERR_UPSTREAM_UNAVAILABLE: { status: 502, message: "upstream unavailable" },
+  ERR_UPSTREAM_REFUSED: { status: 502, message: "upstream unavailable" },
+  ERR_SHUTTING_DOWN: { status: 503, message: "service temporarily unavailable" },
   ERR_INTERNAL: { status: 500, message: "internal error" },
 } as const satisfies Record<GateErrorCode, { status: number; message: string }>;
 
