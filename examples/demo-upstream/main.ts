@@ -28,9 +28,11 @@ if (!/^\d{1,5}$/.test(portText) || port > 65535) {
 
 const upstream = await startDemoUpstream({
   port,
-  issuer: required("DEMO_ISSUER"),
-  audience: required("DEMO_AUDIENCE"),
-  jwksUrl: required("DEMO_JWKS_URL"),
+  gateway: {
+    issuer: required("DEMO_ISSUER"),
+    audience: required("DEMO_AUDIENCE"),
+    jwksUrl: required("DEMO_JWKS_URL"),
+  },
 });
 console.log(upstream.url);
 

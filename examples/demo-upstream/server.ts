@@ -24,10 +24,15 @@ export interface DemoUpstreamOptions {
   readonly host?: string;
   /** Default 0 (any free port). */
   readonly port?: number;
+  /** The gateway to trust, when known at start; otherwise call `trustGateway` once it is. */
+  readonly gateway?: GatewayTrust;
+}
+
+export interface GatewayTrust {
   /** The gateway's publicUrl. */
   readonly issuer: string;
-  /** The audience the gateway signs for this upstream. */
-  readonly audience: string;
+  /** The audience the gateway signs for this upstream. Default: this upstream's own URL. */
+  readonly audience?: string;
   /** The gateway's `/.well-known/jwks.json`. Exactly one of `jwksUrl` and `jwks`. */
   readonly jwksUrl?: string;
   /** The gateway's JWKS itself (tests, or a gateway in the same process). */
@@ -37,6 +42,11 @@ export interface DemoUpstreamOptions {
 export interface DemoUpstream {
   /** `http://host:port/mcp` */
   readonly url: string;
+  /**
+   * Sets the gateway whose assertions are accepted. Until it is called every request is refused
+   * (401): an upstream that trusts nobody yet must not trust everybody.
+   */
+  trustGateway(gateway: GatewayTrust): void;
   close(): Promise<void>;
 }
 
@@ -53,12 +63,18 @@ interface Session {
 }
 
 export async function startDemoUpstream(options: DemoUpstreamOptions): Promise<DemoUpstream> {
-  const { host = "127.0.0.1", port = 0, issuer, audience } = options;
-  if (typeof issuer !== "string" || issuer === "") throw new TypeError("issuer must be a non-empty string");
-  if (typeof audience !== "string" || audience === "") {
-    throw new TypeError("audience must be a non-empty string");
-  }
-  const keys = keySource(options);
+  const { host = "127.0.0.1", port = 0 } = options;
+  let trust: { issuer: string; audience: string | undefined; keys: JWTVerifyGetKey } | undefined;
+  let ownUrl = "";
+  const trustGateway = (gateway: GatewayTrust) => {
+    const { issuer, audience } = gateway;
+    if (typeof issuer !== "string" || issuer === "") throw new TypeError("issuer must be a non-empty string");
+    if (audience !== undefined && (typeof audience !== "string" || audience === "")) {
+      throw new TypeError("audience must be a non-empty string");
+    }
+    trust = { issuer, audience, keys: keySource(gateway) };
+  };
+  if (options.gateway) trustGateway(options.gateway);
   const notes = new NoteBook();
   const sessions = new Map<string, Session>();
 
@@ -68,11 +84,12 @@ export async function startDemoUpstream(options: DemoUpstreamOptions): Promise<D
     const headerValue = req.headers[ASSERTION_HEADER];
     let caller: VerifiedAssertion;
     try {
+      if (trust === undefined) throw new TypeError("no gateway trusted yet");
       // A repeated header arrives as an array; there is no right one to pick, so none is accepted.
       caller = await verifyTenantgateAssertion(typeof headerValue === "string" ? headerValue : undefined, {
-        issuer,
-        audience,
-        keys,
+        issuer: trust.issuer,
+        audience: trust.audience ?? ownUrl,
+        keys: trust.keys,
       });
     } catch {
       // Never why: expired, wrong audience and bad signature must look alike to the caller.
@@ -144,9 +161,12 @@ export async function startDemoUpstream(options: DemoUpstreamOptions): Promise<D
   const address = httpServer.address() as AddressInfo;
   const urlHost = address.family === "IPv6" ? `[${address.address}]` : address.address;
 
+  ownUrl = `http://${urlHost}:${address.port}${MCP_PATH}`;
+
   let closing: Promise<void> | undefined;
   return {
-    url: `http://${urlHost}:${address.port}${MCP_PATH}`,
+    url: ownUrl,
+    trustGateway,
     close() {
       closing ??= (async () => {
         const open = [...sessions.values()];
@@ -163,7 +183,7 @@ export async function startDemoUpstream(options: DemoUpstreamOptions): Promise<D
   };
 }
 
-function keySource(options: DemoUpstreamOptions): JWTVerifyGetKey {
+function keySource(options: GatewayTrust): JWTVerifyGetKey {
   const { jwksUrl, jwks } = options;
   if ((jwksUrl === undefined) === (jwks === undefined)) {
     throw new TypeError("exactly one of jwksUrl and jwks is required");

@@ -4,16 +4,21 @@
  * the setting at fault (never a secret) and exit non-zero.
  */
 import { writeFile } from "node:fs/promises";
+import { loadConfig } from "../config/load-config.ts";
 import { digest, mintId } from "../crypto/ids.ts";
 import { generateMasterKey } from "../crypto/keyring.ts";
 import { GateError, isGateError } from "../errors.ts";
+import { startGateway } from "../gateway/start-gateway.ts";
+import { demoBanner, startDemo } from "./demo.ts";
 
 const USAGE = `usage: tenantgate <command>
 
   keys generate [--out FILE]   print a new master key (base64url), or write it to FILE with mode 0600
   keys api-key                 print a new API key (256 bits) and the digest to put in auth.apiKeys[]
   keys digest                  read an API key on stdin and print its digest (keys under 32 characters refused)
-  demo                         the gateway on its embedded default (not built yet: see the README)
+  serve --config FILE          run the gateway a config file (JSON or YAML) describes; SIGTERM stops it gracefully
+  demo                         the gateway on its embedded default: loopback, SQLite under ./.tenantgate/,
+                               a demo upstream, a development issuer and tokens for two users
   help                         this text
 `;
 
@@ -67,17 +72,53 @@ async function keysCommand(args: string[]): Promise<number> {
   return 2;
 }
 
+async function serveCommand(args: string[]): Promise<number> {
+  const file = args[0] === "--config" ? args[1] : undefined;
+  if (file === undefined || args.length !== 2) {
+    process.stderr.write(
+      "tenantgate: serve needs --config FILE (see docs/operator-guide.md); `tenantgate demo` runs a ready-made local gateway\n",
+    );
+    return 2;
+  }
+  const config = await loadConfig({ file });
+  const gateway = await startGateway(config);
+  process.stderr.write(`tenantgate: serving on ${gateway.url} (public URL ${config.publicUrl})\n`);
+  return untilSignal(() => gateway.close());
+}
+
+async function demoCommand(args: string[]): Promise<number> {
+  if (args.length > 0) throw new GateError("ERR_ARGUMENT_INVALID", "demo takes no arguments");
+  const demo = await startDemo();
+  process.stderr.write(`${demoBanner(demo)}\n`);
+  return untilSignal(() => demo.close());
+}
+
+/** Waits for SIGTERM or SIGINT, then stops gracefully; exit 0 once everything has closed. */
+function untilSignal(stop: () => Promise<void>): Promise<number> {
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+      process.stderr.write(`tenantgate: ${signal}, finishing in-flight requests\n`);
+      stop().then(
+        () => resolve(0),
+        () => resolve(1),
+      );
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
   switch (command) {
     case "keys":
       return keysCommand(args);
-    case "demo":
     case "serve":
-      process.stderr.write(
-        `tenantgate: the gateway's HTTP edge (${command}) is not built yet; see the README's status\n`,
-      );
-      return 1;
+      return serveCommand(args);
+    case "demo":
+      return demoCommand(args);
     case undefined:
     case "help":
     case "--help":
@@ -103,3 +144,5 @@ try {
   process.stderr.write(`tenantgate: ${message}\n`);
   process.exitCode = 1;
 }
+// serve and demo leave timers and sockets of libraries behind once stopped; the exit is explicit.
+if (process.argv[2] === "serve" || process.argv[2] === "demo") process.exit();

@@ -2,7 +2,13 @@ import { looksLikeMintedId, mintId } from "../crypto/ids.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { openToString, type SealContext, seal } from "../crypto/seal.ts";
 import { GateError, invalidArgument } from "../errors.ts";
-import { ownerScope, type Principal, samePrincipal } from "../identity/principal.ts";
+import {
+  ANONYMOUS_ISSUER,
+  makePrincipal,
+  ownerScope,
+  type Principal,
+  samePrincipal,
+} from "../identity/principal.ts";
 import { MAX_TTL_MS } from "../store/arguments.ts";
 import type { Store } from "../store/contract.ts";
 import {
@@ -128,6 +134,13 @@ export interface SessionRegistry {
    * null upstream id; for a session that should have one, that answer must be treated as unusable.
    */
   resolve(sessionId: string, principal: Principal, upstream: string): Promise<ResolvedSession | null>;
+  /**
+   * The throwaway principal that owns `sessionId` when it is a live anonymous session (anonymous mode:
+   * the session id is the only thing that names its principal), or null: unknown, expired, malformed,
+   * or owned by anyone who authenticated. One read for every id. The caller then resolves the session
+   * as that principal, so every other check (upstream, mapping) still applies.
+   */
+  anonymousOwner(sessionId: string): Promise<Principal | null>;
   /** DELETE by the owner at the session's upstream; false (and nothing removed) for anyone else. */
   end(sessionId: string, principal: Principal, upstream: string): Promise<boolean>;
   /** Operator revocation; true if a live session was removed. */
@@ -518,6 +531,22 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         return deny({ reason: "mapping-missing", operation: "resolve", sessionDigest, caller, upstream });
       }
       return Object.freeze({ ...sessionOf(record, sessionDigest), upstreamSessionId });
+    },
+
+    async anonymousOwner(sessionId) {
+      const { key, wellFormed } = sessionKeyOf(sessionId);
+      const text = await store.get(key);
+      if (!wellFormed || text === null) return null;
+      const record = parseRecord(text);
+      if (record === null || record.expiresAt <= now() || record.issuer !== ANONYMOUS_ISSUER) return null;
+      return makePrincipal({
+        kind: "anonymous",
+        issuer: ANONYMOUS_ISSUER,
+        subject: record.subject,
+        tenant: record.tenant,
+        scopes: [],
+        expiresAt: null,
+      });
     },
 
     async end(sessionId, principal, upstream) {

@@ -1,0 +1,698 @@
+import { once } from "node:events";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Readable } from "node:stream";
+import type { SecurityEvents } from "../audit/security-events.ts";
+import type { GatewayConfig, UpstreamConfig } from "../config/gateway-config.ts";
+import type { AssertionSigner } from "../crypto/assertion-signer.ts";
+import type { Keyring } from "../crypto/keyring.ts";
+import { GateError } from "../errors.ts";
+import type { Authenticator } from "../identity/authenticate.ts";
+import { credentialFailureOf } from "../identity/failure.ts";
+import { anonymousPrincipal } from "../identity/anonymous.ts";
+import type { Principal } from "../identity/principal.ts";
+import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
+import { challengeHeaders } from "./auth-challenge.ts";
+import { clientResponseHeaders, upstreamRequestHeaders } from "./forward-headers.ts";
+import { createHostOriginPolicy } from "./host-origin-policy.ts";
+import { asGateError, type EchoedId, sendError, sendJson } from "./http-responses.ts";
+import { firstRequestId, type JsonRpcPayload, parseJsonRpcBody, readRequestBody } from "./json-rpc-body.ts";
+import { readInitializeResult } from "./initialize-result.ts";
+import { protectedResourceMetadata, metadataUrl, resourceUrl } from "./protected-resource-metadata.ts";
+import {
+  classifyProtocolVersion,
+  GATEWAY_PROTOCOL_VERSIONS,
+  type SupportedVersions,
+  unsupportedVersionError,
+  UNSUPPORTED_PROTOCOL_VERSION_STATUS,
+} from "./protocol-era.ts";
+import { createEventIdCodec, rewriteSseEventIds } from "./sse-event-ids.ts";
+import type { UpstreamClient, UpstreamResponse } from "./upstream-client.ts";
+import { createUpstreamRoutes } from "./upstream-routes.ts";
+
+/** Where the gateway publishes its assertion keys (DESIGN, Authorization). */
+export const JWKS_PATH = "/.well-known/jwks.json";
+/** Liveness for load balancers and replicas; says nothing but "ok". */
+export const HEALTH_PATH = "/.tenantgate/health";
+
+/** The initialize response is read whole (it must be, to learn the negotiated version): this bounds it. */
+const MAX_INITIALIZE_RESPONSE_BYTES = 1024 * 1024;
+const INITIALIZE_RESPONSE_TIMEOUT_MS = 30_000;
+const SESSION_HEADER = "mcp-session-id";
+const VERSION_HEADER = "mcp-protocol-version";
+const EVENT_ID_PURPOSE = "sse-event-id";
+/** MCP transports: a session id is visible ASCII; the registry bounds its length. */
+const UPSTREAM_SESSION_ID = /^[\x21-\x7e]{1,1024}$/;
+
+export interface GatewayDependencies {
+  readonly config: GatewayConfig;
+  readonly keyring: Keyring;
+  readonly authenticator: Authenticator;
+  readonly signer: AssertionSigner;
+  readonly sessions: SessionRegistry;
+  readonly events: SecurityEvents;
+  /** The upstream client for each upstream, by name. */
+  readonly upstreamClients: ReadonlyMap<string, UpstreamClient>;
+  /** The client's address (socket peer, or the nearest untrusted hop behind trusted proxies). */
+  readonly clientAddressOf: (
+    socketAddress: string | undefined,
+    forwardedFor: readonly string[] | undefined,
+  ) => string | undefined;
+}
+
+export interface GatewayHandler {
+  handle(request: IncomingMessage, response: ServerResponse): void;
+  /** Stop admitting requests (each new one gets 503); requests already admitted run to their end. */
+  drain(): void;
+  /** Requests admitted and not yet finished (POSTs, DELETEs and open GET streams). */
+  readonly inFlight: number;
+  /** Ends every open GET stream now (shutdown): clients reconnect, with Last-Event-ID, elsewhere. */
+  endStreams(): void;
+}
+
+/** Everything one request carries through the pipeline once it has been routed. */
+interface McpContext {
+  readonly request: IncomingMessage;
+  readonly response: ServerResponse;
+  readonly upstream: UpstreamConfig;
+  readonly client: UpstreamClient;
+  readonly clientAddress: string | undefined;
+}
+
+/**
+ * The gateway's request pipeline (DESIGN "a request flows one way"): Host/Origin, route, era,
+ * authentication, session ownership, forward, claim what the upstream minted, respond, audit.
+ * Every refusal leaves a security event and a generic answer whose body depends only on its code.
+ *
+ * Only the legacy era is served here (2025-03-26 .. 2025-11-25, `initialize` + `Mcp-Session-Id`);
+ * a modern or unknown version is answered with -32022 listing the legacy versions the upstream
+ * speaks, which makes SDK v2 clients fall back to `initialize`.
+ */
+export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler {
+  const { config, authenticator, signer, sessions, events } = deps;
+  const routes = createUpstreamRoutes(config);
+  const hostOrigin = createHostOriginPolicy(config.listen);
+  const issuers = config.auth.issuers.map((issuer) => issuer.issuer);
+  const eventIdKey = deps.keyring.purposeKey(EVENT_ID_PURPOSE);
+  const supportedByUpstream = new Map<string, SupportedVersions>();
+  for (const upstream of config.upstreams) supportedByUpstream.set(upstream.name, legacyVersionsOf(upstream));
+
+  let draining = false;
+  let inFlight = 0;
+  const openStreams = new Set<ServerResponse>();
+
+  function refuse(
+    response: ServerResponse,
+    error: unknown,
+    context: { upstream?: UpstreamConfig; clientAddress?: string | undefined; id?: EchoedId },
+  ): void {
+    const gateError = asGateError(error);
+    const { upstream, clientAddress } = context;
+    const common = {
+      ...(upstream ? { upstream: upstream.name } : {}),
+      ...(clientAddress !== undefined ? { clientAddress } : {}),
+      status: gateError.toWire().status,
+    };
+    let headers: Readonly<Record<string, string>> = {};
+    switch (gateError.code) {
+      case "ERR_AUTH_REQUIRED":
+      case "ERR_AUTH_INVALID":
+      case "ERR_AUTH_RATE_LIMITED":
+      case "ERR_INSUFFICIENT_SCOPE": {
+        const reason = credentialFailureOf(gateError) ?? gateError.detail ?? gateError.code;
+        events.emit({ type: "auth.denied", reason: `${gateError.code}:${reason}`, ...common });
+        if (upstream) {
+          headers = challengeHeaders(gateError, {
+            metadataUrl: metadataUrl(config.publicUrl, upstream.path),
+            requiredScopes: upstream.scopes,
+          }).headers;
+        }
+        break;
+      }
+      case "ERR_UPSTREAM_REFUSED":
+        events.emit({ type: "upstream.refused", reason: gateError.detail ?? "refused", ...common });
+        break;
+      case "ERR_UPSTREAM_UNAVAILABLE":
+        events.emit({ type: "upstream.unavailable", reason: gateError.detail ?? "unavailable", ...common });
+        break;
+      case "ERR_STORE_UNAVAILABLE":
+      case "ERR_STORE_FULL":
+        events.emit({ type: "store.unavailable", reason: gateError.code, ...common });
+        break;
+      case "ERR_SESSION_NOT_FOUND":
+        // The registry already reported why (session.denied); this is the answer only.
+        break;
+      case "ERR_INTERNAL":
+      case "ERR_ARGUMENT_INVALID":
+        events.emit({ type: "request.refused", reason: "internal", ...common });
+        break;
+      default:
+        events.emit({ type: "request.refused", reason: refusalReason(gateError), ...common });
+    }
+    if (gateError.code === "ERR_METHOD_NOT_ALLOWED") headers = { ...headers, allow: "GET, POST, DELETE" };
+    if (gateError.code === "ERR_SHUTTING_DOWN") headers = { ...headers, connection: "close" };
+    sendError(response, gateError, { id: context.id ?? null, headers });
+  }
+
+  async function route(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const clientAddress = deps.clientAddressOf(
+      request.socket.remoteAddress,
+      request.headersDistinct["x-forwarded-for"],
+    );
+    try {
+      if (draining) throw new GateError("ERR_SHUTTING_DOWN", "shutting down");
+      const target = request.url ?? "";
+      // Origin-form only (RFC 9112 §3.2.1): absolute-form and `*` are for proxies and OPTIONS.
+      if (!target.startsWith("/")) {
+        throw new GateError("ERR_REQUEST_INVALID", "request target refused", { detail: "request-target" });
+      }
+      const queryAt = target.indexOf("?");
+      const path = queryAt < 0 ? target : target.slice(0, queryAt);
+
+      // Before anything is routed, so every endpoint (metadata and keys too) is behind the allowlists.
+      hostOrigin.check(request.headersDistinct);
+
+      if (path === JWKS_PATH || path === HEALTH_PATH) {
+        if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
+        if (path === HEALTH_PATH) return sendJson(response, 200, { status: "ok" });
+        // Public keys: caching them briefly is harmless and spares the gateway a request per verify.
+        return sendJson(response, 200, signer.jwks(), { "cache-control": "public, max-age=300" });
+      }
+
+      const described = routes.matchMetadata(path);
+      if (described) {
+        if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
+        return sendJson(
+          response,
+          200,
+          protectedResourceMetadata(described, {
+            resource: resourceUrl(config.publicUrl, described.path),
+            issuers,
+          }),
+          { "cache-control": "public, max-age=300" },
+        );
+      }
+
+      const upstream = routes.match(path);
+      const client = upstream ? deps.upstreamClients.get(upstream.name) : undefined;
+      if (!upstream || !client) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+      // Nothing the gateway accepts travels in a query string (bearer tokens never do: RFC 6750 §5.3,
+      // THREATS T4), and the upstream's URL is configured: a query is refused, never forwarded.
+      if (queryAt >= 0) {
+        throw new GateError("ERR_REQUEST_INVALID", "query string refused", { detail: "query-string" });
+      }
+      await serveMcp({ request, response, upstream, client, clientAddress });
+    } catch (error) {
+      refuse(response, error, { clientAddress });
+    }
+  }
+
+  async function serveMcp(context: McpContext): Promise<void> {
+    const { request, upstream, clientAddress } = context;
+    const method = request.method;
+    if (method !== "POST" && method !== "GET" && method !== "DELETE") {
+      throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
+    }
+
+    const supported = supportedByUpstream.get(upstream.name) ?? legacyVersionsOf(upstream);
+    const era = classifyProtocolVersion(request.headersDistinct[VERSION_HEADER], supported);
+    if (era.era !== "legacy") {
+      // Modern requests are the next milestone: until then a modern version is as unsupported as a
+      // future one, and the answer lists the legacy versions, which makes SDK v2 clients fall back.
+      const id = method === "POST" ? await readIdForEcho(request) : null;
+      const requested = era.era === "unsupported" ? era.requested : era.version;
+      events.emit({
+        type: "request.refused",
+        reason: "protocol-version",
+        upstream: upstream.name,
+        ...(clientAddress !== undefined ? { clientAddress } : {}),
+        status: UNSUPPORTED_PROTOCOL_VERSION_STATUS,
+      });
+      sendJson(
+        context.response,
+        UNSUPPORTED_PROTOCOL_VERSION_STATUS,
+        unsupportedVersionError(id, [...supported.legacy].sort().reverse(), requested),
+      );
+      return;
+    }
+
+    let caller: Principal | "anonymous";
+    try {
+      caller = await authenticator.authenticate(request.headersDistinct, {
+        audience: upstream.audience,
+        requiredScopes: upstream.scopes,
+        clientAddress,
+      });
+    } catch (error) {
+      return refuse(context.response, error, { upstream, clientAddress });
+    }
+
+    const presented = request.headersDistinct[SESSION_HEADER];
+    if (presented !== undefined && presented.length !== 1) {
+      // Two session ids: the gateway and the upstream could each pick a different one (THREATS L5).
+      throw new GateError("ERR_REQUEST_INVALID", "repeated session header", { detail: "session-header-repeated" });
+    }
+    const sessionId = presented?.[0];
+
+    try {
+      if (method === "POST") return await servePost(context, caller, sessionId, era.version);
+      if (sessionId === undefined) {
+        throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
+      }
+      const session = await resolveSession(sessionId, caller, upstream);
+      if (method === "GET") return await serveStream(context, session, era.version);
+      return await endSession(context, session, sessionId);
+    } catch (error) {
+      refuse(context.response, error, { upstream, clientAddress });
+    }
+  }
+
+  /**
+   * The session the caller may use, or ERR_SESSION_NOT_FOUND for every reason it may not (unknown,
+   * expired, ended, foreign, another upstream: THREATS S1, S3, S4, S11). An anonymous caller is
+   * judged as the throwaway principal the session was created for; an authenticated caller as itself.
+   */
+  async function resolveSession(
+    sessionId: string,
+    caller: Principal | "anonymous",
+    upstream: UpstreamConfig,
+  ): Promise<{ session: ResolvedSession; principal: Principal }> {
+    const principal = caller === "anonymous" ? await sessions.anonymousOwner(sessionId) : caller;
+    if (principal === null) {
+      events.emit({ type: "session.denied", reason: "anonymous-unknown", upstream: upstream.name });
+      throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
+    }
+    const session = await sessions.resolve(sessionId, principal, upstream.name);
+    // A session created expecting an upstream id is refused by the registry while it has none, so a
+    // null upstream id here means the upstream does not use sessions.
+    if (session === null) throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
+    return { session, principal };
+  }
+
+  function checkVersionLock(request: IncomingMessage, session: ResolvedSession, headerVersion: string): void {
+    // A request without the header is read as the session's own version (the header is how clients
+    // repeat what was negotiated); one naming another version is refused, so the upstream only ever
+    // sees the version it negotiated.
+    if (request.headersDistinct[VERSION_HEADER] === undefined) return;
+    if (headerVersion !== session.protocolVersion) {
+      throw new GateError("ERR_PROTOCOL_VERSION_MISMATCH", "protocol version mismatch", {
+        detail: "protocol-version-mismatch",
+      });
+    }
+  }
+
+  async function upstreamHeaders(
+    context: McpContext,
+    principal: Principal,
+    own: Readonly<Record<string, string>>,
+  ): Promise<Record<string, string>> {
+    const assertion = await signer.sign(principal, { audience: assertionAudience(context.upstream) });
+    return upstreamRequestHeaders(context.request.headers, { ...own, "tenantgate-assertion": assertion });
+  }
+
+  async function servePost(
+    context: McpContext,
+    caller: Principal | "anonymous",
+    sessionId: string | undefined,
+    version: string,
+  ): Promise<void> {
+    const { request, upstream } = context;
+    if (!isJsonContentType(request.headers["content-type"])) {
+      throw new GateError("ERR_MEDIA_TYPE_UNSUPPORTED", "content type refused", { detail: "content-type" });
+    }
+    const body = await readRequestBody(request, config.limits.maxBodyBytes);
+    let payload: JsonRpcPayload;
+    try {
+      // 2025-03-26 is the only version with JSON-RPC batches; later ones refuse them (2025-06-18).
+      payload = parseJsonRpcBody(body, {
+        maxBatchSize: config.limits.maxBatchSize,
+        allowBatch: version === "2025-03-26",
+      });
+    } catch (error) {
+      return refuse(context.response, error, { upstream, clientAddress: context.clientAddress });
+    }
+    const id = firstRequestId(payload);
+    const initializes = payload.messages.filter((m) => m.kind === "request" && m.method === "initialize");
+
+    try {
+      if (initializes.length > 0) {
+        // MCP lifecycle: initialize is never part of a batch. A session id presented with it is
+        // ignored, never adopted (THREATS S3): the new session gets a fresh id of the gateway's.
+        if (payload.messages.length !== 1) {
+          throw new GateError("ERR_BATCH_REFUSED", "initialize in a batch", { detail: "initialize-in-batch" });
+        }
+        return await initializeSession(context, caller, body, id);
+      }
+      if (sessionId === undefined) {
+        // THREATS S2: never "the most recent session"; a request without an id belongs to none.
+        throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
+      }
+      const resolved = await resolveSession(sessionId, caller, upstream);
+      checkVersionLock(request, resolved.session, version);
+      const answer = await context.client.request({
+        method: "POST",
+        body,
+        headers: await upstreamHeaders(context, resolved.principal, sessionHeaders(resolved.session)),
+      });
+      await relay(context, answer, resolved.session, sessionId, { cancelOnClientClose: false });
+    } catch (error) {
+      refuse(context.response, error, { upstream, clientAddress: context.clientAddress, id });
+    }
+  }
+
+  async function initializeSession(
+    context: McpContext,
+    caller: Principal | "anonymous",
+    body: Buffer,
+    id: EchoedId,
+  ): Promise<void> {
+    const { upstream } = context;
+    // Anonymous mode: every new session gets its own throwaway principal (DESIGN invariant 2).
+    const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
+    const answer = await context.client.request({
+      method: "POST",
+      body,
+      headers: await upstreamHeaders(context, principal, {}),
+    });
+    if (answer.status === 401 || answer.status === 403) {
+      answer.body.resume();
+      throw new GateError("ERR_UPSTREAM_REFUSED", "upstream refused the gateway", {
+        detail: `upstream-${answer.status}`,
+      });
+    }
+    const contentType = headerText(answer.headers["content-type"]);
+    // Not a successful initialize (an error status, or a JSON-RPC error below): relayed as it is, and
+    // no session exists, so nothing names one.
+    if (answer.status !== 200) return relayWithoutSession(context, answer);
+    const result = await readInitializeResult(answer.body, {
+      contentType,
+      id,
+      maxBytes: MAX_INITIALIZE_RESPONSE_BYTES,
+      timeoutMs: INITIALIZE_RESPONSE_TIMEOUT_MS,
+    });
+    if (result.protocolVersion === null) {
+      return writeBuffered(context, answer.status, answer.headers, result.raw, {});
+    }
+
+    const legacy = supportedByUpstream.get(upstream.name)?.legacy ?? [];
+    if (!legacy.includes(result.protocolVersion)) {
+      throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream negotiated an unsupported version", {
+        detail: "negotiated-version-unsupported",
+      });
+    }
+    const upstreamSessionId = headerText(answer.headers[SESSION_HEADER]);
+    if (upstreamSessionId !== undefined && !UPSTREAM_SESSION_ID.test(upstreamSessionId)) {
+      throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream session id unusable", {
+        detail: "upstream-session-id-invalid",
+      });
+    }
+    // The ownership record is written before the client learns the id (DESIGN invariant 3).
+    const { sessionId, session } = await sessions.create({
+      principal,
+      upstream: upstream.name,
+      protocolVersion: result.protocolVersion,
+      ...(upstreamSessionId !== undefined ? { upstreamSessionId } : {}),
+    });
+    events.emit({
+      type: "session.created",
+      upstream: upstream.name,
+      principal: session.owner,
+      sessionDigest: session.sessionDigest,
+    });
+    const raw = isEventStream(contentType)
+      ? await rewriteBuffered(result.raw, createEventIdCodec(eventIdKey, session.sessionDigest))
+      : result.raw;
+    writeBuffered(context, 200, answer.headers, raw, { [SESSION_HEADER]: sessionId });
+  }
+
+  async function serveStream(
+    context: McpContext,
+    resolved: { session: ResolvedSession; principal: Principal },
+    version: string,
+  ): Promise<void> {
+    const { request, response } = context;
+    checkVersionLock(request, resolved.session, version);
+    const codec = createEventIdCodec(eventIdKey, resolved.session.sessionDigest);
+    const own = sessionHeaders(resolved.session);
+    const lastEventIds = request.headersDistinct["last-event-id"];
+    if (lastEventIds !== undefined) {
+      const [presented] = lastEventIds;
+      const upstreamEventId = lastEventIds.length === 1 && presented ? codec.unwrap(presented) : null;
+      if (upstreamEventId === null) {
+        // Another session's event id, a tampered one, or garbage (THREATS S12): it is not forwarded,
+        // so the upstream replays nothing; the caller gets a fresh stream of its own session.
+        events.emit({
+          type: "stream.event-id-refused",
+          reason: "foreign-or-invalid",
+          upstream: context.upstream.name,
+          sessionDigest: resolved.session.sessionDigest,
+          principal: resolved.session.owner,
+        });
+      } else {
+        own["last-event-id"] = upstreamEventId;
+      }
+    }
+    // A GET stream ends when its client leaves: nothing else reads it.
+    const abort = new AbortController();
+    response.once("close", () => abort.abort());
+    const answer = await context.client.request({
+      method: "GET",
+      headers: await upstreamHeaders(context, resolved.principal, own),
+      signal: abort.signal,
+    });
+    await relay(context, answer, resolved.session, undefined, { cancelOnClientClose: true });
+  }
+
+  async function endSession(
+    context: McpContext,
+    resolved: { session: ResolvedSession; principal: Principal },
+    sessionId: string,
+  ): Promise<void> {
+    const { session, principal } = resolved;
+    // DELETE ends the session on both sides. The gateway's side is ended whatever the upstream says
+    // (an upstream may answer 405 to DELETE, or be gone): after this, the id reaches nothing.
+    if (session.upstreamSessionId !== null) {
+      try {
+        const answer = await context.client.request({
+          method: "DELETE",
+          headers: await upstreamHeaders(context, principal, sessionHeaders(session)),
+        });
+        answer.body.resume();
+      } catch {
+        // Reported below with the session's end; the client's intent is honoured regardless.
+        events.emit({ type: "upstream.unavailable", reason: "delete-failed", upstream: context.upstream.name });
+      }
+    }
+    const ended = await sessions.end(sessionId, principal, context.upstream.name);
+    if (!ended) throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
+    events.emit({
+      type: "session.ended",
+      by: "client",
+      upstream: context.upstream.name,
+      principal: session.owner,
+      sessionDigest: session.sessionDigest,
+    });
+    sendJson(context.response, 200, { jsonrpc: "2.0", result: {} });
+  }
+
+  /**
+   * Passes an upstream answer to the client: status, allowlisted headers, and the body as it arrives
+   * (SSE event ids wrapped for this session). The upstream's 401/403 is never relayed (THREATS A4).
+   * An upstream 404 for a session that has an upstream id means the upstream forgot it: the
+   * gateway's session ends too, and the client is told 404 so that it re-initializes.
+   */
+  async function relay(
+    context: McpContext,
+    answer: UpstreamResponse,
+    session: ResolvedSession,
+    sessionId: string | undefined,
+    options: { cancelOnClientClose: boolean },
+  ): Promise<void> {
+    const { response, upstream } = context;
+    if (answer.status === 401 || answer.status === 403) {
+      answer.body.resume();
+      throw new GateError("ERR_UPSTREAM_REFUSED", "upstream refused the gateway", {
+        detail: `upstream-${answer.status}`,
+      });
+    }
+    if (answer.status === 404 && session.upstreamSessionId !== null && sessionId !== undefined) {
+      answer.body.resume();
+      events.emit({
+        type: "session.ended",
+        by: "upstream-gone",
+        upstream: upstream.name,
+        principal: session.owner,
+        sessionDigest: session.sessionDigest,
+      });
+      await sessions.revoke(sessionId).catch(() => undefined);
+      throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
+    }
+    const contentType = headerText(answer.headers["content-type"]);
+    const headers = clientResponseHeaders(answer.headers, {});
+    let body: Readable = answer.body;
+    if (isEventStream(contentType)) {
+      body = answer.body.pipe(rewriteSseEventIds(createEventIdCodec(eventIdKey, session.sessionDigest)));
+      answer.body.once("error", (error) => body.destroy(error));
+      // No proxy buffering between here and the client: events must arrive as they happen.
+      headers["x-accel-buffering"] = "no";
+      openStreams.add(response);
+    }
+    await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
+    openStreams.delete(response);
+  }
+
+  function relayWithoutSession(context: McpContext, answer: UpstreamResponse): Promise<void> {
+    const headers = clientResponseHeaders(answer.headers, {});
+    return pipeToClient(context.response, answer.status, headers, answer.body, answer.body, false);
+  }
+
+  function writeBuffered(
+    context: McpContext,
+    status: number,
+    upstreamHeaderSet: UpstreamResponse["headers"],
+    raw: Buffer,
+    own: Readonly<Record<string, string>>,
+  ): void {
+    const headers = clientResponseHeaders(upstreamHeaderSet, own);
+    headers["content-length"] = String(raw.byteLength);
+    context.response.writeHead(status, headers);
+    context.response.end(raw);
+  }
+
+  return {
+    handle(request, response) {
+      inFlight += 1;
+      let counted = true;
+      const done = () => {
+        if (!counted) return;
+        counted = false;
+        inFlight -= 1;
+      };
+      response.once("close", done);
+      response.once("finish", done);
+      route(request, response).catch((error: unknown) => {
+        // Every path above answers its own errors; this is the last line for a bug, never a crash.
+        refuse(response, error, {});
+      });
+    },
+    drain() {
+      draining = true;
+    },
+    get inFlight() {
+      return inFlight;
+    },
+    endStreams() {
+      for (const stream of openStreams) stream.end();
+      openStreams.clear();
+    },
+  };
+}
+
+/**
+ * Writes the upstream's answer to the client as it arrives. When the client leaves first, a POST's
+ * upstream response is still read to its end (2025-11-25 transports: a disconnect is not a
+ * cancellation, and the upstream must be able to finish and free its connection); a GET stream is
+ * dropped.
+ */
+function pipeToClient(
+  response: ServerResponse,
+  status: number,
+  headers: Record<string, string>,
+  body: Readable,
+  source: Readable,
+  cancelOnClientClose: boolean,
+): Promise<void> {
+  return new Promise((resolve) => {
+    if (response.destroyed) {
+      if (cancelOnClientClose) source.destroy();
+      else source.resume();
+      resolve();
+      return;
+    }
+    response.writeHead(status, headers);
+    if (typeof response.flushHeaders === "function") response.flushHeaders();
+    let settled = false;
+    const settle = () => {
+      if (settled) return;
+      settled = true;
+      resolve();
+    };
+    body.on("error", () => {
+      // The upstream broke mid-answer: the client sees the response end abruptly, which is what a
+      // broken upstream connection looks like; nothing about the failure is written to it.
+      response.destroy();
+      settle();
+    });
+    response.once("close", () => {
+      if (!response.writableFinished) {
+        body.unpipe(response);
+        if (cancelOnClientClose) source.destroy();
+        else {
+          source.on("error", () => undefined);
+          if (body !== source) body.resume();
+          source.resume();
+        }
+      }
+      settle();
+    });
+    response.once("finish", settle);
+    body.pipe(response);
+  });
+}
+
+/** Reads a POST's body only to echo its JSON-RPC id in the -32022 answer; any flaw gives null. */
+async function readIdForEcho(request: IncomingMessage): Promise<EchoedId> {
+  try {
+    const body = await readRequestBody(request, 64 * 1024);
+    return firstRequestId(parseJsonRpcBody(body, { maxBatchSize: 1, allowBatch: false }));
+  } catch {
+    return null;
+  }
+}
+
+function sessionHeaders(session: ResolvedSession): Record<string, string> {
+  const headers: Record<string, string> = { [VERSION_HEADER]: session.protocolVersion };
+  if (session.upstreamSessionId !== null) headers[SESSION_HEADER] = session.upstreamSessionId;
+  return headers;
+}
+
+/**
+ * The `aud` of assertions sent to an upstream: its own URL, the address it knows itself by, so an
+ * assertion captured at one upstream is refused by every other (docs/decisions.md).
+ */
+export function assertionAudience(upstream: UpstreamConfig): string {
+  return upstream.transport === "http" ? upstream.url : `urn:tenantgate:upstream:${upstream.name}`;
+}
+
+function legacyVersionsOf(upstream: UpstreamConfig): SupportedVersions {
+  const gateway: readonly string[] = GATEWAY_PROTOCOL_VERSIONS.legacy;
+  const declared = upstream.protocolVersions;
+  const legacy = declared === undefined ? [...gateway] : gateway.filter((v) => declared.includes(v));
+  return { legacy, modern: [] };
+}
+
+function refusalReason(error: GateError): string {
+  if (error.detail !== undefined && /^[a-z0-9-]{1,64}$/.test(error.detail)) return error.detail;
+  return error.code.slice(4).toLowerCase().replaceAll("_", "-");
+}
+
+function headerText(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function isEventStream(contentType: string | undefined): boolean {
+  return contentType?.split(";")[0]?.trim().toLowerCase() === "text/event-stream";
+}
+
+function isJsonContentType(contentType: string | undefined): boolean {
+  return contentType?.split(";")[0]?.trim().toLowerCase() === "application/json";
+}
+
+async function rewriteBuffered(raw: Buffer, codec: ReturnType<typeof createEventIdCodec>): Promise<Buffer> {
+  const transform = rewriteSseEventIds(codec);
+  const chunks: Buffer[] = [];
+  transform.on("data", (chunk: Buffer) => chunks.push(chunk));
+  const ended = once(transform, "end");
+  transform.end(raw);
+  await ended;
+  return Buffer.concat(chunks);
+}

@@ -1,0 +1,271 @@
+import { createWriteStream } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+import {
+  createSecurityEvents,
+  jsonLinesSink,
+  type SecurityEventSink,
+  type SecurityEvents,
+} from "../audit/security-events.ts";
+import type { GatewayConfig } from "../config/gateway-config.ts";
+import { createAssertionSigner } from "../crypto/assertion-signer.ts";
+import { createIdentifierTagger } from "../crypto/identifier-tag.ts";
+import { Keyring, loadMasterKey } from "../crypto/keyring.ts";
+import { GateError, toWire } from "../errors.ts";
+import { createApiKeyAuthenticator } from "../identity/api-key-authenticator.ts";
+import { createAuthenticator } from "../identity/authenticate.ts";
+import { createFailedAuthLimiter } from "../identity/failed-auth-limiter.ts";
+import { createJwtAuthenticator } from "../identity/jwt-authenticator.ts";
+import { createSessionRegistry, type SessionRegistry } from "../sessions/session-registry.ts";
+import type { Store } from "../store/contract.ts";
+import { openStore } from "../store/open-store.ts";
+import { createClientAddressResolver } from "./client-address.ts";
+import { checkExposure } from "./exposure-guard.ts";
+import { createGatewayHandler } from "./gateway-server.ts";
+import { createUpstreamClient, type UpstreamClient } from "./upstream-client.ts";
+
+export interface StartGatewayOptions {
+  /** Where security events go as JSON lines when `audit.stdout` is on. Default: process.stdout. */
+  readonly eventsOut?: NodeJS.WritableStream;
+  /** Operator messages (the exposure warning, start-up lines). Default: process.stderr. */
+  readonly log?: (line: string) => void;
+  /** Extra sinks (tests collect events through one). */
+  readonly sinks?: readonly SecurityEventSink[];
+  /** An already-open store to use instead of opening `config.store` (it is not closed by `close`). */
+  readonly store?: Store;
+  /** The environment `env:` key references are read from. Default: process.env. */
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+export interface RunningGateway {
+  /** `http://host:port` of the bound socket (not publicUrl). */
+  readonly url: string;
+  readonly address: AddressInfo;
+  readonly events: SecurityEvents;
+  readonly sessions: SessionRegistry;
+  /**
+   * Graceful stop: refuse new requests (503), let in-flight POSTs finish for up to `graceMs`, end
+   * open streams cleanly, then close every connection and the store. Resolves once all of it is done.
+   */
+  close(options?: { graceMs?: number }): Promise<void>;
+}
+
+const DEFAULT_GRACE_MS = 10_000;
+
+/**
+ * Builds and starts the gateway a configuration describes. Every failure at start (a key that does
+ * not load, a store that does not answer, an unsafe exposure) rejects with a GateError naming the
+ * setting, after releasing whatever was opened.
+ */
+export async function startGateway(config: GatewayConfig, options: StartGatewayOptions = {}): Promise<RunningGateway> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const cleanup: Array<() => Promise<void>> = [];
+  try {
+    for (const upstream of config.upstreams) {
+      if (upstream.transport !== "http") {
+        throw new GateError(
+          "ERR_CONFIG_INVALID",
+          `upstreams (${upstream.name}): stdio upstreams (command) are not supported by this version`,
+        );
+      }
+    }
+
+    const masterKeys = [];
+    for (const { id, key } of config.secrets.masterKeys) {
+      masterKeys.push({
+        id,
+        key: await loadMasterKey(key, { baseDir: config.configDir, ...(options.env ? { env: options.env } : {}) }),
+      });
+    }
+    const keyring = Keyring.fromKeys(masterKeys, config.secrets.activeKeyId);
+    const tagKey =
+      config.secrets.tagKey === undefined
+        ? keyring.purposeKey("log-tag")
+        : await loadMasterKey(config.secrets.tagKey, {
+            baseDir: config.configDir,
+            ...(options.env ? { env: options.env } : {}),
+          });
+
+    const sinks: SecurityEventSink[] = [...(options.sinks ?? [])];
+    if (config.audit.stdout) sinks.push(jsonLinesSink(options.eventsOut ?? process.stdout));
+    if (config.audit.file !== undefined) {
+      // Plain JSON lines until the chained audit trail lands (docs/decisions.md); 0600, appended.
+      const file = createWriteStream(config.audit.file, { flags: "a", mode: 0o600 });
+      file.on("error", (error) => log(`audit.file: cannot write (${(error as NodeJS.ErrnoException).code})`));
+      cleanup.push(() => new Promise((resolve) => file.end(resolve)));
+      sinks.push(jsonLinesSink(file));
+    }
+    const events = createSecurityEvents({ tagger: createIdentifierTagger(tagKey), sinks });
+
+    const store = options.store ?? (await openStore(config.store));
+    if (!options.store) cleanup.push(() => store.close());
+
+    const jwt =
+      config.auth.issuers.length > 0
+        ? createJwtAuthenticator({
+            issuers: config.auth.issuers.map((issuer) => ({
+              issuer: issuer.issuer,
+              algorithms: issuer.algorithms,
+              clockSkewMs: issuer.clockSkewMs,
+              ...(issuer.jwksUrl !== undefined ? { jwksUrl: issuer.jwksUrl } : {}),
+              ...(issuer.jwksFile !== undefined ? { jwksFile: issuer.jwksFile } : {}),
+              ...(issuer.tenantClaim !== undefined ? { tenantClaim: issuer.tenantClaim } : {}),
+            })),
+          })
+        : undefined;
+    const apiKeys = config.auth.apiKeys.length > 0 ? createApiKeyAuthenticator(config.auth.apiKeys) : undefined;
+    const authenticator = createAuthenticator({
+      ...(jwt ? { jwt } : {}),
+      ...(apiKeys ? { apiKeys } : {}),
+      anonymous: config.auth.anonymous,
+      failedAuthLimiter: createFailedAuthLimiter(),
+    });
+
+    const sessions = createSessionRegistry({
+      store,
+      keyring,
+      absoluteTimeoutMs: config.sessions.absoluteTimeoutMs,
+      onDenied: (denial) =>
+        events.emit({
+          type: "session.denied",
+          reason: denial.reason,
+          operation: denial.operation,
+          ...(denial.upstream !== null ? { upstream: denial.upstream } : {}),
+          ...(denial.sessionDigest !== null ? { sessionDigest: denial.sessionDigest } : {}),
+          principal: denial.caller,
+        }),
+    });
+
+    const upstreamClients = new Map<string, UpstreamClient>();
+    for (const upstream of config.upstreams) {
+      if (upstream.transport === "http") upstreamClients.set(upstream.name, createUpstreamClient(upstream.url));
+    }
+    cleanup.push(async () => {
+      await Promise.all([...upstreamClients.values()].map((client) => client.close()));
+    });
+
+    const handler = createGatewayHandler({
+      config,
+      keyring,
+      authenticator,
+      signer: createAssertionSigner({ keyring, issuer: config.publicUrl }),
+      sessions,
+      events,
+      upstreamClients,
+      clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
+    });
+
+    const server = createServer(
+      {
+        maxHeaderSize: config.limits.maxHeaderBytes,
+        // Slow senders of headers or bodies are cut off; responses (streams) are not bounded here.
+        headersTimeout: 30_000,
+        requestTimeout: 120_000,
+        keepAliveTimeout: 5_000,
+      },
+      (request, response) => handler.handle(request, response),
+    );
+    server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
+      answerClientError(error, socket, events);
+    });
+    await listen(server, config.listen.host, config.listen.port);
+    cleanup.push(() => closeServer(server));
+
+    const address = server.address() as AddressInfo;
+    // On the address actually bound, before the first request is accepted (THREATS L3).
+    const verdict = checkExposure({
+      boundAddress: address.address,
+      auth: {
+        anonymous: config.auth.anonymous,
+        hasIssuers: config.auth.issuers.length > 0,
+        hasApiKeys: config.auth.apiKeys.length > 0,
+      },
+      allowUnauthenticatedExposure: config.listen.allowUnauthenticatedExposure,
+    });
+    if (verdict.warning !== null) log(verdict.warning);
+
+    const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
+    let closing: Promise<void> | undefined;
+    return {
+      url: `http://${host}:${address.port}`,
+      address,
+      events,
+      sessions,
+      close({ graceMs = DEFAULT_GRACE_MS } = {}) {
+        closing ??= (async () => {
+          handler.drain();
+          const stopped = closeServer(server);
+          server.closeIdleConnections();
+          // Streams have no natural end: they are ended now, and clients resume elsewhere.
+          handler.endStreams();
+          const deadline = Date.now() + graceMs;
+          while (handler.inFlight > 0 && Date.now() < deadline) {
+            await new Promise((resolve) => setTimeout(resolve, 25));
+            server.closeIdleConnections();
+          }
+          server.closeAllConnections();
+          await stopped;
+          for (const step of cleanup.reverse()) await step().catch(() => undefined);
+        })();
+        return closing;
+      },
+    };
+  } catch (error) {
+    for (const step of cleanup.reverse()) await step().catch(() => undefined);
+    throw error;
+  }
+}
+
+function listen(server: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException) => {
+      reject(
+        new GateError("ERR_CONFIG_INVALID", `listen: cannot bind ${host}:${port} (${error.code ?? "error"})`, {
+          cause: error,
+        }),
+      );
+    };
+    server.once("error", onError);
+    server.listen(port, host, () => {
+      server.off("error", onError);
+      resolve();
+    });
+  });
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    server.close(() => resolve());
+  });
+}
+
+/**
+ * What Node's HTTP parser refused before a request existed: oversized headers (431), and every
+ * framing the gateway will not read, including `Content-Length` with `Transfer-Encoding` (THREATS
+ * L5: smuggling). Answered with the same generic bodies the gateway uses elsewhere, then closed.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Socket, events: SecurityEvents): void {
+  const tooLarge = error.code === "HPE_HEADER_OVERFLOW";
+  if (error.code === "ECONNRESET" || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const wire = toWire(tooLarge ? "ERR_HEADERS_TOO_LARGE" : "ERR_REQUEST_INVALID");
+  events.emit({
+    type: "request.refused",
+    reason: tooLarge ? "headers-too-large" : "request-invalid",
+    status: wire.status,
+    ...(socket.remoteAddress !== undefined ? { clientAddress: socket.remoteAddress } : {}),
+  });
+  const body = JSON.stringify({
+    jsonrpc: "2.0",
+    id: null,
+    error: { code: -32600, message: wire.message, data: { code: wire.code } },
+  });
+  socket.end(
+    `HTTP/1.1 ${wire.status} ${tooLarge ? "Request Header Fields Too Large" : "Bad Request"}\r\n` +
+      "content-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\n" +
+      `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}

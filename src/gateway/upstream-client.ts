@@ -1,0 +1,83 @@
+import type { Readable } from "node:stream";
+import { Pool } from "undici";
+import { GateError } from "../errors.ts";
+
+export interface UpstreamResponse {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  /** A Node stream: piped into the client's response as it arrives, never buffered whole. */
+  readonly body: Readable;
+}
+
+export interface UpstreamRequest {
+  readonly method: "GET" | "POST" | "DELETE";
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body?: Buffer;
+  /** Aborts the call (GET streams whose client left); POSTs are never given one (see below). */
+  readonly signal?: AbortSignal;
+}
+
+export interface UpstreamClient {
+  readonly url: string;
+  request(request: UpstreamRequest): Promise<UpstreamResponse>;
+  close(): Promise<void>;
+}
+
+export interface UpstreamClientOptions {
+  /** Most connections kept to this upstream. */
+  readonly connections?: number;
+  /** How long the upstream may take to send response headers. */
+  readonly headersTimeoutMs?: number;
+}
+
+/**
+ * One upstream reached over HTTP with undici's `request` (Node streams: the web-stream path was
+ * several times slower and failed on client disconnect, docs/decisions.md).
+ *
+ * The body timeout is off: an SSE response (a POST's or the GET stream) may stay quiet for as long
+ * as a tool runs or a session lives, and its end is decided by the upstream, the session's lifetime
+ * or the client, not by a gap between chunks. Connection failures and timeouts become
+ * ERR_UPSTREAM_UNAVAILABLE, with the transport error kept as `cause` for the operator.
+ */
+export function createUpstreamClient(url: string, options: UpstreamClientOptions = {}): UpstreamClient {
+  const target = new URL(url);
+  const path = `${target.pathname}${target.search}`;
+  const pool = new Pool(target.origin, {
+    connections: options.connections ?? 256,
+    headersTimeout: options.headersTimeoutMs ?? 300_000,
+    bodyTimeout: 0,
+    // A response larger than this is not an MCP message the gateway should be relaying at once;
+    // streams are unaffected (they are not length-delimited).
+    keepAliveTimeout: 4_000,
+  });
+
+  return {
+    url,
+    async request(request) {
+      try {
+        const response = await pool.request({
+          path,
+          method: request.method,
+          headers: request.headers,
+          body: request.body ?? null,
+          ...(request.signal ? { signal: request.signal } : {}),
+        });
+        return { status: response.statusCode, headers: response.headers, body: response.body };
+      } catch (cause) {
+        throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream request failed", {
+          detail: transportFailure(cause),
+          cause,
+        });
+      }
+    },
+    async close() {
+      await pool.close().catch(() => pool.destroy());
+    },
+  };
+}
+
+/** A short operator-facing reason (an undici error code), never a URL or header value. */
+function transportFailure(cause: unknown): string {
+  const code = (cause as { code?: unknown })?.code;
+  return typeof code === "string" && /^[A-Z_]{1,64}$/.test(code) ? code : "request-failed";
+}
