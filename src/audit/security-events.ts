@@ -52,6 +52,10 @@ const REQUEST_REFUSAL_REASONS = [
   "protocol-version-mismatch",
   "session-required",
   "rate-limited",
+  "no-route",
+  "query-string",
+  "shutting-down",
+  "internal",
 ] as const;
 
 /** Why the edge refused a request before (or instead of) forwarding it. */

@@ -77,9 +77,9 @@ export async function startDemo(options: DemoOptions = {}): Promise<RunningDemo>
       ...(options.sinks ? { sinks: options.sinks } : {}),
     });
     // The upstream learns who may sign assertions only now that the gateway's address is known.
-    const publicUrl = port === 0 ? gateway.url : config.publicUrl;
+    const publicUrl = gateway.config.publicUrl;
     upstream.trustGateway({
-      issuer: config.publicUrl,
+      issuer: publicUrl,
       jwksUrl: `${gateway.url}/.well-known/jwks.json`,
     });
     const mcpUrl = `${publicUrl}/mcp`;
@@ -88,7 +88,7 @@ export async function startDemo(options: DemoOptions = {}): Promise<RunningDemo>
         .setProtectedHeader({ alg: "EdDSA", kid: "demo", typ: "JWT" })
         .setIssuer(DEMO_ISSUER)
         .setSubject(subject)
-        .setAudience(`${config.publicUrl}/mcp`)
+        .setAudience(`${publicUrl}/mcp`)
         .setIssuedAt()
         .setExpirationTime(TOKEN_LIFETIME)
         .sign(privateKey);

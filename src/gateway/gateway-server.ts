@@ -1,13 +1,17 @@
 import { once } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Readable } from "node:stream";
-import type { SecurityEvents } from "../audit/security-events.ts";
+import {
+  authDenialOf,
+  type RequestRefusalReason,
+  type SecurityEvents,
+  type UpstreamFailureReason,
+} from "../audit/security-events.ts";
 import type { GatewayConfig, UpstreamConfig } from "../config/gateway-config.ts";
 import type { AssertionSigner } from "../crypto/assertion-signer.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { GateError } from "../errors.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
-import { credentialFailureOf } from "../identity/failure.ts";
 import { anonymousPrincipal } from "../identity/anonymous.ts";
 import type { Principal } from "../identity/principal.ts";
 import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
@@ -113,40 +117,37 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       status: gateError.toWire().status,
     };
     let headers: Readonly<Record<string, string>> = {};
-    switch (gateError.code) {
-      case "ERR_AUTH_REQUIRED":
-      case "ERR_AUTH_INVALID":
-      case "ERR_AUTH_RATE_LIMITED":
-      case "ERR_INSUFFICIENT_SCOPE": {
-        const reason = credentialFailureOf(gateError) ?? gateError.detail ?? gateError.code;
-        events.emit({ type: "auth.denied", reason: `${gateError.code}:${reason}`, ...common });
-        if (upstream) {
-          headers = challengeHeaders(gateError, {
-            metadataUrl: metadataUrl(config.publicUrl, upstream.path),
-            requiredScopes: upstream.scopes,
-          }).headers;
-        }
-        break;
+    const auth = authDenialOf(gateError);
+    if (auth) {
+      events.emit({ type: "auth.denied", code: auth.code, reason: auth.reason, ...common });
+      if (upstream) {
+        headers = challengeHeaders(gateError, {
+          metadataUrl: metadataUrl(config.publicUrl, upstream.path),
+          requiredScopes: upstream.scopes,
+        }).headers;
       }
-      case "ERR_UPSTREAM_REFUSED":
-        events.emit({ type: "upstream.refused", reason: gateError.detail ?? "refused", ...common });
-        break;
-      case "ERR_UPSTREAM_UNAVAILABLE":
-        events.emit({ type: "upstream.unavailable", reason: gateError.detail ?? "unavailable", ...common });
-        break;
-      case "ERR_STORE_UNAVAILABLE":
-      case "ERR_STORE_FULL":
-        events.emit({ type: "store.unavailable", reason: gateError.code, ...common });
-        break;
-      case "ERR_SESSION_NOT_FOUND":
-        // The registry already reported why (session.denied); this is the answer only.
-        break;
-      case "ERR_INTERNAL":
-      case "ERR_ARGUMENT_INVALID":
-        events.emit({ type: "request.refused", reason: "internal", ...common });
-        break;
-      default:
-        events.emit({ type: "request.refused", reason: refusalReason(gateError), ...common });
+    } else {
+      switch (gateError.code) {
+        case "ERR_UPSTREAM_REFUSED":
+          events.emit({
+            type: "upstream.refused",
+            reason: gateError.detail === "upstream-403" ? "forbidden" : "unauthorized",
+            ...common,
+          });
+          break;
+        case "ERR_UPSTREAM_UNAVAILABLE":
+          events.emit({ type: "upstream.unavailable", reason: upstreamFailureOf(gateError), ...common });
+          break;
+        case "ERR_STORE_UNAVAILABLE":
+        case "ERR_STORE_FULL":
+          events.emit({ type: "store.unavailable", ...common });
+          break;
+        case "ERR_SESSION_NOT_FOUND":
+          // The registry already reported why (session.denied); this is the answer only.
+          break;
+        default:
+          events.emit({ type: "request.refused", reason: refusalReason(gateError), ...common });
+      }
     }
     if (gateError.code === "ERR_METHOD_NOT_ALLOWED") headers = { ...headers, allow: "GET, POST, DELETE" };
     if (gateError.code === "ERR_SHUTTING_DOWN") headers = { ...headers, connection: "close" };
@@ -278,7 +279,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   ): Promise<{ session: ResolvedSession; principal: Principal }> {
     const principal = caller === "anonymous" ? await sessions.anonymousOwner(sessionId) : caller;
     if (principal === null) {
-      events.emit({ type: "session.denied", reason: "anonymous-unknown", upstream: upstream.name });
+      events.emit({ type: "session.denied", reason: "unknown", operation: "resolve", upstream: upstream.name });
       throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
     }
     const session = await sessions.resolve(sessionId, principal, upstream.name);
@@ -442,7 +443,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         // so the upstream replays nothing; the caller gets a fresh stream of its own session.
         events.emit({
           type: "stream.event-id-refused",
-          reason: "foreign-or-invalid",
+          reason: "malformed",
           upstream: context.upstream.name,
           sessionDigest: resolved.session.sessionDigest,
           principal: resolved.session.owner,
@@ -479,7 +480,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         answer.body.resume();
       } catch {
         // Reported below with the session's end; the client's intent is honoured regardless.
-        events.emit({ type: "upstream.unavailable", reason: "delete-failed", upstream: context.upstream.name });
+        events.emit({ type: "upstream.unavailable", reason: "unreachable", upstream: context.upstream.name });
       }
     }
     const ended = await sessions.end(sessionId, principal, context.upstream.name);
@@ -670,9 +671,46 @@ function legacyVersionsOf(upstream: UpstreamConfig): SupportedVersions {
   return { legacy, modern: [] };
 }
 
-function refusalReason(error: GateError): string {
-  if (error.detail !== undefined && /^[a-z0-9-]{1,64}$/.test(error.detail)) return error.detail;
-  return error.code.slice(4).toLowerCase().replaceAll("_", "-");
+function refusalReason(error: GateError): RequestRefusalReason {
+  switch (error.code) {
+    case "ERR_HOST_FORBIDDEN":
+      return "host-forbidden";
+    case "ERR_ORIGIN_FORBIDDEN":
+      return "origin-forbidden";
+    case "ERR_BODY_TOO_LARGE":
+      return "body-too-large";
+    case "ERR_HEADERS_TOO_LARGE":
+      return "headers-too-large";
+    case "ERR_BATCH_REFUSED":
+      return "batch-refused";
+    case "ERR_MEDIA_TYPE_UNSUPPORTED":
+      return "media-type";
+    case "ERR_NOT_ACCEPTABLE":
+      return "not-acceptable";
+    case "ERR_METHOD_NOT_ALLOWED":
+      return "method-not-allowed";
+    case "ERR_PROTOCOL_VERSION_MISMATCH":
+      return "protocol-version-mismatch";
+    case "ERR_SESSION_REQUIRED":
+      return "session-required";
+    case "ERR_NOT_FOUND":
+      return "no-route";
+    case "ERR_SHUTTING_DOWN":
+      return "shutting-down";
+    case "ERR_REQUEST_INVALID":
+      return error.detail === "query-string" ? "query-string" : "request-invalid";
+    default:
+      return "internal";
+  }
+}
+
+function upstreamFailureOf(error: GateError): UpstreamFailureReason {
+  const detail = error.detail ?? "";
+  if (detail.includes("TIMEOUT") || detail.endsWith("-timeout")) return "timeout";
+  if (detail.startsWith("initialize-") || detail.includes("invalid") || detail.includes("unsupported")) {
+    return "invalid-response";
+  }
+  return "unreachable";
 }
 
 function headerText(value: string | string[] | undefined): string | undefined {

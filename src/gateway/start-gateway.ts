@@ -5,6 +5,7 @@ import {
   createSecurityEvents,
   jsonLinesSink,
   type SecurityEventSink,
+  sessionDeniedEvent,
   type SecurityEvents,
 } from "../audit/security-events.ts";
 import type { GatewayConfig } from "../config/gateway-config.ts";
@@ -38,6 +39,8 @@ export interface StartGatewayOptions {
 }
 
 export interface RunningGateway {
+  /** The configuration in force (port 0 replaced by the bound port). */
+  readonly config: GatewayConfig;
   /** `http://host:port` of the bound socket (not publicUrl). */
   readonly url: string;
   readonly address: AddressInfo;
@@ -57,9 +60,10 @@ const DEFAULT_GRACE_MS = 10_000;
  * not load, a store that does not answer, an unsafe exposure) rejects with a GateError naming the
  * setting, after releasing whatever was opened.
  */
-export async function startGateway(config: GatewayConfig, options: StartGatewayOptions = {}): Promise<RunningGateway> {
+export async function startGateway(configured: GatewayConfig, options: StartGatewayOptions = {}): Promise<RunningGateway> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const cleanup: Array<() => Promise<void>> = [];
+  let config = configured;
   try {
     for (const upstream of config.upstreams) {
       if (upstream.transport !== "http") {
@@ -125,15 +129,7 @@ export async function startGateway(config: GatewayConfig, options: StartGatewayO
       store,
       keyring,
       absoluteTimeoutMs: config.sessions.absoluteTimeoutMs,
-      onDenied: (denial) =>
-        events.emit({
-          type: "session.denied",
-          reason: denial.reason,
-          operation: denial.operation,
-          ...(denial.upstream !== null ? { upstream: denial.upstream } : {}),
-          ...(denial.sessionDigest !== null ? { sessionDigest: denial.sessionDigest } : {}),
-          principal: denial.caller,
-        }),
+      onDenied: (denial) => events.emit(sessionDeniedEvent(denial)),
     });
 
     const upstreamClients = new Map<string, UpstreamClient>();
@@ -144,17 +140,6 @@ export async function startGateway(config: GatewayConfig, options: StartGatewayO
       await Promise.all([...upstreamClients.values()].map((client) => client.close()));
     });
 
-    const handler = createGatewayHandler({
-      config,
-      keyring,
-      authenticator,
-      signer: createAssertionSigner({ keyring, issuer: config.publicUrl }),
-      sessions,
-      events,
-      upstreamClients,
-      clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
-    });
-
     const server = createServer(
       {
         maxHeaderSize: config.limits.maxHeaderBytes,
@@ -163,8 +148,13 @@ export async function startGateway(config: GatewayConfig, options: StartGatewayO
         requestTimeout: 120_000,
         keepAliveTimeout: 5_000,
       },
-      (request, response) => handler.handle(request, response),
+      (request, response) => {
+        // Between the bind and the exposure check nothing is served.
+        if (handler) handler.handle(request, response);
+        else response.writeHead(503, { connection: "close" }).end();
+      },
     );
+    let handler: ReturnType<typeof createGatewayHandler> | undefined;
     server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
       answerClientError(error, socket, events);
     });
@@ -183,23 +173,37 @@ export async function startGateway(config: GatewayConfig, options: StartGatewayO
       allowUnauthenticatedExposure: config.listen.allowUnauthenticatedExposure,
     });
     if (verdict.warning !== null) log(verdict.warning);
+    config = withBoundPort(config, address.port);
+    handler = createGatewayHandler({
+      config,
+      keyring,
+      authenticator,
+      signer: createAssertionSigner({ keyring, issuer: config.publicUrl }),
+      sessions,
+      events,
+      upstreamClients,
+      clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
+    });
+
 
     const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
     let closing: Promise<void> | undefined;
+    const running = handler;
     return {
+      config,
       url: `http://${host}:${address.port}`,
       address,
       events,
       sessions,
       close({ graceMs = DEFAULT_GRACE_MS } = {}) {
         closing ??= (async () => {
-          handler.drain();
+          running.drain();
           const stopped = closeServer(server);
           server.closeIdleConnections();
           // Streams have no natural end: they are ended now, and clients resume elsewhere.
-          handler.endStreams();
+          running.endStreams();
           const deadline = Date.now() + graceMs;
-          while (handler.inFlight > 0 && Date.now() < deadline) {
+          while (running.inFlight > 0 && Date.now() < deadline) {
             await new Promise((resolve) => setTimeout(resolve, 25));
             server.closeIdleConnections();
           }
@@ -214,6 +218,33 @@ export async function startGateway(config: GatewayConfig, options: StartGatewayO
     for (const step of cleanup.reverse()) await step().catch(() => undefined);
     throw error;
   }
+}
+
+/**
+ * Port 0 asks the OS for a port (tests, side-by-side runs). Every value the config layer derived
+ * from the port (publicUrl, the loopback Host and Origin allowlists, default audiences) then names
+ * port 0, which no client can use: they are rewritten to the port actually bound. Values the
+ * operator wrote with another port are left alone.
+ */
+function withBoundPort(config: GatewayConfig, port: number): GatewayConfig {
+  if (config.listen.port !== 0) return config;
+  const zero = /:0$/;
+  const publicUrl = config.publicUrl.replace(zero, `:${port}`);
+  return Object.freeze({
+    ...config,
+    publicUrl,
+    listen: Object.freeze({
+      ...config.listen,
+      port,
+      allowedHosts: config.listen.allowedHosts.map((host) => host.replace(zero, `:${port}`)),
+      allowedOrigins: config.listen.allowedOrigins.map((origin) => origin.replace(zero, `:${port}`)),
+    }),
+    upstreams: config.upstreams.map((upstream) =>
+      upstream.audience.startsWith(`${config.publicUrl}/`)
+        ? Object.freeze({ ...upstream, audience: `${publicUrl}${upstream.audience.slice(config.publicUrl.length)}` })
+        : upstream,
+    ),
+  });
 }
 
 function listen(server: Server, host: string, port: number): Promise<void> {
