@@ -105,7 +105,6 @@ function lengthPrefix(length: number): Buffer {
 const CR = 0x0d;
 const LF = 0x0a;
 const SPACE = 0x20;
-const LF_ONLY = Buffer.from([LF]);
 const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
 const ID_FIELD = Buffer.from("id:");
 // Replacement, not refusal, for invalid UTF-8 in an id: the SSE spec decodes the stream that way
@@ -165,37 +164,54 @@ export function rewriteSseEventIds(codec: EventIdCodec): Transform {
   return new Transform({
     transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
       const out: Buffer[] = [];
+      const lineEnds = new LineEnds(chunk);
       let index = 0;
+      // Bytes from `runStart` to the current position are written unchanged: one slice per run of
+      // untouched lines, not one per line.
+      let runStart = 0;
+      const endRun = (at: number): void => {
+        if (at > runStart) out.push(chunk.subarray(runStart, at));
+        runStart = at;
+      };
+
       if (afterCR && chunk.length > 0) {
         afterCR = false;
         if (chunk[0] === LF) {
-          if (writeLFAfterCR) out.push(LF_ONLY);
           index = 1;
+          if (!writeLFAfterCR) runStart = 1;
         }
       }
 
       try {
         while (index < chunk.length) {
-          const end = lineEnd(chunk, index);
+          const end = lineEnds.next(index);
           const stop = end === -1 ? chunk.length : end;
 
           if (mode === PASS) {
-            out.push(chunk.subarray(index, stop));
             index = stop;
           } else if (mode === ID_LINE) {
+            endRun(index);
             hold(chunk.subarray(index, stop));
-            index = stop;
+            index = runStart = stop;
+          } else if (heldBytes === 0 && !firstLine && (stop === index || chunk[index] !== 0x69) /* i */) {
+            // The common case, decided without a probe: a blank line or one that cannot start `id:`.
+            mode = PASS;
+            continue;
           } else {
             // Decide with at most BOM + "id:" bytes: the held start of the line plus a few more.
-            const probe = Buffer.concat([...held, chunk.subarray(index, Math.min(stop, index + 6))]);
-            const kind = classify(probe, firstLine);
+            const next = chunk.subarray(index, Math.min(stop, index + 6));
+            const kind = classify(heldBytes === 0 ? next : Buffer.concat([...held, next]), firstLine);
             if (kind === "other") {
-              if (heldBytes > 0) out.push(takeHeld());
+              if (heldBytes > 0) {
+                endRun(index);
+                out.push(takeHeld());
+              }
               mode = PASS;
               continue;
             }
+            endRun(index);
             hold(chunk.subarray(index, stop));
-            index = stop;
+            index = runStart = stop;
             if (kind === "id") {
               mode = ID_LINE;
             } else if (end !== -1) {
@@ -214,7 +230,7 @@ export function rewriteSseEventIds(codec: EventIdCodec): Transform {
           }
           if (end === -1) break;
 
-          // The line ends at `end`. CRLF, LF, or CR (perhaps the first half of a split CRLF).
+          // The line ends at `end`: CRLF, LF, or CR (perhaps the first half of a split CRLF).
           let terminatorLength = 1;
           let pendingCR = false;
           if (chunk[end] === CR) {
@@ -224,22 +240,26 @@ export function rewriteSseEventIds(codec: EventIdCodec): Transform {
               pendingCR = true;
             }
           }
-          const terminator = chunk.subarray(end, end + terminatorLength);
+          index = end + terminatorLength;
           let keep = true;
           if (mode === ID_LINE) {
+            // The run restarts at `end`, so the line end follows the rewritten line unchanged.
             const rewritten = rewriteIdLine(takeHeld(), firstLine, codec);
-            if (rewritten === null) keep = false;
-            else out.push(rewritten);
+            if (rewritten === null) {
+              keep = false;
+              runStart = index;
+            } else {
+              out.push(rewritten);
+            }
           }
-          if (keep) out.push(terminator);
           if (pendingCR) {
             afterCR = true;
             writeLFAfterCR = keep;
           }
-          index = end + terminatorLength;
           mode = LINE_START;
           firstLine = false;
         }
+        endRun(index);
       } catch (error) {
         callback(error as Error);
         return;
@@ -258,13 +278,28 @@ export function rewriteSseEventIds(codec: EventIdCodec): Transform {
   });
 }
 
-/** Index of the next CR or LF at or after `from`, or -1. */
-function lineEnd(chunk: Buffer, from: number): number {
-  const lf = chunk.indexOf(LF, from);
-  const cr = chunk.indexOf(CR, from);
-  if (lf === -1) return cr;
-  if (cr === -1) return lf;
-  return Math.min(lf, cr);
+/**
+ * The next CR or LF in a chunk. Each kind's position is remembered until passed, so a chunk of many
+ * LF-ended lines and no CR is scanned once, not once per line.
+ */
+class LineEnds {
+  private readonly chunk: Buffer;
+  // -2: not searched yet; -1: none left in the chunk.
+  private nextCR = -2;
+  private nextLF = -2;
+
+  constructor(chunk: Buffer) {
+    this.chunk = chunk;
+  }
+
+  /** Index of the first CR or LF at or after `from`, or -1. */
+  next(from: number): number {
+    if (this.nextCR !== -1 && this.nextCR < from) this.nextCR = this.chunk.indexOf(CR, from);
+    if (this.nextLF !== -1 && this.nextLF < from) this.nextLF = this.chunk.indexOf(LF, from);
+    if (this.nextCR === -1) return this.nextLF;
+    if (this.nextLF === -1) return this.nextCR;
+    return Math.min(this.nextCR, this.nextLF);
+  }
 }
 
 /** Whether a line starting with `start` is an `id` field with a value, is not one, or may still be. */
