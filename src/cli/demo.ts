@@ -68,7 +68,7 @@ export async function startDemo(options: DemoOptions = {}): Promise<RunningDemo>
           issuers: [{ issuer: DEMO_ISSUER, jwksFile, algorithms: ["EdDSA"], tenantClaim: "tenant" }],
         },
         upstreams: [{ name: "notes", path: "/mcp", url: upstream.url, protocolVersions: LEGACY_VERSIONS }],
-        audit: { stdout: options.auditStdout ?? true },
+        audit: { stdout: true },
       },
       { env: {} },
     );

@@ -11,23 +11,23 @@ import type { GatewayConfig, UpstreamConfig } from "../config/gateway-config.ts"
 import type { AssertionSigner } from "../crypto/assertion-signer.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { GateError } from "../errors.ts";
-import type { Authenticator } from "../identity/authenticate.ts";
 import { anonymousPrincipal } from "../identity/anonymous.ts";
+import type { Authenticator } from "../identity/authenticate.ts";
 import type { Principal } from "../identity/principal.ts";
 import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
 import { challengeHeaders } from "./auth-challenge.ts";
 import { clientResponseHeaders, upstreamRequestHeaders } from "./forward-headers.ts";
 import { createHostOriginPolicy } from "./host-origin-policy.ts";
 import { asGateError, type EchoedId, sendError, sendJson } from "./http-responses.ts";
-import { firstRequestId, type JsonRpcPayload, parseJsonRpcBody, readRequestBody } from "./json-rpc-body.ts";
 import { readInitializeResult } from "./initialize-result.ts";
-import { protectedResourceMetadata, metadataUrl, resourceUrl } from "./protected-resource-metadata.ts";
+import { firstRequestId, type JsonRpcPayload, parseJsonRpcBody, readRequestBody } from "./json-rpc-body.ts";
+import { metadataUrl, protectedResourceMetadata, resourceUrl } from "./protected-resource-metadata.ts";
 import {
   classifyProtocolVersion,
   GATEWAY_PROTOCOL_VERSIONS,
   type SupportedVersions,
-  unsupportedVersionError,
   UNSUPPORTED_PROTOCOL_VERSION_STATUS,
+  unsupportedVersionError,
 } from "./protocol-era.ts";
 import { createEventIdCodec, rewriteSseEventIds } from "./sse-event-ids.ts";
 import type { UpstreamClient, UpstreamResponse } from "./upstream-client.ts";
@@ -250,7 +250,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const presented = request.headersDistinct[SESSION_HEADER];
     if (presented !== undefined && presented.length !== 1) {
       // Two session ids: the gateway and the upstream could each pick a different one (THREATS L5).
-      throw new GateError("ERR_REQUEST_INVALID", "repeated session header", { detail: "session-header-repeated" });
+      throw new GateError("ERR_REQUEST_INVALID", "repeated session header", {
+        detail: "session-header-repeated",
+      });
     }
     const sessionId = presented?.[0];
 
@@ -279,7 +281,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   ): Promise<{ session: ResolvedSession; principal: Principal }> {
     const principal = caller === "anonymous" ? await sessions.anonymousOwner(sessionId) : caller;
     if (principal === null) {
-      events.emit({ type: "session.denied", reason: "unknown", operation: "resolve", upstream: upstream.name });
+      events.emit({
+        type: "session.denied",
+        reason: "unknown",
+        operation: "resolve",
+        upstream: upstream.name,
+      });
       throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
     }
     const session = await sessions.resolve(sessionId, principal, upstream.name);
@@ -339,7 +346,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         // MCP lifecycle: initialize is never part of a batch. A session id presented with it is
         // ignored, never adopted (THREATS S3): the new session gets a fresh id of the gateway's.
         if (payload.messages.length !== 1) {
-          throw new GateError("ERR_BATCH_REFUSED", "initialize in a batch", { detail: "initialize-in-batch" });
+          throw new GateError("ERR_BATCH_REFUSED", "initialize in a batch", {
+            detail: "initialize-in-batch",
+          });
         }
         return await initializeSession(context, caller, body, id);
       }

@@ -28,7 +28,10 @@ const VERSION_SHAPE = /^\d{4}-\d{2}-\d{2}$/;
  * after the response, as MCP servers send it). The gateway needs it before the client sees the
  * session id: the session is locked to that version (DESIGN, legacy sessions).
  */
-export async function readInitializeResult(body: Readable, options: ReadInitializeOptions): Promise<InitializeAnswer> {
+export async function readInitializeResult(
+  body: Readable,
+  options: ReadInitializeOptions,
+): Promise<InitializeAnswer> {
   const raw = await readBounded(body, options.maxBytes, options.timeoutMs);
   const text = raw.toString("utf8");
   const media = options.contentType?.split(";")[0]?.trim().toLowerCase();
@@ -87,10 +90,7 @@ function readBounded(body: Readable, maxBytes: number, timeoutMs: number): Promi
         reject(error);
       } else resolve(Buffer.concat(chunks));
     };
-    const timer = setTimeout(
-      () => finish(unavailable("initialize-response-timeout")),
-      timeoutMs,
-    );
+    const timer = setTimeout(() => finish(unavailable("initialize-response-timeout")), timeoutMs);
     body.on("data", (chunk: Buffer) => {
       size += chunk.byteLength;
       if (size > maxBytes) return finish(unavailable("initialize-response-too-large"));

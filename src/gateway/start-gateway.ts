@@ -5,8 +5,8 @@ import {
   createSecurityEvents,
   jsonLinesSink,
   type SecurityEventSink,
-  sessionDeniedEvent,
   type SecurityEvents,
+  sessionDeniedEvent,
 } from "../audit/security-events.ts";
 import type { GatewayConfig } from "../config/gateway-config.ts";
 import { createAssertionSigner } from "../crypto/assertion-signer.ts";
@@ -60,7 +60,10 @@ const DEFAULT_GRACE_MS = 10_000;
  * not load, a store that does not answer, an unsafe exposure) rejects with a GateError naming the
  * setting, after releasing whatever was opened.
  */
-export async function startGateway(configured: GatewayConfig, options: StartGatewayOptions = {}): Promise<RunningGateway> {
+export async function startGateway(
+  configured: GatewayConfig,
+  options: StartGatewayOptions = {},
+): Promise<RunningGateway> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const cleanup: Array<() => Promise<void>> = [];
   let config = configured;
@@ -78,7 +81,10 @@ export async function startGateway(configured: GatewayConfig, options: StartGate
     for (const { id, key } of config.secrets.masterKeys) {
       masterKeys.push({
         id,
-        key: await loadMasterKey(key, { baseDir: config.configDir, ...(options.env ? { env: options.env } : {}) }),
+        key: await loadMasterKey(key, {
+          baseDir: config.configDir,
+          ...(options.env ? { env: options.env } : {}),
+        }),
       });
     }
     const keyring = Keyring.fromKeys(masterKeys, config.secrets.activeKeyId);
@@ -117,7 +123,8 @@ export async function startGateway(configured: GatewayConfig, options: StartGate
             })),
           })
         : undefined;
-    const apiKeys = config.auth.apiKeys.length > 0 ? createApiKeyAuthenticator(config.auth.apiKeys) : undefined;
+    const apiKeys =
+      config.auth.apiKeys.length > 0 ? createApiKeyAuthenticator(config.auth.apiKeys) : undefined;
     const authenticator = createAuthenticator({
       ...(jwt ? { jwt } : {}),
       ...(apiKeys ? { apiKeys } : {}),
@@ -134,7 +141,8 @@ export async function startGateway(configured: GatewayConfig, options: StartGate
 
     const upstreamClients = new Map<string, UpstreamClient>();
     for (const upstream of config.upstreams) {
-      if (upstream.transport === "http") upstreamClients.set(upstream.name, createUpstreamClient(upstream.url));
+      if (upstream.transport === "http")
+        upstreamClients.set(upstream.name, createUpstreamClient(upstream.url));
     }
     cleanup.push(async () => {
       await Promise.all([...upstreamClients.values()].map((client) => client.close()));
@@ -184,7 +192,6 @@ export async function startGateway(configured: GatewayConfig, options: StartGate
       upstreamClients,
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
     });
-
 
     const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
     let closing: Promise<void> | undefined;
@@ -241,7 +248,10 @@ function withBoundPort(config: GatewayConfig, port: number): GatewayConfig {
     }),
     upstreams: config.upstreams.map((upstream) =>
       upstream.audience.startsWith(`${config.publicUrl}/`)
-        ? Object.freeze({ ...upstream, audience: `${publicUrl}${upstream.audience.slice(config.publicUrl.length)}` })
+        ? Object.freeze({
+            ...upstream,
+            audience: `${publicUrl}${upstream.audience.slice(config.publicUrl.length)}`,
+          })
         : upstream,
     ),
   });
@@ -251,9 +261,13 @@ function listen(server: Server, host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (error: NodeJS.ErrnoException) => {
       reject(
-        new GateError("ERR_CONFIG_INVALID", `listen: cannot bind ${host}:${port} (${error.code ?? "error"})`, {
-          cause: error,
-        }),
+        new GateError(
+          "ERR_CONFIG_INVALID",
+          `listen: cannot bind ${host}:${port} (${error.code ?? "error"})`,
+          {
+            cause: error,
+          },
+        ),
       );
     };
     server.once("error", onError);

@@ -6,7 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Client as V2Client, StreamableHTTPClientTransport as V2Transport } from "@modelcontextprotocol/client";
+import {
+  Client as V2Client,
+  StreamableHTTPClientTransport as V2Transport,
+} from "@modelcontextprotocol/client";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { type Harness, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
@@ -16,7 +19,10 @@ function textOf(result: unknown): string {
   return content.map((part) => part.text ?? "").join("");
 }
 
-async function v1Client(url: string, token: string): Promise<{ client: Client; transport: StreamableHTTPClientTransport }> {
+async function v1Client(
+  url: string,
+  token: string,
+): Promise<{ client: Client; transport: StreamableHTTPClientTransport }> {
   const transport = new StreamableHTTPClientTransport(new URL(url), {
     requestInit: { headers: { authorization: `Bearer ${token}` } },
   });
@@ -47,7 +53,10 @@ describe("SDK clients through the gateway", () => {
     assert.ok(tools.tools.some((tool) => tool.name === "add_note"));
 
     await alice.client.callTool({ name: "add_note", arguments: { text: "alice's secret" } });
-    assert.match(textOf(await alice.client.callTool({ name: "list_notes", arguments: {} })), /alice's secret/);
+    assert.match(
+      textOf(await alice.client.callTool({ name: "list_notes", arguments: {} })),
+      /alice's secret/,
+    );
     assert.doesNotMatch(textOf(await bob.client.callTool({ name: "list_notes", arguments: {} })), /alice/);
 
     const who = JSON.parse(textOf(await alice.client.callTool({ name: "whoami", arguments: {} })));
@@ -84,7 +93,8 @@ describe("SDK clients through the gateway", () => {
       body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
     });
     assert.equal(response.status, 404);
-    assert.equal((await response.json()).error.data.code, "ERR_SESSION_NOT_FOUND");
+    const body = (await response.json()) as { error: { data: { code: string } } };
+    assert.equal(body.error.data.code, "ERR_SESSION_NOT_FOUND");
   });
 
   it("the v2 client probes with a modern request, gets -32022, falls back to initialize and works", async () => {
@@ -92,7 +102,11 @@ describe("SDK clients through the gateway", () => {
     const transport = new V2Transport(new URL(`${harness.url}/mcp`), {
       requestInit: { headers: { authorization: `Bearer ${token}` } },
     });
-    const client = new V2Client({ name: "e2e-v2", version: "1.0.0" });
+    // "auto" probes with server/discover first (the default mode, "legacy", would not probe).
+    const client = new V2Client(
+      { name: "e2e-v2", version: "1.0.0" },
+      { versionNegotiation: { mode: "auto" } },
+    );
     await client.connect(transport);
     opened.push(client);
     await client.callTool({ name: "add_note", arguments: { text: "from v2" } });

@@ -88,7 +88,9 @@ describe("demo upstream", () => {
   };
 
   before(async () => {
-    upstream = await startDemoUpstream({ gateway: { issuer: ISSUER, audience: AUDIENCE, jwks: signer.jwks() } });
+    upstream = await startDemoUpstream({
+      gateway: { issuer: ISSUER, audience: AUDIENCE, jwks: signer.jwks() },
+    });
   });
   after(async () => {
     await Promise.allSettled(clients.map((client) => client.close()));
@@ -242,7 +244,11 @@ describe("demo upstream: key sources and shutdown", () => {
     await new Promise<void>((resolve) => jwksServer.listen(0, "127.0.0.1", resolve));
     const { port } = jwksServer.address() as AddressInfo;
     const upstream = await startDemoUpstream({
-      gateway: { issuer: ISSUER, audience: AUDIENCE, jwksUrl: `http://127.0.0.1:${port}/.well-known/jwks.json` },
+      gateway: {
+        issuer: ISSUER,
+        audience: AUDIENCE,
+        jwksUrl: `http://127.0.0.1:${port}/.well-known/jwks.json`,
+      },
     });
     try {
       const client = await connect(upstream, await signer.sign(alice, { audience: AUDIENCE }));
@@ -259,14 +265,21 @@ describe("demo upstream: key sources and shutdown", () => {
     await assert.rejects(startDemoUpstream({ gateway: { issuer: ISSUER, audience: AUDIENCE } }), TypeError);
     await assert.rejects(
       startDemoUpstream({
-        gateway: { issuer: ISSUER, audience: AUDIENCE, jwks: signer.jwks(), jwksUrl: "http://127.0.0.1:1/jwks" },
+        gateway: {
+          issuer: ISSUER,
+          audience: AUDIENCE,
+          jwks: signer.jwks(),
+          jwksUrl: "http://127.0.0.1:1/jwks",
+        },
       }),
       TypeError,
     );
   });
 
   it("closes promptly with sessions and streams still open", async () => {
-    const upstream = await startDemoUpstream({ gateway: { issuer: ISSUER, audience: AUDIENCE, jwks: signer.jwks() } });
+    const upstream = await startDemoUpstream({
+      gateway: { issuer: ISSUER, audience: AUDIENCE, jwks: signer.jwks() },
+    });
     const client = await connect(upstream, await signer.sign(alice, { audience: AUDIENCE }));
     // A call in flight holds an SSE stream open on the server side.
     const pending = client

@@ -5,6 +5,7 @@
  * tests assert on exactly what the audit trail would receive.
  */
 import { randomBytes } from "node:crypto";
+import { Writable } from "node:stream";
 import { type DemoUpstream, startDemoUpstream } from "../../examples/demo-upstream/server.ts";
 import type { SecurityEventRecord } from "../../src/audit/security-events.ts";
 import { parseConfig } from "../../src/config/load-config.ts";
@@ -84,7 +85,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
           ...(options.anonymous ? { anonymous: true } : {}),
         },
         upstreams,
-        audit: { stdout: false },
+        audit: { stdout: true },
         ...options.extra,
       },
       { env: {} },
@@ -92,6 +93,8 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     gateway = await startGateway(config, {
       env: { TG_TEST_MASTER_KEY: masterKey },
       sinks: [{ write: (record) => void events.push(record) }],
+      // The JSON-lines sink runs as in production; its lines are discarded here.
+      eventsOut: new Writable({ write: (_chunk, _encoding, done) => done() }),
       log: () => undefined,
     });
     // Port 0: the gateway rewrote its publicUrl to the bound port; tokens carry publicUrl + path.
