@@ -28,8 +28,8 @@ export interface DemoOptions {
   readonly port?: number;
   readonly log?: (line: string) => void;
   readonly sinks?: readonly SecurityEventSink[];
-  /** Security events as JSON lines to stdout. Default true. */
-  readonly auditStdout?: boolean;
+  /** Where the security events' JSON lines go. Default: stdout. */
+  readonly eventsOut?: NodeJS.WritableStream;
 }
 
 export interface RunningDemo {
@@ -75,6 +75,7 @@ export async function startDemo(options: DemoOptions = {}): Promise<RunningDemo>
     const gateway = await startGateway(config, {
       ...(options.log ? { log: options.log } : {}),
       ...(options.sinks ? { sinks: options.sinks } : {}),
+      ...(options.eventsOut ? { eventsOut: options.eventsOut } : {}),
     });
     // The upstream learns who may sign assertions only now that the gateway's address is known.
     const publicUrl = gateway.config.publicUrl;

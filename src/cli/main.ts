@@ -17,8 +17,9 @@ const USAGE = `usage: tenantgate <command>
   keys api-key                 print a new API key (256 bits) and the digest to put in auth.apiKeys[]
   keys digest                  read an API key on stdin and print its digest (keys under 32 characters refused)
   serve --config FILE          run the gateway a config file (JSON or YAML) describes; SIGTERM stops it gracefully
-  demo                         the gateway on its embedded default: loopback, SQLite under ./.tenantgate/,
-                               a demo upstream, a development issuer and tokens for two users
+  demo [--port N]              the gateway on its embedded default: loopback (127.0.0.1:8787), SQLite
+                               under ./.tenantgate/, a demo upstream, a development issuer and tokens
+                               for two users
   help                         this text
 `;
 
@@ -87,8 +88,18 @@ async function serveCommand(args: string[]): Promise<number> {
 }
 
 async function demoCommand(args: string[]): Promise<number> {
-  if (args.length > 0) throw new GateError("ERR_ARGUMENT_INVALID", "demo takes no arguments");
-  const demo = await startDemo();
+  let port: number | undefined;
+  if (
+    args.length === 2 &&
+    args[0] === "--port" &&
+    /^\d{1,5}$/.test(args[1] ?? "") &&
+    Number(args[1]) < 65536
+  ) {
+    port = Number(args[1]);
+  } else if (args.length > 0) {
+    throw new GateError("ERR_ARGUMENT_INVALID", "demo takes only --port N (default 8787)");
+  }
+  const demo = await startDemo(port === undefined ? {} : { port });
   process.stderr.write(`${demoBanner(demo)}\n`);
   return untilSignal(() => demo.close());
 }

@@ -102,7 +102,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
 
   let draining = false;
   let inFlight = 0;
-  const openStreams = new Set<ServerResponse>();
+  /** Open GET streams, each with the way to end it cleanly (shutdown). */
+  const openStreams = new Map<ServerResponse, () => void>();
 
   function refuse(
     response: ServerResponse,
@@ -544,7 +545,15 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       answer.body.once("error", (error) => body.destroy(error));
       // No proxy buffering between here and the client: events must arrive as they happen.
       headers["x-accel-buffering"] = "no";
-      openStreams.add(response);
+    }
+    if (options.cancelOnClientClose) {
+      // A GET stream: at shutdown it is ended between events, and the upstream side is dropped.
+      const stream = body;
+      openStreams.set(response, () => {
+        stream.unpipe(response);
+        answer.body.destroy();
+        response.end();
+      });
     }
     await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
     openStreams.delete(response);
@@ -591,7 +600,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       return inFlight;
     },
     endStreams() {
-      for (const stream of openStreams) stream.end();
+      for (const end of openStreams.values()) end();
       openStreams.clear();
     },
   };
