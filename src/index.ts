@@ -4,6 +4,17 @@
  */
 
 export {
+  type AuthDenialReason,
+  createSecurityEvents,
+  jsonLinesSink,
+  type RequestRefusalReason,
+  type SecurityEvent,
+  type SecurityEventRecord,
+  type SecurityEventSink,
+  type SecurityEvents,
+  type SecurityEventsOptions,
+} from "./audit/security-events.ts";
+export {
   type GatewayConfig,
   isLoopbackHost,
   type LoadConfigOptions,
@@ -12,6 +23,13 @@ export {
   parseConfig,
   parseDuration,
 } from "./config/index.ts";
+export {
+  ASSERTION_TYPE,
+  type AssertionJwks,
+  type AssertionSigner,
+  type AssertionSignerOptions,
+  createAssertionSigner,
+} from "./crypto/assertion-signer.ts";
 export { createIdentifierTagger, type IdentifierTagger, TAG_HEX_LENGTH } from "./crypto/identifier-tag.ts";
 export { digest, ID_BYTES, looksLikeMintedId, mintId } from "./crypto/ids.ts";
 export {
@@ -31,6 +49,8 @@ export {
   toWire,
   type WireError,
 } from "./errors.ts";
+export { type ClientAddressResolver, createClientAddressResolver } from "./gateway/client-address.ts";
+export { type RunningGateway, type StartGatewayOptions, startGateway } from "./gateway/start-gateway.ts";
 export {
   ANONYMOUS_ISSUER,
   API_KEY_ISSUER,
@@ -56,6 +76,16 @@ export {
   type Principal,
   samePrincipal,
 } from "./identity/index.ts";
+export {
+  type CreateSessionInput,
+  createSessionRegistry,
+  type ResolvedSession,
+  type Session,
+  type SessionDenial,
+  type SessionDenialReason,
+  type SessionRegistry,
+  type SessionRegistryOptions,
+} from "./sessions/session-registry.ts";
 export type {
   ClaimOutcome,
   CounterOptions,
