@@ -417,12 +417,21 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       });
     }
     // The ownership record is written before the client learns the id (DESIGN invariant 3).
-    const { sessionId, session } = await sessions.create({
-      principal,
-      upstream: upstream.name,
-      protocolVersion: result.protocolVersion,
-      ...(upstreamSessionId !== undefined ? { upstreamSessionId } : {}),
-    });
+    let created: Awaited<ReturnType<SessionRegistry["create"]>>;
+    try {
+      created = await sessions.create({
+        principal,
+        upstream: upstream.name,
+        protocolVersion: result.protocolVersion,
+        ...(upstreamSessionId !== undefined ? { upstreamSessionId } : {}),
+      });
+    } catch (error) {
+      // No session exists (the store could not record one): the upstream's side is ended rather
+      // than left for nobody, then the client gets the store's refusal.
+      if (upstreamSessionId !== undefined) endUpstreamSession(context, principal, upstreamSessionId, result.protocolVersion);
+      throw error;
+    }
+    const { sessionId, session } = created;
     events.emit({
       type: "session.created",
       upstream: upstream.name,
@@ -433,6 +442,22 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       ? await rewriteBuffered(result.raw, createEventIdCodec(eventIdKey, session.sessionDigest))
       : result.raw;
     writeBuffered(context, 200, answer.headers, raw, { [SESSION_HEADER]: sessionId });
+  }
+
+  /** Best effort, not awaited: the upstream's session for a gateway session that never came to be. */
+  function endUpstreamSession(
+    context: McpContext,
+    principal: Principal,
+    upstreamSessionId: string,
+    protocolVersion: string,
+  ): void {
+    upstreamHeaders(context, principal, {
+      [SESSION_HEADER]: upstreamSessionId,
+      [VERSION_HEADER]: protocolVersion,
+    })
+      .then((headers) => context.client.request({ method: "DELETE", headers }))
+      .then((answer) => answer.body.resume())
+      .catch(() => undefined);
   }
 
   async function serveStream(
