@@ -45,6 +45,9 @@ export function sendJson(
     ...COMMON_HEADERS,
     "content-type": "application/json",
     "content-length": Buffer.byteLength(text),
+    // An answer given before the request's body was read to its end (413, a refusal that never
+    // needed the body) closes the connection: the rest of an oversized upload is never read.
+    ...(response.req?.complete === false ? { connection: "close" } : {}),
     ...headers,
   });
   response.end(text);
