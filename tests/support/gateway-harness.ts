@@ -49,6 +49,8 @@ export interface Harness {
   readonly events: SecurityEventRecord[];
   /** A bearer token for `subject` in `tenant` (default tenant: "t-" + subject), for `/mcp` by default. */
   token(subject: string, options?: TokenOptions): Promise<string>;
+  /** The issuers' signing keys, for tokens `token` cannot make (odd claims, odd headers). */
+  readonly keys: Readonly<Record<"main" | "other", SigningKey>>;
   close(): Promise<void>;
 }
 
@@ -121,6 +123,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
           ...(tokenOptions.scope !== undefined ? { scope: tokenOptions.scope } : {}),
         });
       },
+      keys: Object.freeze({ main: mainKey, other: otherKey }),
       async close() {
         await running.close({ graceMs: 1_000 });
         await demo.close();
