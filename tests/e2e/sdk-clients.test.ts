@@ -97,7 +97,7 @@ describe("SDK clients through the gateway", () => {
     assert.equal(body.error.data.code, "ERR_SESSION_NOT_FOUND");
   });
 
-  it("the v2 client probes with a modern request, gets -32022, falls back to initialize and works", async () => {
+  it("M2 the v2 client probes with a modern request, gets -32022, falls back to initialize and works", async () => {
     const token = await harness.token("erin");
     const transport = new V2Transport(new URL(`${harness.url}/mcp`), {
       requestInit: { headers: { authorization: `Bearer ${token}` } },
@@ -116,4 +116,36 @@ describe("SDK clients through the gateway", () => {
       "the modern probe was refused with -32022 and audited",
     );
   });
+});
+
+describe("protocol versions the gateway does not serve", () => {
+  let harness: Harness;
+  before(async () => {
+    harness = await startHarness();
+  });
+  after(async () => {
+    await harness.close();
+  });
+
+  for (const version of ["2026-07-28", "2099-01-01", "not-a-version"]) {
+    it(`M2 ${version} gets 400 -32022 listing the supported versions, with the request's id`, async () => {
+      const response = await fetch(`${harness.url}/mcp`, {
+        method: "POST",
+        headers: mcpHeaders({
+          authorization: `Bearer ${await harness.token("alice")}`,
+          "mcp-protocol-version": version,
+        }),
+        body: JSON.stringify({ jsonrpc: "2.0", id: 41, method: "server/discover", params: {} }),
+      });
+      assert.equal(response.status, 400);
+      const body = (await response.json()) as {
+        id: unknown;
+        error: { code: number; data: { supported: string[]; requested: string } };
+      };
+      assert.equal(body.id, 41);
+      assert.equal(body.error.code, -32022);
+      assert.deepEqual(body.error.data.supported, ["2025-11-25", "2025-06-18", "2025-03-26"]);
+      assert.equal(body.error.data.requested, version === "not-a-version" ? "" : version);
+    });
+  }
 });
