@@ -428,7 +428,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     } catch (error) {
       // No session exists (the store could not record one): the upstream's side is ended rather
       // than left for nobody, then the client gets the store's refusal.
-      if (upstreamSessionId !== undefined) endUpstreamSession(context, principal, upstreamSessionId, result.protocolVersion);
+      if (upstreamSessionId !== undefined) {
+        endUpstreamSession(context, principal, upstreamSessionId, result.protocolVersion);
+      }
       throw error;
     }
     const { sessionId, session } = created;
