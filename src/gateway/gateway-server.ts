@@ -544,7 +544,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       answer.body.once("error", (error) => body.destroy(error));
       // No proxy buffering between here and the client: events must arrive as they happen.
       headers["x-accel-buffering"] = "no";
-      openStreams.add(response);
+      // Only GET streams are ended at shutdown: a POST's stream carries an in-flight request's answer,
+      // which gets the grace period like any other POST.
+      if (options.cancelOnClientClose) openStreams.add(response);
     }
     await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
     openStreams.delete(response);
