@@ -358,6 +358,11 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       }
       const resolved = await resolveSession(sessionId, caller, upstream);
       checkVersionLock(request, resolved.session, version);
+      // Without the header the body was parsed as 2025-03-26 (batches allowed), but the request speaks
+      // the session's version: a batch is refused unless that version is 2025-03-26 too.
+      if (payload.batch && resolved.session.protocolVersion !== "2025-03-26") {
+        throw new GateError("ERR_BATCH_REFUSED", "batch refused", { detail: "batches not allowed" });
+      }
       const answer = await context.client.request({
         method: "POST",
         body,

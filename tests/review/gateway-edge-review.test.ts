@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { type Harness, initializeSession, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
+import { startRecordingUpstream } from "../support/recording-upstream.ts";
 
 async function withHarness<T>(
   options: Parameters<typeof startHarness>[0],
@@ -74,5 +75,37 @@ describe("review: graceful close of GET streams", () => {
       await text;
       assert.ok(Date.now() - started < 4_000, "the stream did not hold the close for the whole grace");
     });
+  });
+});
+
+describe("review: version lock", () => {
+  it("a batch without MCP-Protocol-Version on a 2025-11-25 session is refused, never forwarded", async () => {
+    const upstream = await startRecordingUpstream();
+    try {
+      await withHarness(
+        { upstreams: [{ name: "rec", path: "/mcp", url: upstream.url }] },
+        async (harness) => {
+          const token = await harness.token("alice");
+          const sessionId = await initializeSession(`${harness.url}/mcp`, token);
+          const before = upstream.requests.length;
+          const response = await fetch(`${harness.url}/mcp`, {
+            method: "POST",
+            // No MCP-Protocol-Version: the request speaks the session's version (2025-11-25), which
+            // has no batches; it must not be policed as 2025-03-26.
+            headers: mcpHeaders({ authorization: `Bearer ${token}`, "mcp-session-id": sessionId }),
+            body: JSON.stringify([
+              { jsonrpc: "2.0", id: 2, method: "tools/list" },
+              { jsonrpc: "2.0", id: 3, method: "tools/list" },
+            ]),
+          });
+          const body = (await response.json()) as { error?: { data?: { code?: string } } };
+          assert.equal(response.status, 400);
+          assert.equal(body.error?.data?.code, "ERR_BATCH_REFUSED");
+          assert.equal(upstream.requests.length, before, "nothing reached the upstream");
+        },
+      );
+    } finally {
+      await upstream.close();
+    }
   });
 });
