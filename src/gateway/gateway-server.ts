@@ -279,16 +279,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     caller: Principal | "anonymous",
     upstream: UpstreamConfig,
   ): Promise<{ session: ResolvedSession; principal: Principal }> {
-    const principal = caller === "anonymous" ? await sessions.anonymousOwner(sessionId) : caller;
-    if (principal === null) {
-      events.emit({
-        type: "session.denied",
-        reason: "unknown",
-        operation: "resolve",
-        upstream: upstream.name,
-      });
-      throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
-    }
+    const principal =
+      caller === "anonymous" ? await sessions.anonymousOwner(sessionId, upstream.name) : caller;
+    // The registry already reported why (session.denied), as resolve does.
+    if (principal === null) throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
     const session = await sessions.resolve(sessionId, principal, upstream.name);
     // A session created expecting an upstream id is refused by the registry while it has none, so a
     // null upstream id here means the upstream does not use sessions.

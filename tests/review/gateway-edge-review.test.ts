@@ -109,3 +109,55 @@ describe("review: version lock", () => {
     }
   });
 });
+
+describe("review: anonymous mode and authenticated sessions", () => {
+  const NEVER_EXISTED = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+  async function post(url: string, sessionId: string, token?: string) {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: mcpHeaders({
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+        "mcp-session-id": sessionId,
+        "mcp-protocol-version": "2025-11-25",
+      }),
+      body: JSON.stringify({ jsonrpc: "2.0", id: 9, method: "tools/list" }),
+    });
+    const headers = Object.fromEntries(
+      [...response.headers].filter(([name]) => name !== "date" && name !== "keep-alive"),
+    );
+    return { status: response.status, headers, body: await response.text() };
+  }
+
+  it("an anonymous caller with A's session id gets exactly the unknown-id answer; the attempt is audited as foreign", async () => {
+    await withHarness({ anonymous: true }, async (harness) => {
+      const url = `${harness.url}/mcp`;
+      const token = await harness.token("alice");
+      const aliceSession = await initializeSession(url, token);
+      const unknown = await post(url, NEVER_EXISTED);
+      const foreign = await post(url, aliceSession);
+      assert.equal(foreign.status, 404);
+      assert.deepEqual(foreign, unknown);
+      // A's session still works for A.
+      assert.equal((await post(url, aliceSession, token)).status, 200);
+      const denials = harness.events.filter((event) => event.type === "session.denied");
+      assert.ok(
+        denials.some((event) => event.reason === "foreign-principal" && event.sessionTag !== undefined),
+        `an anonymous caller presenting an authenticated session is audited as foreign: ${JSON.stringify(denials)}`,
+      );
+    });
+  });
+
+  it("an authenticated caller with an anonymous session id gets the unknown-id answer", async () => {
+    await withHarness({ anonymous: true }, async (harness) => {
+      const url = `${harness.url}/mcp`;
+      const anonymousSession = await initializeSession(url, undefined);
+      assert.equal((await post(url, anonymousSession)).status, 200, "the anonymous holder uses it");
+      const token = await harness.token("bob");
+      const unknown = await post(url, NEVER_EXISTED, token);
+      const foreign = await post(url, anonymousSession, token);
+      assert.equal(foreign.status, 404);
+      assert.deepEqual(foreign, unknown);
+    });
+  });
+});
