@@ -3,6 +3,7 @@
  * gateway (tests/support/gateway-harness.ts).
  */
 import assert from "node:assert/strict";
+import { connect } from "node:net";
 import { describe, it } from "node:test";
 import { type Harness, initializeSession, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
 import { startRecordingUpstream } from "../support/recording-upstream.ts";
@@ -158,6 +159,55 @@ describe("review: anonymous mode and authenticated sessions", () => {
       const foreign = await post(url, anonymousSession, token);
       assert.equal(foreign.status, 404);
       assert.deepEqual(foreign, unknown);
+    });
+  });
+});
+
+describe("review: clientError answers", () => {
+  it("a malformed request pipelined behind an open GET stream never writes into that stream", async () => {
+    await withHarness({}, async (harness) => {
+      const token = await harness.token("alice");
+      const sessionId = await initializeSession(`${harness.url}/mcp`, token);
+      const { port } = harness.gateway.address;
+      const socket = connect(port, "127.0.0.1");
+      let received = "";
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.toString("latin1");
+      });
+      socket.on("error", () => undefined);
+      const closed = new Promise((resolve) => socket.once("close", resolve));
+      socket.write(
+        `GET /mcp HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\naccept: text/event-stream\r\n` +
+          `authorization: Bearer ${token}\r\nmcp-session-id: ${sessionId}\r\n` +
+          "mcp-protocol-version: 2025-11-25\r\n\r\n",
+      );
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.match(received, /^HTTP\/1\.1 200 /);
+      socket.write("NOT HTTP AT ALL\r\n\r\n");
+      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1_000))]);
+      socket.destroy();
+      assert.equal(
+        received.match(/HTTP\/1\.1 /g)?.length,
+        1,
+        `one status line only: ${JSON.stringify(received)}`,
+      );
+    });
+  });
+
+  it("a malformed request on a fresh connection still gets the generic 400", async () => {
+    await withHarness({}, async (harness) => {
+      const { port } = harness.gateway.address;
+      const socket = connect(port, "127.0.0.1");
+      let received = "";
+      socket.on("data", (chunk: Buffer) => {
+        received += chunk.toString("latin1");
+      });
+      socket.on("error", () => undefined);
+      const closed = new Promise((resolve) => socket.once("close", resolve));
+      socket.write("NOT HTTP AT ALL\r\n\r\n");
+      await closed;
+      assert.match(received, /^HTTP\/1\.1 400 /);
+      assert.match(received, /ERR_REQUEST_INVALID/);
     });
   });
 });
