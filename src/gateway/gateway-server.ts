@@ -536,7 +536,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
     }
     const contentType = headerText(answer.headers["content-type"]);
-    const headers = clientResponseHeaders(answer.headers, {});
+    const headers = relayedHeaders(answer);
     let body: Readable = answer.body;
     if (isEventStream(contentType)) {
       body = answer.body.pipe(rewriteSseEventIds(createEventIdCodec(eventIdKey, session.sessionDigest)));
@@ -552,7 +552,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   }
 
   function relayWithoutSession(context: McpContext, answer: UpstreamResponse): Promise<void> {
-    const headers = clientResponseHeaders(answer.headers, {});
+    const headers = relayedHeaders(answer);
     return pipeToClient(context.response, answer.status, headers, answer.body, answer.body, false);
   }
 
@@ -648,6 +648,20 @@ function pipeToClient(
     response.once("finish", settle);
     body.pipe(response);
   });
+}
+
+/**
+ * The client-facing headers of an upstream answer. When they are refused (a repeated content type),
+ * the answer's body is still read to its end, so the upstream connection is freed, not held forever.
+ */
+function relayedHeaders(answer: UpstreamResponse): Record<string, string> {
+  try {
+    return clientResponseHeaders(answer.headers, {});
+  } catch (error) {
+    answer.body.on("error", () => undefined);
+    answer.body.resume();
+    throw error;
+  }
 }
 
 /** Reads a POST's body only to echo its JSON-RPC id in the -32022 answer; any flaw gives null. */

@@ -3,7 +3,8 @@
  * gateway (tests/support/gateway-harness.ts).
  */
 import assert from "node:assert/strict";
-import { connect } from "node:net";
+import { createServer } from "node:http";
+import { type AddressInfo, connect } from "node:net";
 import { describe, it } from "node:test";
 import { type Harness, initializeSession, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
 import { startRecordingUpstream } from "../support/recording-upstream.ts";
@@ -209,5 +210,69 @@ describe("review: clientError answers", () => {
       assert.match(received, /^HTTP\/1\.1 400 /);
       assert.match(received, /ERR_REQUEST_INVALID/);
     });
+  });
+});
+
+describe("review: upstream answers the gateway refuses", () => {
+  it("a POST answer with a repeated content type is refused (502) and its body still read to its end", async () => {
+    let finished: Promise<boolean> = Promise.resolve(false);
+    const upstream = createServer((request, response) => {
+      const chunks: Buffer[] = [];
+      request.on("data", (chunk: Buffer) => chunks.push(chunk));
+      request.on("end", () => {
+        const message = JSON.parse(Buffer.concat(chunks).toString("utf8")) as { id: number; method: string };
+        if (message.method === "initialize") {
+          response.writeHead(200, { "content-type": "application/json", "mcp-session-id": "up-1" });
+          response.end(
+            JSON.stringify({
+              jsonrpc: "2.0",
+              id: message.id,
+              result: {
+                protocolVersion: "2025-11-25",
+                capabilities: {},
+                serverInfo: { name: "u", version: "1" },
+              },
+            }),
+          );
+          return;
+        }
+        response.writeHead(200, [
+          ["content-type", "application/json"],
+          ["content-type", "text/html"],
+        ]);
+        finished = new Promise((resolve) => {
+          response.once("finish", () => resolve(true));
+          setTimeout(() => resolve(false), 2_000);
+        });
+        // Far more than the socket and undici buffer: only a reader lets it all through.
+        response.end(Buffer.alloc(8 * 1024 * 1024, 0x20));
+      });
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve));
+    const { port } = upstream.address() as AddressInfo;
+    try {
+      await withHarness(
+        { upstreams: [{ name: "dup", path: "/mcp", url: `http://127.0.0.1:${port}/mcp` }] },
+        async (harness) => {
+          const token = await harness.token("alice");
+          const sessionId = await initializeSession(`${harness.url}/mcp`, token);
+          const response = await fetch(`${harness.url}/mcp`, {
+            method: "POST",
+            headers: mcpHeaders({
+              authorization: `Bearer ${token}`,
+              "mcp-session-id": sessionId,
+              "mcp-protocol-version": "2025-11-25",
+            }),
+            body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
+          });
+          await response.arrayBuffer();
+          assert.equal(response.status, 502);
+          assert.equal(await finished, true, "the upstream's answer was read to its end");
+        },
+      );
+    } finally {
+      upstream.closeAllConnections();
+      await new Promise((resolve) => upstream.close(resolve));
+    }
   });
 });
