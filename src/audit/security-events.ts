@@ -456,7 +456,7 @@ export function sessionDeniedEvent(denial: SessionDenial): SessionDeniedEvent {
     type: "session.denied",
     reason: denial.reason,
     operation: denial.operation,
-    principal: denial.caller,
+    ...(denial.caller === null ? {} : { principal: denial.caller }),
     ...(denial.sessionDigest === null ? {} : { sessionDigest: denial.sessionDigest }),
     ...(denial.upstream === null ? {} : { upstream: denial.upstream }),
   };

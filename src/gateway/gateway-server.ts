@@ -280,16 +280,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     caller: Principal | "anonymous",
     upstream: UpstreamConfig,
   ): Promise<{ session: ResolvedSession; principal: Principal }> {
-    const principal = caller === "anonymous" ? await sessions.anonymousOwner(sessionId) : caller;
-    if (principal === null) {
-      events.emit({
-        type: "session.denied",
-        reason: "unknown",
-        operation: "resolve",
-        upstream: upstream.name,
-      });
-      throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
-    }
+    const principal =
+      caller === "anonymous" ? await sessions.anonymousOwner(sessionId, upstream.name) : caller;
+    // The registry already reported why (session.denied), as resolve does.
+    if (principal === null) throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
     const session = await sessions.resolve(sessionId, principal, upstream.name);
     // A session created expecting an upstream id is refused by the registry while it has none, so a
     // null upstream id here means the upstream does not use sessions.
@@ -359,6 +353,11 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       }
       const resolved = await resolveSession(sessionId, caller, upstream);
       checkVersionLock(request, resolved.session, version);
+      // Without the header the body was parsed as 2025-03-26 (batches allowed), but the request speaks
+      // the session's version: a batch is refused unless that version is 2025-03-26 too.
+      if (payload.batch && resolved.session.protocolVersion !== "2025-03-26") {
+        throw new GateError("ERR_BATCH_REFUSED", "batch refused", { detail: "batches not allowed" });
+      }
       const answer = await context.client.request({
         method: "POST",
         body,
@@ -565,7 +564,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
     }
     const contentType = headerText(answer.headers["content-type"]);
-    const headers = clientResponseHeaders(answer.headers, {});
+    const headers = relayedHeaders(answer);
     let body: Readable = answer.body;
     if (isEventStream(contentType)) {
       body = answer.body.pipe(rewriteSseEventIds(createEventIdCodec(eventIdKey, session.sessionDigest)));
@@ -587,7 +586,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   }
 
   function relayWithoutSession(context: McpContext, answer: UpstreamResponse): Promise<void> {
-    const headers = clientResponseHeaders(answer.headers, {});
+    const headers = relayedHeaders(answer);
     return pipeToClient(context.response, answer.status, headers, answer.body, answer.body, false);
   }
 
@@ -683,6 +682,20 @@ function pipeToClient(
     response.once("finish", settle);
     body.pipe(response);
   });
+}
+
+/**
+ * The client-facing headers of an upstream answer. When they are refused (a repeated content type),
+ * the answer's body is still read to its end, so the upstream connection is freed, not held forever.
+ */
+function relayedHeaders(answer: UpstreamResponse): Record<string, string> {
+  try {
+    return clientResponseHeaders(answer.headers, {});
+  } catch (error) {
+    answer.body.on("error", () => undefined);
+    answer.body.resume();
+    throw error;
+  }
 }
 
 /** Reads a POST's body only to echo its JSON-RPC id in the -32022 answer; any flaw gives null. */

@@ -1,5 +1,5 @@
 import { createWriteStream } from "node:fs";
-import { createServer, type Server } from "node:http";
+import { createServer, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import {
   createSecurityEvents,
@@ -157,14 +157,29 @@ export async function startGateway(
         keepAliveTimeout: 5_000,
       },
       (request, response) => {
+        trackResponse(request.socket, response);
         // Between the bind and the exposure check nothing is served.
         if (handler) handler.handle(request, response);
         else response.writeHead(503, { connection: "close" }).end();
       },
     );
     let handler: ReturnType<typeof createGatewayHandler> | undefined;
+    // Responses still being written, per connection: a parse error on a pipelined request must not
+    // write its answer into the middle of one (Node's own clientError handler has the same guard).
+    const openResponses = new WeakMap<Socket, number>();
+    const trackResponse = (socket: Socket, response: ServerResponse): void => {
+      openResponses.set(socket, (openResponses.get(socket) ?? 0) + 1);
+      let open = true;
+      const done = () => {
+        if (!open) return;
+        open = false;
+        openResponses.set(socket, (openResponses.get(socket) ?? 1) - 1);
+      };
+      response.once("finish", done);
+      response.once("close", done);
+    };
     server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
-      answerClientError(error, socket, events);
+      answerClientError(error, socket, events, (openResponses.get(socket) ?? 0) > 0);
     });
     await listen(server, config.listen.host, config.listen.port);
     cleanup.push(() => closeServer(server));
@@ -290,9 +305,16 @@ function closeServer(server: Server): Promise<void> {
  * framing the gateway will not read, including `Content-Length` with `Transfer-Encoding` (THREATS
  * L5: smuggling). Answered with the same generic bodies the gateway uses elsewhere, then closed.
  */
-function answerClientError(error: NodeJS.ErrnoException, socket: Socket, events: SecurityEvents): void {
+function answerClientError(
+  error: NodeJS.ErrnoException,
+  socket: Socket,
+  events: SecurityEvents,
+  responseInFlight: boolean,
+): void {
   const tooLarge = error.code === "HPE_HEADER_OVERFLOW";
-  if (error.code === "ECONNRESET" || !socket.writable) {
+  // With a response in flight on this connection, bytes written now would land inside it (a
+  // desynchronised or spliced response): the connection is closed without an answer.
+  if (error.code === "ECONNRESET" || !socket.writable || responseInFlight) {
     socket.destroy();
     return;
   }

@@ -57,8 +57,8 @@ export interface SessionDenial {
   readonly operation: "resolve" | "end" | "set-upstream-session";
   /** Digest of the presented id (never the id itself); null when it was not a well-formed id. */
   readonly sessionDigest: string | null;
-  /** Who presented it. */
-  readonly caller: OwnerScope;
+  /** Who presented it; null for an anonymous caller (`anonymousOwner`), who has no principal of its own. */
+  readonly caller: OwnerScope | null;
   /** The upstream it was presented at. */
   readonly upstream: string | null;
 }
@@ -137,10 +137,12 @@ export interface SessionRegistry {
   /**
    * The throwaway principal that owns `sessionId` when it is a live anonymous session (anonymous mode:
    * the session id is the only thing that names its principal), or null: unknown, expired, malformed,
-   * or owned by anyone who authenticated. One read for every id. The caller then resolves the session
-   * as that principal, so every other check (upstream, mapping) still applies.
+   * or owned by anyone who authenticated ("foreign-principal"). Every null is reported through
+   * `onDenied` (caller null, operation "resolve"), as resolve reports its refusals. One read for every
+   * id. The caller then resolves the session as that principal, so every other check (upstream,
+   * mapping) still applies.
    */
-  anonymousOwner(sessionId: string): Promise<Principal | null>;
+  anonymousOwner(sessionId: string, upstream: string): Promise<Principal | null>;
   /** DELETE by the owner at the session's upstream; false (and nothing removed) for anyone else. */
   end(sessionId: string, principal: Principal, upstream: string): Promise<boolean>;
   /** Operator revocation; true if a live session was removed. */
@@ -533,12 +535,25 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       return Object.freeze({ ...sessionOf(record, sessionDigest), upstreamSessionId });
     },
 
-    async anonymousOwner(sessionId) {
-      const { key, wellFormed } = sessionKeyOf(sessionId);
+    async anonymousOwner(sessionId, upstream) {
+      checkLabel("upstream", upstream);
+      const { key, sessionDigest, wellFormed } = sessionKeyOf(sessionId);
       const text = await store.get(key);
-      if (!wellFormed || text === null) return null;
+      const refuse = (reason: SessionDenialReason): null =>
+        deny({
+          reason,
+          operation: "resolve",
+          sessionDigest: wellFormed ? sessionDigest : null,
+          caller: null,
+          upstream,
+        });
+      if (!wellFormed) return refuse("malformed");
+      if (text === null) return refuse("unknown");
       const record = parseRecord(text);
-      if (record === null || record.expiresAt <= now() || record.issuer !== ANONYMOUS_ISSUER) return null;
+      if (record === null) return refuse("record-invalid");
+      if (record.expiresAt <= now()) return refuse("expired");
+      // A session someone authenticated for is never reached without their credential (THREATS S1).
+      if (record.issuer !== ANONYMOUS_ISSUER) return refuse("foreign-principal");
       return makePrincipal({
         kind: "anonymous",
         issuer: ANONYMOUS_ISSUER,

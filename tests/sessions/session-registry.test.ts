@@ -10,6 +10,7 @@ import pg from "pg";
 import { looksLikeMintedId, mintId } from "../../src/crypto/ids.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
 import { isGateError } from "../../src/errors.ts";
+import { anonymousPrincipal } from "../../src/identity/anonymous.ts";
 import { makePrincipal, type Principal } from "../../src/identity/principal.ts";
 import {
   createSessionRegistry,
@@ -294,6 +295,52 @@ function describeSessionRegistry(backend: Backend): void {
       // A refreshed token (another credential, same issuer, subject and tenant) is the same owner.
       const refreshed = makePrincipal({ ...alice, scopes: ["notes:read"], expiresAt: Date.now() + 60_000 });
       assert.ok(await registry.resolve(sessionId, refreshed, UPSTREAM));
+    });
+
+    it("anonymousOwner names the throwaway owner of an anonymous session only, one read for every id", async () => {
+      const { registry, wrapped, denials } = setup();
+      const anonymous = anonymousPrincipal();
+      const alice = principal();
+      const anon = await registry.create({
+        principal: anonymous,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      const authed = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+
+      wrapped.calls.length = 0;
+      const owner = await registry.anonymousOwner(anon.sessionId, UPSTREAM);
+      assert.ok(owner);
+      assert.equal(owner.subject, anonymous.subject);
+      assert.ok(await registry.resolve(anon.sessionId, owner, UPSTREAM), "resolves as its owner");
+      assert.equal(denials.length, 0);
+
+      const refusals: [string, string][] = [
+        [authed.sessionId, "foreign-principal"],
+        [mintId(), "unknown"],
+        ["not/an id", "malformed"],
+      ];
+      for (const [sessionId, reason] of refusals) {
+        wrapped.calls.length = 0;
+        denials.length = 0;
+        assert.equal(await registry.anonymousOwner(sessionId, UPSTREAM), null, reason);
+        assert.deepEqual(
+          wrapped.calls.map((call) => call.method),
+          ["get"],
+          `the same store operations: ${reason}`,
+        );
+        assert.deepEqual(
+          denials.map((denial) => [denial.reason, denial.operation, denial.caller, denial.upstream]),
+          [[reason, "resolve", null, UPSTREAM]],
+          `reported: ${reason}`,
+        );
+      }
+      // The authenticated owner keeps the session.
+      assert.ok(await registry.resolve(authed.sessionId, alice, UPSTREAM));
     });
 
     it("stores the upstream's session id once, for the owner only", async () => {
