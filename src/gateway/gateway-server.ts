@@ -102,8 +102,16 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
 
   let draining = false;
   let inFlight = 0;
-  /** Open GET streams, each with the way to end it cleanly (shutdown). */
-  const openStreams = new Map<ServerResponse, () => void>();
+  /** Open GET streams, each with its session's digest and the way to end it cleanly. */
+  const openStreams = new Map<ServerResponse, { sessionDigest: string; end: () => void }>();
+
+  function endStreamsOf(sessionDigest: string): void {
+    for (const [response, stream] of openStreams) {
+      if (stream.sessionDigest !== sessionDigest) continue;
+      openStreams.delete(response);
+      stream.end();
+    }
+  }
 
   function refuse(
     response: ServerResponse,
@@ -263,7 +271,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
       }
       const session = await resolveSession(sessionId, caller, upstream);
-      if (method === "GET") return await serveStream(context, session, era.version);
+      checkVersionLock(request, session.session, era.version);
+      if (method === "GET") return await serveStream(context, session, sessionId);
       return await endSession(context, session, sessionId);
     } catch (error) {
       refuse(context.response, error, { upstream, clientAddress });
@@ -464,10 +473,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   async function serveStream(
     context: McpContext,
     resolved: { session: ResolvedSession; principal: Principal },
-    version: string,
+    sessionId: string,
   ): Promise<void> {
     const { request, response } = context;
-    checkVersionLock(request, resolved.session, version);
     const codec = createEventIdCodec(eventIdKey, resolved.session.sessionDigest);
     const own = sessionHeaders(resolved.session);
     const lastEventIds = request.headersDistinct["last-event-id"];
@@ -496,7 +504,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       headers: await upstreamHeaders(context, resolved.principal, own),
       signal: abort.signal,
     });
-    await relay(context, answer, resolved.session, undefined, { cancelOnClientClose: true });
+    await relay(context, answer, resolved.session, sessionId, { cancelOnClientClose: true });
   }
 
   async function endSession(
@@ -521,6 +529,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     const ended = await sessions.end(sessionId, principal, context.upstream.name);
     if (!ended) throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
+    // Streams of the session open on this replica end with it (other replicas: the lifecycle
+    // milestone's revocation broadcast).
+    endStreamsOf(session.sessionDigest);
     events.emit({
       type: "session.ended",
       by: "client",
@@ -528,7 +539,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       principal: session.owner,
       sessionDigest: session.sessionDigest,
     });
-    sendJson(context.response, 200, { jsonrpc: "2.0", result: {} });
+    // As MCP servers answer a DELETE: 200 and no body (it is not a JSON-RPC exchange).
+    context.response.writeHead(200, { "cache-control": "no-store", "content-length": "0" }).end();
   }
 
   /**
@@ -561,6 +573,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         sessionDigest: session.sessionDigest,
       });
       await sessions.revoke(sessionId).catch(() => undefined);
+      endStreamsOf(session.sessionDigest);
       throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
     }
     const contentType = headerText(answer.headers["content-type"]);
@@ -575,10 +588,13 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     if (options.cancelOnClientClose) {
       // A GET stream: at shutdown it is ended between events, and the upstream side is dropped.
       const stream = body;
-      openStreams.set(response, () => {
-        stream.unpipe(response);
-        answer.body.destroy();
-        response.end();
+      openStreams.set(response, {
+        sessionDigest: session.sessionDigest,
+        end: () => {
+          stream.unpipe(response);
+          answer.body.destroy();
+          response.end();
+        },
       });
     }
     await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
@@ -626,7 +642,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       return inFlight;
     },
     endStreams() {
-      for (const end of openStreams.values()) end();
+      for (const stream of openStreams.values()) stream.end();
       openStreams.clear();
     },
   };

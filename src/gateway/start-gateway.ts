@@ -23,6 +23,7 @@ import { openStore } from "../store/open-store.ts";
 import { createClientAddressResolver } from "./client-address.ts";
 import { checkExposure } from "./exposure-guard.ts";
 import { createGatewayHandler } from "./gateway-server.ts";
+import { GATEWAY_PROTOCOL_VERSIONS } from "./protocol-era.ts";
 import { createUpstreamClient, type UpstreamClient } from "./upstream-client.ts";
 
 export interface StartGatewayOptions {
@@ -68,11 +69,19 @@ export async function startGateway(
   const cleanup: Array<() => Promise<void>> = [];
   let config = configured;
   try {
-    for (const upstream of config.upstreams) {
+    for (const [index, upstream] of config.upstreams.entries()) {
+      const declared = upstream.protocolVersions;
+      if (declared !== undefined && !GATEWAY_PROTOCOL_VERSIONS.legacy.some((v) => declared.includes(v))) {
+        // Until modern requests are served, an upstream must speak a legacy version to be reachable.
+        throw new GateError(
+          "ERR_CONFIG_INVALID",
+          `upstreams[${index}].protocolVersions lists no version this gateway serves (${GATEWAY_PROTOCOL_VERSIONS.legacy.join(", ")})`,
+        );
+      }
       if (upstream.transport !== "http") {
         throw new GateError(
           "ERR_CONFIG_INVALID",
-          `upstreams (${upstream.name}): stdio upstreams (command) are not supported by this version`,
+          `upstreams[${index}].command: stdio upstreams are not supported by this version`,
         );
       }
     }

@@ -16,12 +16,23 @@ interface Outcome {
 }
 
 /** A legacy MCP upstream whose `tools/call` streams a progress event, then the result 300 ms later. */
-async function startSlowUpstream(): Promise<{ url: string; outcomes: Outcome[]; close(): Promise<void> }> {
+async function startSlowUpstream(): Promise<{
+  url: string;
+  outcomes: Outcome[];
+  forgetSessions(): void;
+  close(): Promise<void>;
+}> {
   const outcomes: Outcome[] = [];
+  let forgotten = false;
   const server: Server = createServer((request, response) => {
     const chunks: Buffer[] = [];
     request.on("data", (chunk: Buffer) => chunks.push(chunk));
     request.on("end", () => {
+      if (forgotten) {
+        // An upstream that restarted: it knows no session any more.
+        response.writeHead(404, { "content-type": "application/json" }).end("{}");
+        return;
+      }
       if (request.method === "GET") {
         response.writeHead(200, { "content-type": "text/event-stream" });
         const outcome: Outcome = { finished: false, closedEarly: false };
@@ -80,6 +91,9 @@ async function startSlowUpstream(): Promise<{ url: string; outcomes: Outcome[]; 
   return {
     url: `http://127.0.0.1:${port}/mcp`,
     outcomes,
+    forgetSessions: () => {
+      forgotten = true;
+    },
     close: async () => {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -159,5 +173,48 @@ describe("client disconnects", () => {
     const deadline = Date.now() + 5_000;
     while (!outcome?.closedEarly && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     assert.equal(outcome?.closedEarly, true);
+  });
+
+  it("DELETE ends the session's open GET streams on this replica", async () => {
+    const sessionToEnd = await initializeSession(`${harness.url}/mcp`, token);
+    const own = mcpHeaders({
+      authorization: `Bearer ${token}`,
+      "mcp-session-id": sessionToEnd,
+      "mcp-protocol-version": "2025-11-25",
+    });
+    const stream = await fetch(`${harness.url}/mcp`, {
+      method: "GET",
+      headers: { ...own, accept: "text/event-stream" },
+    });
+    assert.equal(stream.status, 200);
+    const reader = stream.body?.getReader();
+    await reader?.read();
+    const ended = await fetch(`${harness.url}/mcp`, { method: "DELETE", headers: own });
+    assert.equal(ended.status, 200);
+    assert.equal(await ended.text(), "");
+    // The stream ends (done) rather than staying open on a session that no longer exists.
+    let done = false;
+    while (!done) done = (await reader?.read())?.done ?? true;
+    assert.equal(done, true);
+  });
+
+  it("an upstream that forgot the session: a GET gets 404 and the gateway's session ends too", async () => {
+    const forgottenSession = await initializeSession(`${harness.url}/mcp`, token);
+    upstream.forgetSessions();
+    const own = mcpHeaders({
+      authorization: `Bearer ${token}`,
+      "mcp-session-id": forgottenSession,
+      "mcp-protocol-version": "2025-11-25",
+    });
+    const stream = await fetch(`${harness.url}/mcp`, {
+      method: "GET",
+      headers: { ...own, accept: "text/event-stream" },
+    });
+    assert.equal(stream.status, 404);
+    assert.equal(
+      ((await stream.json()) as { error: { data: { code: string } } }).error.data.code,
+      "ERR_SESSION_NOT_FOUND",
+    );
+    assert.ok(harness.events.some((event) => event.type === "session.ended" && event.by === "upstream-gone"));
   });
 });
