@@ -35,6 +35,7 @@ export type GateErrorCode =
   | "ERR_SESSION_REQUIRED"
   | "ERR_SESSION_NOT_FOUND"
   | "ERR_PROTOCOL_VERSION_MISMATCH"
+  | "ERR_HEADER_MISMATCH"
   | "ERR_UPSTREAM_UNAVAILABLE"
   | "ERR_UPSTREAM_REFUSED"
   | "ERR_SHUTTING_DOWN"
@@ -92,6 +93,9 @@ const wireForm = {
   ERR_SESSION_REQUIRED: { status: 400, message: "session id required" },
   ERR_SESSION_NOT_FOUND: { status: 404, message: "session not found" },
   ERR_PROTOCOL_VERSION_MISMATCH: { status: 400, message: "protocol version does not match the session" },
+  // MCP 2026-07-28 Streamable HTTP, Server Validation: mirrored headers missing, malformed or not
+  // matching the body (JSON-RPC -32020 HeaderMismatch). The message never says which header.
+  ERR_HEADER_MISMATCH: { status: 400, message: "Header mismatch" },
   // The upstream's own refusals of the gateway (401/403) are never relayed: a client seeing 401 would
   // drop its gateway token (DESIGN, authorization). Both upstream failures read the same to a client.
   ERR_UPSTREAM_UNAVAILABLE: { status: 502, message: "upstream unavailable" },

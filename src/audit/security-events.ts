@@ -50,6 +50,7 @@ const REQUEST_REFUSAL_REASONS = [
   "method-not-allowed",
   "protocol-version",
   "protocol-version-mismatch",
+  "header-mismatch",
   "session-required",
   "rate-limited",
   "no-route",

@@ -20,7 +20,14 @@ import { clientResponseHeaders, upstreamRequestHeaders } from "./forward-headers
 import { createHostOriginPolicy } from "./host-origin-policy.ts";
 import { asGateError, type EchoedId, sendError, sendJson } from "./http-responses.ts";
 import { readInitializeResult } from "./initialize-result.ts";
-import { firstRequestId, type JsonRpcPayload, parseJsonRpcBody, readRequestBody } from "./json-rpc-body.ts";
+import {
+  DUPLICATE_KEY_DETAIL,
+  firstRequestId,
+  type JsonRpcPayload,
+  parseJsonRpcBody,
+  readRequestBody,
+} from "./json-rpc-body.ts";
+import { checkModernRequest } from "./modern-request.ts";
 import { metadataUrl, protectedResourceMetadata, resourceUrl } from "./protected-resource-metadata.ts";
 import {
   classifyProtocolVersion,
@@ -56,6 +63,8 @@ export interface GatewayDependencies {
   readonly events: SecurityEvents;
   /** The upstream client for each upstream, by name. */
   readonly upstreamClients: ReadonlyMap<string, UpstreamClient>;
+  /** Versions per upstream name as discovered at start; upstreams not in it use their declared list. */
+  readonly upstreamVersions?: ReadonlyMap<string, SupportedVersions>;
   /** The client's address (socket peer, or the nearest untrusted hop behind trusted proxies). */
   readonly clientAddressOf: (
     socketAddress: string | undefined,
@@ -98,7 +107,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   const issuers = config.auth.issuers.map((issuer) => issuer.issuer);
   const eventIdKey = deps.keyring.purposeKey(EVENT_ID_PURPOSE);
   const supportedByUpstream = new Map<string, SupportedVersions>();
-  for (const upstream of config.upstreams) supportedByUpstream.set(upstream.name, legacyVersionsOf(upstream));
+  for (const upstream of config.upstreams) {
+    supportedByUpstream.set(upstream.name, deps.upstreamVersions?.get(upstream.name) ?? versionsOf(upstream));
+  }
 
   let draining = false;
   let inFlight = 0;
@@ -223,13 +234,14 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
     }
 
-    const supported = supportedByUpstream.get(upstream.name) ?? legacyVersionsOf(upstream);
+    const supported = supportedByUpstream.get(upstream.name) ?? versionsOf(upstream);
     const era = classifyProtocolVersion(request.headersDistinct[VERSION_HEADER], supported);
-    if (era.era !== "legacy") {
-      // Modern requests are the next milestone: until then a modern version is as unsupported as a
-      // future one, and the answer lists the legacy versions, which makes SDK v2 clients fall back.
+    if (era.era === "unsupported") {
+      // A version this upstream does not speak through the gateway (a modern one for a legacy-only
+      // upstream, an unknown or future one): -32022 listing what it does speak, newest first, which
+      // makes SDK v2 clients retry with a listed version or fall back to initialize (THREATS M2).
       const id = method === "POST" ? await readIdForEcho(request) : null;
-      const requested = era.era === "unsupported" ? era.requested : era.version;
+      const requested = era.requested;
       events.emit({
         type: "request.refused",
         reason: "protocol-version",
@@ -240,7 +252,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       sendJson(
         context.response,
         UNSUPPORTED_PROTOCOL_VERSION_STATUS,
-        unsupportedVersionError(id, [...supported.legacy].sort().reverse(), requested),
+        unsupportedVersionError(id, era.supported, requested),
       );
       return;
     }
@@ -254,6 +266,14 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       });
     } catch (error) {
       return refuse(context.response, error, { upstream, clientAddress });
+    }
+
+    if (era.era === "modern") {
+      try {
+        return await serveModern(context, caller, era.version);
+      } catch (error) {
+        return refuse(context.response, error, { upstream, clientAddress });
+      }
     }
 
     const presented = request.headersDistinct[SESSION_HEADER];
@@ -452,6 +472,76 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       ? await rewriteBuffered(result.raw, createEventIdCodec(eventIdKey, session.sessionDigest))
       : result.raw;
     writeBuffered(context, 200, answer.headers, raw, { [SESSION_HEADER]: sessionId });
+  }
+
+  /**
+   * A modern (2026-07-28) request: self-contained, no session logic (Streamable HTTP 2026-07-28).
+   * Nothing is minted or echoed; `Mcp-Session-Id` and `Last-Event-ID` never reach the upstream (they
+   * are off the allowlist). The body is checked against its mirrored headers and forwarded as read;
+   * the upstream receives exactly the header values that were checked. A client closing the response
+   * stream cancels the request (2026-07-28 Cancellation), so the upstream call is aborted with it.
+   */
+  async function serveModern(
+    context: McpContext,
+    caller: Principal | "anonymous",
+    version: string,
+  ): Promise<void> {
+    const { request, response, upstream } = context;
+    if (request.method !== "POST") {
+      // 2026-07-28 Backward Compatibility: GET and DELETE are 405 on a modern endpoint.
+      throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed", { detail: "modern-get-delete" });
+    }
+    if (!isJsonContentType(request.headers["content-type"])) {
+      throw new GateError("ERR_MEDIA_TYPE_UNSUPPORTED", "content type refused", { detail: "content-type" });
+    }
+    const body = await readRequestBody(request, config.limits.maxBodyBytes);
+    let payload: JsonRpcPayload;
+    try {
+      payload = parseJsonRpcBody(body, { maxBatchSize: 1, allowBatch: false });
+    } catch (error) {
+      // Duplicate keys are a header/body disagreement in the modern era (THREATS M3): two parsers
+      // could each read a different value behind the same headers.
+      if (error instanceof GateError && error.detail === DUPLICATE_KEY_DETAIL) {
+        throw new GateError("ERR_HEADER_MISMATCH", "header mismatch", {
+          detail: "duplicate-key",
+          cause: error,
+        });
+      }
+      throw error;
+    }
+    const [message] = payload.messages;
+    if (!message) throw new GateError("ERR_REQUEST_INVALID", "empty request", { detail: "empty" });
+    const id = message.kind === "request" ? message.id : null;
+    let checked: ReturnType<typeof checkModernRequest>;
+    try {
+      checked = checkModernRequest(request.headersDistinct, message, version);
+    } catch (error) {
+      return refuse(response, error, { upstream, clientAddress: context.clientAddress, id });
+    }
+    // Anonymous: a throwaway principal per request; there is no session to keep it in.
+    const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
+    const abort = new AbortController();
+    response.once("close", () => {
+      if (!response.writableFinished) abort.abort();
+    });
+    const answer = await context.client.request({
+      method: "POST",
+      body,
+      headers: await upstreamHeaders(context, principal, {
+        ...checked.mirroredHeaders,
+        [VERSION_HEADER]: version,
+      }),
+      signal: abort.signal,
+    });
+    if (answer.status === 401 || answer.status === 403) {
+      answer.body.resume();
+      throw new GateError("ERR_UPSTREAM_REFUSED", "upstream refused the gateway", {
+        detail: `upstream-${answer.status}`,
+      });
+    }
+    const headers = relayedHeaders(answer);
+    if (isEventStream(headerText(answer.headers["content-type"]))) headers["x-accel-buffering"] = "no";
+    await pipeToClient(response, answer.status, headers, answer.body, answer.body, true);
   }
 
   /** Best effort, not awaited: the upstream's session for a gateway session that never came to be. */
@@ -738,11 +828,20 @@ export function assertionAudience(upstream: UpstreamConfig): string {
   return upstream.transport === "http" ? upstream.url : `urn:tenantgate:upstream:${upstream.name}`;
 }
 
-function legacyVersionsOf(upstream: UpstreamConfig): SupportedVersions {
-  const gateway: readonly string[] = GATEWAY_PROTOCOL_VERSIONS.legacy;
+/**
+ * What an upstream speaks through the gateway: the versions it declares (`protocolVersions`) that
+ * the gateway can police. Undeclared and not discovered: every legacy version and no modern one (a
+ * modern request then gets -32022 and SDK v2 clients fall back to initialize).
+ */
+export function versionsOf(upstream: UpstreamConfig): SupportedVersions {
+  const legacyAll: readonly string[] = GATEWAY_PROTOCOL_VERSIONS.legacy;
+  const modernAll: readonly string[] = GATEWAY_PROTOCOL_VERSIONS.modern;
   const declared = upstream.protocolVersions;
-  const legacy = declared === undefined ? [...gateway] : gateway.filter((v) => declared.includes(v));
-  return { legacy, modern: [] };
+  if (declared === undefined) return { legacy: [...legacyAll], modern: [] };
+  return {
+    legacy: legacyAll.filter((v) => declared.includes(v)),
+    modern: modernAll.filter((v) => declared.includes(v)),
+  };
 }
 
 function refusalReason(error: GateError): RequestRefusalReason {
@@ -765,6 +864,8 @@ function refusalReason(error: GateError): RequestRefusalReason {
       return "method-not-allowed";
     case "ERR_PROTOCOL_VERSION_MISMATCH":
       return "protocol-version-mismatch";
+    case "ERR_HEADER_MISMATCH":
+      return "header-mismatch";
     case "ERR_SESSION_REQUIRED":
       return "session-required";
     case "ERR_NOT_FOUND":

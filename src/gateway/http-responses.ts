@@ -15,6 +15,8 @@ function jsonRpcCodeOf(code: GateErrorCode): number {
       return -32600; // Invalid Request
     case "ERR_SESSION_NOT_FOUND":
       return -32001; // what MCP servers answer for an unknown session (SDK convention)
+    case "ERR_HEADER_MISMATCH":
+      return -32020; // HeaderMismatch (MCP 2026-07-28)
     default:
       return -32000; // implementation-defined server error
   }

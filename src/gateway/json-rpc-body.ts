@@ -23,6 +23,9 @@ export interface ParseJsonRpcOptions {
 }
 
 /** Longest method name accepted: far above any MCP method, short enough to log and compare cheaply. */
+/** The `detail` of the refusal of a body with a repeated object key (the modern era answers it -32020). */
+export const DUPLICATE_KEY_DETAIL = "duplicate object key";
+
 export const MAX_METHOD_LENGTH = 256;
 /** Longest string id accepted (UTF-16 code units). Ids are echoed in error bodies and used as map keys. */
 export const MAX_STRING_ID_LENGTH = 256;
@@ -173,7 +176,7 @@ export function parseJsonRpcBody(body: Buffer, options: ParseJsonRpcOptions): Js
     // The SyntaxError is not kept even as `cause`: V8 quotes the input around the error position.
     throw invalidRequest("body is not JSON");
   }
-  if (hasDuplicateKey(text)) throw invalidRequest("duplicate object key");
+  if (hasDuplicateKey(text)) throw invalidRequest(DUPLICATE_KEY_DETAIL);
 
   if (Array.isArray(value)) {
     if (!options.allowBatch) {

@@ -71,11 +71,12 @@ export async function startGateway(
   try {
     for (const [index, upstream] of config.upstreams.entries()) {
       const declared = upstream.protocolVersions;
-      if (declared !== undefined && !GATEWAY_PROTOCOL_VERSIONS.legacy.some((v) => declared.includes(v))) {
-        // Until modern requests are served, an upstream must speak a legacy version to be reachable.
+      const servable = [...GATEWAY_PROTOCOL_VERSIONS.legacy, ...GATEWAY_PROTOCOL_VERSIONS.modern];
+      if (declared !== undefined && !servable.some((v) => declared.includes(v))) {
+        // An upstream must speak a version the gateway can police to be reachable at all.
         throw new GateError(
           "ERR_CONFIG_INVALID",
-          `upstreams[${index}].protocolVersions lists no version this gateway serves (${GATEWAY_PROTOCOL_VERSIONS.legacy.join(", ")})`,
+          `upstreams[${index}].protocolVersions lists no version this gateway serves (${servable.join(", ")})`,
         );
       }
       if (upstream.transport !== "http") {
