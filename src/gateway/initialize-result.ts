@@ -32,32 +32,48 @@ export async function readInitializeResult(
   body: Readable,
   options: ReadInitializeOptions,
 ): Promise<InitializeAnswer> {
+  const { raw, message } = await readJsonRpcAnswer(body, options);
+  if (message === null || "error" in message) return { raw, protocolVersion: null };
+  const result = message["result"];
+  if (typeof result !== "object" || result === null) return { raw, protocolVersion: null };
+  const version = (result as Record<string, unknown>)["protocolVersion"];
+  return {
+    raw,
+    protocolVersion: typeof version === "string" && VERSION_SHAPE.test(version) ? version : null,
+  };
+}
+
+/**
+ * Reads an upstream's answer whole (bounded in size and time) and finds the JSON-RPC response whose
+ * id is `options.id`, in a JSON body or in the `data` of an SSE stream's events. `message` is null
+ * when there is none.
+ */
+export async function readJsonRpcAnswer(
+  body: Readable,
+  options: ReadInitializeOptions,
+): Promise<{ raw: Buffer; message: Record<string, unknown> | null }> {
   const raw = await readBounded(body, options.maxBytes, options.timeoutMs);
   const text = raw.toString("utf8");
   const media = options.contentType?.split(";")[0]?.trim().toLowerCase();
   const payloads = media === "text/event-stream" ? sseDataPayloads(text) : [text];
   for (const payload of payloads) {
-    const version = versionFrom(payload, options.id);
-    if (version !== undefined) return { raw, protocolVersion: version };
+    const message = responseFor(payload, options.id);
+    if (message !== null) return { raw, message };
   }
-  return { raw, protocolVersion: null };
+  return { raw, message: null };
 }
 
-function versionFrom(payload: string, id: EchoedId): string | null | undefined {
+function responseFor(payload: string, id: EchoedId): Record<string, unknown> | null {
   let message: unknown;
   try {
     message = JSON.parse(payload);
   } catch {
-    return undefined;
+    return null;
   }
-  if (typeof message !== "object" || message === null || Array.isArray(message)) return undefined;
+  if (typeof message !== "object" || message === null || Array.isArray(message)) return null;
   const m = message as Record<string, unknown>;
-  if (m["jsonrpc"] !== "2.0" || m["id"] !== id) return undefined;
-  if ("error" in m) return null;
-  const result = m["result"];
-  if (typeof result !== "object" || result === null) return null;
-  const version = (result as Record<string, unknown>)["protocolVersion"];
-  return typeof version === "string" && VERSION_SHAPE.test(version) ? version : null;
+  if (m["jsonrpc"] !== "2.0" || m["id"] !== id) return null;
+  return m;
 }
 
 /** The `data` of each event (multi-line data joined by "\n", per the SSE processing model). */

@@ -9,7 +9,7 @@ import {
   sessionDeniedEvent,
 } from "../audit/security-events.ts";
 import type { GatewayConfig } from "../config/gateway-config.ts";
-import { createAssertionSigner } from "../crypto/assertion-signer.ts";
+import { type AssertionSigner, createAssertionSigner } from "../crypto/assertion-signer.ts";
 import { createIdentifierTagger } from "../crypto/identifier-tag.ts";
 import { Keyring, loadMasterKey } from "../crypto/keyring.ts";
 import { GateError, toWire } from "../errors.ts";
@@ -22,9 +22,10 @@ import type { Store } from "../store/contract.ts";
 import { openStore } from "../store/open-store.ts";
 import { createClientAddressResolver } from "./client-address.ts";
 import { checkExposure } from "./exposure-guard.ts";
-import { createGatewayHandler } from "./gateway-server.ts";
-import { GATEWAY_PROTOCOL_VERSIONS } from "./protocol-era.ts";
+import { assertionAudience, createGatewayHandler } from "./gateway-server.ts";
+import { GATEWAY_PROTOCOL_VERSIONS, type SupportedVersions } from "./protocol-era.ts";
 import { createUpstreamClient, type UpstreamClient } from "./upstream-client.ts";
+import { discoverUpstreamVersions } from "./upstream-discovery.ts";
 
 export interface StartGatewayOptions {
   /** Where security events go as JSON lines when `audit.stdout` is on. Default: process.stdout. */
@@ -207,14 +208,17 @@ export async function startGateway(
     });
     if (verdict.warning !== null) log(verdict.warning);
     config = withBoundPort(config, address.port);
+    const signer = createAssertionSigner({ keyring, issuer: config.publicUrl });
+    const upstreamVersions = await discoverUndeclared(config, upstreamClients, signer, log);
     handler = createGatewayHandler({
       config,
       keyring,
       authenticator,
-      signer: createAssertionSigner({ keyring, issuer: config.publicUrl }),
+      signer,
       sessions,
       events,
       upstreamClients,
+      upstreamVersions,
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
     });
 
@@ -250,6 +254,41 @@ export async function startGateway(
     for (const step of cleanup.reverse()) await step().catch(() => undefined);
     throw error;
   }
+}
+
+/**
+ * The versions of every upstream that does not declare `protocolVersions`, asked with
+ * `server/discover` (in parallel, bounded). Each result is logged; an upstream that speaks nothing
+ * the gateway serves is refused at start rather than answering every request with an empty list.
+ */
+async function discoverUndeclared(
+  config: GatewayConfig,
+  clients: ReadonlyMap<string, UpstreamClient>,
+  signer: AssertionSigner,
+  log: (line: string) => void,
+): Promise<Map<string, SupportedVersions>> {
+  const found = new Map<string, SupportedVersions>();
+  await Promise.all(
+    config.upstreams.map(async (upstream, index) => {
+      const client = clients.get(upstream.name);
+      if (upstream.protocolVersions !== undefined || client === undefined) return;
+      const { versions, how } = await discoverUpstreamVersions(client, signer, assertionAudience(upstream));
+      if (versions.legacy.length === 0 && versions.modern.length === 0) {
+        throw new GateError(
+          "ERR_CONFIG_INVALID",
+          `upstreams[${index}] (${upstream.name}) speaks no protocol version this gateway serves`,
+        );
+      }
+      const listed = [...versions.modern, ...versions.legacy].join(", ");
+      const note =
+        how === "unreachable"
+          ? "did not answer server/discover; serving it as legacy-only (set protocolVersions to declare it)"
+          : `speaks ${listed} (${how})`;
+      log(`tenantgate: upstreams[${index}] (${upstream.name}) ${note}`);
+      found.set(upstream.name, versions);
+    }),
+  );
+  return found;
 }
 
 /**
