@@ -6,17 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, rm } from "node:fs/promises";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { Redis } from "ioredis";
 import { createRemoteJWKSet, decodeJwt, jwtVerify } from "jose";
-import pg from "pg";
-import { type Backend, postgresBackend, redisBackend } from "../support/backends.ts";
 import {
   type Harness,
   type HarnessOptions,
@@ -27,11 +21,10 @@ import {
   TEST_ISSUER,
 } from "../support/gateway-harness.ts";
 import { type RecordingUpstream, startRecordingUpstream } from "../support/recording-upstream.ts";
+import { storeBackendCases } from "../support/store-cases.ts";
 import { makeSigningKey, nowSeconds, signToken } from "../support/token-issuer.ts";
 
 const VERSION = "2025-11-25";
-const redis = await redisBackend();
-const postgres = await postgresBackend();
 
 // --- helpers -------------------------------------------------------------------------------------
 
@@ -257,76 +250,7 @@ async function withRecording(
 
 // --- store backends ------------------------------------------------------------------------------
 
-interface StoreCase {
-  readonly name: string;
-  readonly skip: string | false;
-  /** A store URL of the test's own, and how to remove what the gateway wrote there. */
-  open(): Promise<{ url: string; cleanup(): Promise<void> }>;
-}
-
-function remoteUrl(backend: Backend, parameter: string, value: string): string {
-  const url = new URL(backend.url);
-  url.search = "";
-  url.searchParams.set(parameter, value);
-  return url.toString();
-}
-
-const storeCases: StoreCase[] = [
-  { name: "memory", skip: false, open: async () => ({ url: "memory:", cleanup: async () => undefined }) },
-  {
-    name: "sqlite",
-    skip: false,
-    async open() {
-      const dir = await mkdtemp(join(tmpdir(), "tenantgate-threats-"));
-      return {
-        url: `sqlite:${join(dir, "store.db")}`,
-        cleanup: () => rm(dir, { recursive: true, force: true }),
-      };
-    },
-  },
-  {
-    name: "redis",
-    skip: redis.skip,
-    async open() {
-      const prefix = `tgtest:${process.pid}:${randomBytes(8).toString("hex")}:`;
-      return {
-        url: remoteUrl(redis, "prefix", prefix),
-        async cleanup() {
-          const client = new Redis(redis.url, { maxRetriesPerRequest: 1, connectTimeout: 5_000 });
-          try {
-            let cursor = "0";
-            do {
-              const [next, keys] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1_000);
-              if (keys.length > 0) await client.unlink(...keys);
-              cursor = next;
-            } while (cursor !== "0");
-          } finally {
-            await client.quit();
-          }
-        },
-      };
-    },
-  },
-  {
-    name: "postgres",
-    skip: postgres.skip,
-    async open() {
-      const schema = `tgtest_${process.pid}_${randomBytes(6).toString("hex")}`;
-      return {
-        url: remoteUrl(postgres, "schema", schema),
-        async cleanup() {
-          const client = new pg.Client({ connectionString: postgres.url, connectionTimeoutMillis: 5_000 });
-          await client.connect();
-          try {
-            await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-          } finally {
-            await client.end();
-          }
-        },
-      };
-    },
-  },
-];
+const storeCases = await storeBackendCases("threats");
 
 // --- S1 ------------------------------------------------------------------------------------------
 
