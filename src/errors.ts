@@ -36,6 +36,8 @@ export type GateErrorCode =
   | "ERR_SESSION_NOT_FOUND"
   | "ERR_PROTOCOL_VERSION_MISMATCH"
   | "ERR_HEADER_MISMATCH"
+  | "ERR_TASK_NOT_FOUND"
+  | "ERR_METHOD_NOT_FOUND"
   | "ERR_UPSTREAM_UNAVAILABLE"
   | "ERR_UPSTREAM_REFUSED"
   | "ERR_SHUTTING_DOWN"
@@ -96,6 +98,11 @@ const wireForm = {
   // MCP 2026-07-28 Streamable HTTP, Server Validation: mirrored headers missing, malformed or not
   // matching the body (JSON-RPC -32020 HeaderMismatch). The message never says which header.
   ERR_HEADER_MISMATCH: { status: 400, message: "Header mismatch" },
+  // A task the caller does not own, or that has no owner record: one in-band JSON-RPC -32602 (HTTP
+  // 200, as MCP servers answer invalid params), the gateway's own and identical for both (THREATS T1).
+  ERR_TASK_NOT_FOUND: { status: 200, message: "Invalid params: unknown task" },
+  // 2026-07-28 Streamable HTTP: a method the server does not implement is 404 with -32601.
+  ERR_METHOD_NOT_FOUND: { status: 404, message: "Method not found" },
   // The upstream's own refusals of the gateway (401/403) are never relayed: a client seeing 401 would
   // drop its gateway token (DESIGN, authorization). Both upstream failures read the same to a client.
   ERR_UPSTREAM_UNAVAILABLE: { status: 502, message: "upstream unavailable" },

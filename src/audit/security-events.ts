@@ -74,6 +74,14 @@ const UPSTREAM_FAILURE_REASONS = ["unreachable", "timeout", "invalid-response", 
 /** Why the upstream could not be used. Extend the list (not free text) when the edge needs more. */
 export type UpstreamFailureReason = (typeof UPSTREAM_FAILURE_REASONS)[number];
 
+const TASK_DENIAL_REASONS = ["not-owned", "malformed", "modern-method"] as const;
+/**
+ * Why a request naming a task was answered by the gateway itself: a task the caller does not own (or
+ * that has no owner record: the two are never told apart), task ids that are not strings, or a
+ * 2025-11-25-only task method sent in the modern era.
+ */
+export type TaskDenialReason = (typeof TASK_DENIAL_REASONS)[number];
+
 const EVENT_ID_REFUSAL_REASONS = ["malformed", "other-session"] as const;
 /** Why a `Last-Event-ID` was refused: it did not unwrap, or it was wrapped for another session. */
 export type EventIdRefusalReason = (typeof EVENT_ID_REFUSAL_REASONS)[number];
@@ -196,6 +204,17 @@ export interface EventIdRefusedEvent extends SecurityEventContext {
 export interface StoreUnavailableEvent extends SecurityEventContext {
   readonly type: "store.unavailable";
 }
+export interface TaskDeniedEvent extends SecurityEventContext {
+  readonly type: "task.denied";
+  readonly reason: TaskDenialReason;
+}
+/** The upstream handed a task id that another principal already owns (THREATS T7); it was withheld. */
+export interface TaskConflictEvent extends SecurityEventContext {
+  readonly type: "task.conflict";
+}
+export interface TaskClaimedEvent extends SecurityEventContext {
+  readonly type: "task.claimed";
+}
 
 export type SecurityEvent =
   | AuthDeniedEvent
@@ -206,7 +225,10 @@ export type SecurityEvent =
   | UpstreamRefusedEvent
   | UpstreamUnavailableEvent
   | EventIdRefusedEvent
-  | StoreUnavailableEvent;
+  | StoreUnavailableEvent
+  | TaskDeniedEvent
+  | TaskConflictEvent
+  | TaskClaimedEvent;
 
 export type SecurityEventType = SecurityEvent["type"];
 
@@ -223,6 +245,9 @@ const EVENT_TYPES: Readonly<
   "upstream.unavailable": { reasons: new Set(UPSTREAM_FAILURE_REASONS), denial: false },
   "stream.event-id-refused": { reasons: new Set(EVENT_ID_REFUSAL_REASONS), denial: true },
   "store.unavailable": { reasons: null, denial: false },
+  "task.denied": { reasons: new Set(TASK_DENIAL_REASONS), denial: true },
+  "task.conflict": { reasons: null, denial: true },
+  "task.claimed": { reasons: null, denial: false },
 };
 
 // --- records and sinks ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import { once } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { Readable } from "node:stream";
+import { Readable } from "node:stream";
 import {
   authDenialOf,
   type RequestRefusalReason,
@@ -13,8 +13,10 @@ import type { Keyring } from "../crypto/keyring.ts";
 import { GateError } from "../errors.ts";
 import { anonymousPrincipal } from "../identity/anonymous.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
-import type { Principal } from "../identity/principal.ts";
+import { ownerScope, type Principal } from "../identity/principal.ts";
 import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
+import { LEGACY_ONLY_TASK_METHODS, listedTasks, taskCreatedBy, tasksNamedBy } from "../tasks/task-policy.ts";
+import { isPoliceableTaskId, type TaskRegistry } from "../tasks/task-registry.ts";
 import { challengeHeaders } from "./auth-challenge.ts";
 import { clientResponseHeaders, upstreamRequestHeaders } from "./forward-headers.ts";
 import { createHostOriginPolicy } from "./host-origin-policy.ts";
@@ -36,6 +38,7 @@ import {
   UNSUPPORTED_PROTOCOL_VERSION_STATUS,
   unsupportedVersionError,
 } from "./protocol-era.ts";
+import { inspectJson, inspectSse, type MessageHook } from "./response-inspector.ts";
 import { createEventIdCodec, rewriteSseEventIds } from "./sse-event-ids.ts";
 import type { UpstreamClient, UpstreamResponse } from "./upstream-client.ts";
 import { createUpstreamRoutes } from "./upstream-routes.ts";
@@ -51,6 +54,8 @@ const INITIALIZE_RESPONSE_TIMEOUT_MS = 30_000;
 const SESSION_HEADER = "mcp-session-id";
 const VERSION_HEADER = "mcp-protocol-version";
 const EVENT_ID_PURPOSE = "sse-event-id";
+/** A JSON answer up to this size is inspected for task ids before it is relayed. */
+const MAX_INSPECTED_JSON_BYTES = 16 * 1024 * 1024;
 /** MCP transports: a session id is visible ASCII; the registry bounds its length. */
 const UPSTREAM_SESSION_ID = /^[\x21-\x7e]{1,1024}$/;
 
@@ -60,6 +65,7 @@ export interface GatewayDependencies {
   readonly authenticator: Authenticator;
   readonly signer: AssertionSigner;
   readonly sessions: SessionRegistry;
+  readonly tasks: TaskRegistry;
   readonly events: SecurityEvents;
   /** The upstream client for each upstream, by name. */
   readonly upstreamClients: ReadonlyMap<string, UpstreamClient>;
@@ -101,7 +107,7 @@ interface McpContext {
  * speaks, which makes SDK v2 clients fall back to `initialize`.
  */
 export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler {
-  const { config, authenticator, signer, sessions, events } = deps;
+  const { config, authenticator, signer, sessions, tasks, events } = deps;
   const routes = createUpstreamRoutes(config);
   const hostOrigin = createHostOriginPolicy(config.listen);
   const issuers = config.auth.issuers.map((issuer) => issuer.issuer);
@@ -382,6 +388,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       }
       const resolved = await resolveSession(sessionId, caller, upstream);
       checkVersionLock(request, resolved.session, version);
+      await guardTasks(context, resolved.principal, payload, "legacy");
       // Without the header the body was parsed as 2025-03-26 (batches allowed), but the request speaks
       // the session's version: a batch is refused unless that version is 2025-03-26 too.
       if (payload.batch && resolved.session.protocolVersion !== "2025-03-26") {
@@ -392,7 +399,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         body,
         headers: await upstreamHeaders(context, resolved.principal, sessionHeaders(resolved.session)),
       });
-      await relay(context, answer, resolved.session, sessionId, { cancelOnClientClose: false });
+      await relay(context, answer, resolved.session, sessionId, {
+        cancelOnClientClose: false,
+        hook: answerHook(context, resolved.principal, payload),
+      });
     } catch (error) {
       refuse(context.response, error, { upstream, clientAddress: context.clientAddress, id });
     }
@@ -520,6 +530,11 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     // Anonymous: a throwaway principal per request; there is no session to keep it in.
     const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
+    try {
+      await guardTasks(context, principal, payload, "modern");
+    } catch (error) {
+      return refuse(response, error, { upstream, clientAddress: context.clientAddress, id });
+    }
     const abort = new AbortController();
     response.once("close", () => {
       if (!response.writableFinished) abort.abort();
@@ -540,8 +555,110 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       });
     }
     const headers = relayedHeaders(answer);
-    if (isEventStream(headerText(answer.headers["content-type"]))) headers["x-accel-buffering"] = "no";
-    await pipeToClient(response, answer.status, headers, answer.body, answer.body, true);
+    const contentType = headerText(answer.headers["content-type"]);
+    const hook = answerHook(context, principal, payload);
+    if (isJson(contentType) && answer.status === 200) return relayJson(response, answer, headers, hook);
+    let stream: Readable = answer.body;
+    if (isEventStream(contentType)) {
+      stream = answer.body.pipe(inspectSse(hook));
+      answer.body.once("error", (error) => stream.destroy(error));
+      headers["x-accel-buffering"] = "no";
+    }
+    await pipeToClient(response, answer.status, headers, stream, answer.body, true);
+  }
+
+  /**
+   * Refuses, before anything is forwarded, a request naming a task the caller does not own (THREATS
+   * T1, T3): the gateway answers -32602 itself, the same for a foreign task and one without an owner
+   * record, after the same one read per task id. In the modern era the 2025-11-25-only task methods
+   * are -32601.
+   */
+  async function guardTasks(
+    context: McpContext,
+    principal: Principal,
+    payload: JsonRpcPayload,
+    era: "legacy" | "modern",
+  ): Promise<void> {
+    for (const message of payload.messages) {
+      if (message.kind !== "request" && message.kind !== "notification") continue;
+      const denied = (reason: "not-owned" | "malformed" | "modern-method") =>
+        events.emit({
+          type: "task.denied",
+          reason,
+          upstream: context.upstream.name,
+          principal: ownerScope(principal),
+          ...(context.clientAddress !== undefined ? { clientAddress: context.clientAddress } : {}),
+        });
+      if (era === "modern" && LEGACY_ONLY_TASK_METHODS.has(message.method)) {
+        denied("modern-method");
+        throw new GateError("ERR_METHOD_NOT_FOUND", "method not found", { detail: "legacy-task-method" });
+      }
+      const named = tasksNamedBy(message.method, message.params);
+      if (named.kind === "none") continue;
+      if (named.kind === "malformed") {
+        denied("malformed");
+        throw new GateError("ERR_TASK_NOT_FOUND", "unknown task", { detail: "task-id-malformed" });
+      }
+      const owned = await Promise.all(
+        named.taskIds.map((taskId) => tasks.owns(principal, context.upstream.name, taskId)),
+      );
+      if (owned.includes(false)) {
+        denied("not-owned");
+        throw new GateError("ERR_TASK_NOT_FOUND", "unknown task", { detail: "task-not-owned" });
+      }
+    }
+  }
+
+  /**
+   * What the gateway does with each message the upstream answers with: a task it creates is claimed
+   * for the caller before the message goes on (DESIGN invariant 3); one that already belongs to
+   * someone else is withheld and replaced by an error (THREATS T7); a `tasks/list` answer keeps only
+   * the caller's tasks.
+   */
+  function answerHook(
+    context: McpContext,
+    principal: Principal,
+    payload: JsonRpcPayload | null,
+  ): MessageHook {
+    const listIds = new Set<unknown>();
+    for (const message of payload?.messages ?? []) {
+      if (message.kind === "request" && message.method === "tasks/list") listIds.add(message.id);
+    }
+    const upstreamName = context.upstream.name;
+    const withheld = (id: unknown): Record<string, unknown> => ({
+      jsonrpc: "2.0",
+      id: id ?? null,
+      error: { code: -32603, message: "upstream unavailable", data: { code: "ERR_UPSTREAM_UNAVAILABLE" } },
+    });
+    return async (message) => {
+      const created = taskCreatedBy(message);
+      if (created !== null) {
+        if (!isPoliceableTaskId(created.taskId)) {
+          events.emit({ type: "upstream.unavailable", reason: "invalid-response", upstream: upstreamName });
+          return withheld(message["id"]);
+        }
+        const outcome = await tasks.claim(principal, upstreamName, created.taskId, created.ttlMs);
+        if (outcome === "foreign") {
+          events.emit({ type: "task.conflict", upstream: upstreamName, principal: ownerScope(principal) });
+          return withheld(message["id"]);
+        }
+        events.emit({ type: "task.claimed", upstream: upstreamName, principal: ownerScope(principal) });
+        return undefined;
+      }
+      if (listIds.has(message["id"])) {
+        const listed = listedTasks(message);
+        if (listed === null) return undefined;
+        const keep = await Promise.all(
+          listed.map(async (task) => {
+            const taskId = (task as { taskId?: unknown } | null)?.taskId;
+            return typeof taskId === "string" && (await tasks.owns(principal, upstreamName, taskId));
+          }),
+        );
+        const result = message["result"] as Record<string, unknown>;
+        return { ...message, result: { ...result, tasks: listed.filter((_, index) => keep[index]) } };
+      }
+      return undefined;
+    };
   }
 
   /** Best effort, not awaited: the upstream's session for a gateway session that never came to be. */
@@ -594,7 +711,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       headers: await upstreamHeaders(context, resolved.principal, own),
       signal: abort.signal,
     });
-    await relay(context, answer, resolved.session, sessionId, { cancelOnClientClose: true });
+    await relay(context, answer, resolved.session, sessionId, {
+      cancelOnClientClose: true,
+      hook: answerHook(context, resolved.principal, null),
+    });
   }
 
   async function endSession(
@@ -644,7 +764,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     answer: UpstreamResponse,
     session: ResolvedSession,
     sessionId: string | undefined,
-    options: { cancelOnClientClose: boolean },
+    options: { cancelOnClientClose: boolean; hook: MessageHook },
   ): Promise<void> {
     const { response, upstream } = context;
     if (answer.status === 401 || answer.status === 403) {
@@ -668,10 +788,15 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     const contentType = headerText(answer.headers["content-type"]);
     const headers = relayedHeaders(answer);
+    if (isJson(contentType) && answer.status === 200) {
+      return relayJson(response, answer, headers, options.hook);
+    }
     let body: Readable = answer.body;
     if (isEventStream(contentType)) {
-      body = answer.body.pipe(rewriteSseEventIds(createEventIdCodec(eventIdKey, session.sessionDigest)));
-      answer.body.once("error", (error) => body.destroy(error));
+      const inspected = answer.body.pipe(inspectSse(options.hook));
+      body = inspected.pipe(rewriteSseEventIds(createEventIdCodec(eventIdKey, session.sessionDigest)));
+      answer.body.once("error", (error) => inspected.destroy(error));
+      inspected.once("error", (error) => body.destroy(error));
       // No proxy buffering between here and the client: events must arrive as they happen.
       headers["x-accel-buffering"] = "no";
     }
@@ -689,6 +814,40 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
     openStreams.delete(response);
+  }
+
+  /**
+   * A JSON answer is read whole (bounded) and inspected before the client sees it. One larger than
+   * the bound is passed on unread: nothing in it is claimed, so a task id it might carry is nobody's
+   * and every request naming it is refused (fail closed).
+   */
+  async function relayJson(
+    response: ServerResponse,
+    answer: UpstreamResponse,
+    headers: Record<string, string>,
+    hook: MessageHook,
+  ): Promise<void> {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const iterator = answer.body[Symbol.asyncIterator]();
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done) break;
+      const chunk = next.value as Buffer;
+      size += chunk.byteLength;
+      chunks.push(chunk);
+      if (size > MAX_INSPECTED_JSON_BYTES) {
+        response.writeHead(answer.status, headers);
+        for (const held of chunks) response.write(held);
+        const rest = Readable.from({ [Symbol.asyncIterator]: () => iterator });
+        return pipeToClient(response, answer.status, headers, rest, answer.body, false, true);
+      }
+    }
+    const body = await inspectJson(Buffer.concat(chunks), hook);
+    headers["content-length"] = String(body.byteLength);
+    if (response.destroyed) return;
+    response.writeHead(answer.status, headers);
+    response.end(body);
   }
 
   function relayWithoutSession(context: McpContext, answer: UpstreamResponse): Promise<void> {
@@ -751,6 +910,7 @@ function pipeToClient(
   body: Readable,
   source: Readable,
   cancelOnClientClose: boolean,
+  headWritten = false,
 ): Promise<void> {
   return new Promise((resolve) => {
     if (response.destroyed) {
@@ -759,7 +919,7 @@ function pipeToClient(
       resolve();
       return;
     }
-    response.writeHead(status, headers);
+    if (!headWritten) response.writeHead(status, headers);
     if (typeof response.flushHeaders === "function") response.flushHeaders();
     let settled = false;
     const settle = () => {
@@ -894,6 +1054,10 @@ function headerText(value: string | string[] | undefined): string | undefined {
 
 function isEventStream(contentType: string | undefined): boolean {
   return contentType?.split(";")[0]?.trim().toLowerCase() === "text/event-stream";
+}
+
+function isJson(contentType: string | undefined): boolean {
+  return contentType?.split(";")[0]?.trim().toLowerCase() === "application/json";
 }
 
 function isJsonContentType(contentType: string | undefined): boolean {

@@ -17,6 +17,10 @@ function jsonRpcCodeOf(code: GateErrorCode): number {
       return -32001; // what MCP servers answer for an unknown session (SDK convention)
     case "ERR_HEADER_MISMATCH":
       return -32020; // HeaderMismatch (MCP 2026-07-28)
+    case "ERR_TASK_NOT_FOUND":
+      return -32602; // Invalid params, what an unknown task id gets
+    case "ERR_METHOD_NOT_FOUND":
+      return -32601;
     default:
       return -32000; // implementation-defined server error
   }

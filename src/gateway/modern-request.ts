@@ -15,10 +15,15 @@ import type { JsonRpcMessage } from "./json-rpc-body.ts";
 export const PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion";
 
 /** Methods whose `Mcp-Name` is required, and the body field it mirrors. */
-const NAMED_METHODS: ReadonlyMap<string, "name" | "uri"> = new Map([
+const NAMED_METHODS: ReadonlyMap<string, "name" | "uri" | "taskId"> = new Map([
   ["tools/call", "name"],
   ["prompts/get", "name"],
   ["resources/read", "uri"],
+  // The tasks extension's Streamable HTTP binding (SEP-2663): Mcp-Name mirrors params.taskId, so
+  // intermediaries can route a task's requests; the gateway polices ownership on the body's value.
+  ["tasks/get", "taskId"],
+  ["tasks/update", "taskId"],
+  ["tasks/cancel", "taskId"],
 ]);
 
 const BASE64_SENTINEL = /^=\?base64\?([A-Za-z0-9+/]*={0,2})\?=$/;

@@ -20,6 +20,7 @@ import { createJwtAuthenticator } from "../identity/jwt-authenticator.ts";
 import { createSessionRegistry, type SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
 import { openStore } from "../store/open-store.ts";
+import { createTaskRegistry } from "../tasks/task-registry.ts";
 import { createClientAddressResolver } from "./client-address.ts";
 import { checkExposure } from "./exposure-guard.ts";
 import { assertionAudience, createGatewayHandler } from "./gateway-server.ts";
@@ -216,6 +217,7 @@ export async function startGateway(
       authenticator,
       signer,
       sessions,
+      tasks: createTaskRegistry({ store }),
       events,
       upstreamClients,
       upstreamVersions,

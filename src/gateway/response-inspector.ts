@@ -1,0 +1,105 @@
+import { Transform, type TransformCallback } from "node:stream";
+import { GateError } from "../errors.ts";
+
+/**
+ * Looks at every JSON-RPC message an upstream sends back, before the client sees it, so the gateway
+ * can claim what the upstream minted (task ids) and withhold what the caller may not have. The hook
+ * returns `undefined` to pass a message unchanged, or a replacement message to send instead.
+ *
+ * Two shapes, as Streamable HTTP answers a request:
+ * - a JSON body: read whole (bounded), inspected, written;
+ * - an SSE stream: split into events as they arrive; each event is held only while its hook runs,
+ *   so a CreateTaskResult's event reaches the client after its owner record exists, and every other
+ *   event passes at once. Comments, ids and other fields are kept byte for byte; only the `data` of
+ *   a replaced message changes.
+ */
+export type MessageHook = (message: Record<string, unknown>) => Promise<Record<string, unknown> | undefined>;
+
+/** An event longer than this is not inspected but refused (an upstream failure, not a client one). */
+const MAX_EVENT_BYTES = 8 * 1024 * 1024;
+
+export async function inspectJson(body: Buffer, hook: MessageHook): Promise<Buffer> {
+  let message: unknown;
+  try {
+    message = JSON.parse(body.toString("utf8"));
+  } catch {
+    return body; // not JSON: nothing the gateway could claim or withhold (the client cannot use it either)
+  }
+  if (!isRecord(message)) return body;
+  const replacement = await hook(message);
+  return replacement === undefined ? body : Buffer.from(JSON.stringify(replacement));
+}
+
+/** An SSE transform running `hook` on every event whose data is one JSON-RPC message. */
+export function inspectSse(hook: MessageHook): Transform {
+  let pending: Buffer = Buffer.alloc(0);
+  const EVENT_END = /\r\n\r\n|\n\n|\r\r/;
+
+  async function processEvent(event: Buffer, transform: Transform): Promise<void> {
+    const text = event.toString("utf8");
+    const lines = text.split(/\r\n|\n|\r/);
+    const data = lines
+      .filter((line) => line.startsWith("data:"))
+      .map((line) => line.slice(line[5] === " " ? 6 : 5));
+    if (data.length === 0) {
+      transform.push(event);
+      return;
+    }
+    let message: unknown;
+    try {
+      message = JSON.parse(data.join("\n"));
+    } catch {
+      transform.push(event);
+      return;
+    }
+    if (!isRecord(message)) {
+      transform.push(event);
+      return;
+    }
+    const replacement = await hook(message);
+    if (replacement === undefined) {
+      transform.push(event);
+      return;
+    }
+    // The event keeps its other fields (id, event, retry, comments); its data becomes the replacement.
+    const kept = lines.filter((line) => !line.startsWith("data:") && line !== "");
+    const terminator = text.match(/(\r\n|\n|\r)+$/)?.[0] ?? "\n\n";
+    transform.push(`${[...kept, `data: ${JSON.stringify(replacement)}`].join("\n")}${terminator}`);
+  }
+
+  return new Transform({
+    transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      const run = async () => {
+        for (;;) {
+          // Search the text form; positions map back exactly because the separators are ASCII and
+          // a chunk split inside a multi-byte character is never at an event boundary.
+          const text = pending.toString("latin1");
+          const match = EVENT_END.exec(text);
+          if (!match) break;
+          const end = match.index + match[0].length;
+          const event = pending.subarray(0, end);
+          pending = pending.subarray(end);
+          await processEvent(Buffer.from(event), this);
+        }
+        if (pending.length > MAX_EVENT_BYTES) {
+          throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream event too large", {
+            detail: "sse-event-too-large",
+          });
+        }
+      };
+      run().then(() => callback(), callback);
+    },
+    flush(callback: TransformCallback) {
+      if (pending.length === 0) return callback();
+      // A final event without its blank line: inspected like any other.
+      const last = pending;
+      pending = Buffer.alloc(0);
+      processEvent(last, this).then(() => callback(), callback);
+    },
+  });
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
