@@ -33,6 +33,7 @@ import { checkModernRequest } from "./modern-request.ts";
 import { metadataUrl, protectedResourceMetadata, resourceUrl } from "./protected-resource-metadata.ts";
 import {
   classifyProtocolVersion,
+  DEFAULT_PROTOCOL_VERSION,
   GATEWAY_PROTOCOL_VERSIONS,
   type SupportedVersions,
   UNSUPPORTED_PROTOCOL_VERSION_STATUS,
@@ -241,7 +242,18 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
 
     const supported = supportedByUpstream.get(upstream.name) ?? versionsOf(upstream);
-    const era = classifyProtocolVersion(request.headersDistinct[VERSION_HEADER], supported);
+    let era = classifyProtocolVersion(request.headersDistinct[VERSION_HEADER], supported);
+    if (
+      era.era === "unsupported" &&
+      request.headersDistinct[VERSION_HEADER] === undefined &&
+      supported.legacy.length > 0
+    ) {
+      // No header reads as 2025-03-26 (transports, backwards compatibility), but an initialize
+      // negotiates its version in the body (the answer must name one this upstream speaks) and a
+      // session request speaks its session's version (the version lock): both are judged there, so
+      // an upstream that dropped 2025-03-26 still admits clients that initialize without the header.
+      era = { era: "legacy", version: DEFAULT_PROTOCOL_VERSION };
+    }
     if (era.era === "unsupported") {
       // A version this upstream does not speak through the gateway (a modern one for a legacy-only
       // upstream, an unknown or future one): -32022 listing what it does speak, newest first, which

@@ -21,6 +21,8 @@ export interface HarnessUpstream {
   /** Defaults to the demo upstream's URL. */
   readonly url?: string;
   readonly scopes?: readonly string[];
+  /** Default: the three legacy versions. */
+  readonly protocolVersions?: readonly string[];
 }
 
 export interface HarnessOptions {
@@ -69,7 +71,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       path: upstream.path,
       url: upstream.url ?? demo.url,
       scopes: upstream.scopes ?? [],
-      protocolVersions: ["2025-03-26", "2025-06-18", "2025-11-25"],
+      protocolVersions: upstream.protocolVersions ?? ["2025-03-26", "2025-06-18", "2025-11-25"],
     }));
     const issuer = (iss: string, jwksFile: string) => ({
       issuer: iss,
