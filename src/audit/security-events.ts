@@ -51,6 +51,7 @@ const REQUEST_REFUSAL_REASONS = [
   "protocol-version",
   "protocol-version-mismatch",
   "header-mismatch",
+  "request-state",
   "session-required",
   "rate-limited",
   "no-route",

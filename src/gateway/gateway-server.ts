@@ -11,9 +11,9 @@ import type { GatewayConfig, UpstreamConfig } from "../config/gateway-config.ts"
 import type { AssertionSigner } from "../crypto/assertion-signer.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { GateError } from "../errors.ts";
-import { anonymousPrincipal } from "../identity/anonymous.ts";
+import { ANONYMOUS_TENANT, anonymousPrincipal } from "../identity/anonymous.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
-import { ownerScope, type Principal } from "../identity/principal.ts";
+import { ANONYMOUS_ISSUER, ownerScope, type Principal } from "../identity/principal.ts";
 import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
 import { LEGACY_ONLY_TASK_METHODS, listedTasks, taskCreatedBy, tasksNamedBy } from "../tasks/task-policy.ts";
 import { isPoliceableTaskId, type TaskRegistry } from "../tasks/task-registry.ts";
@@ -39,6 +39,7 @@ import {
   UNSUPPORTED_PROTOCOL_VERSION_STATUS,
   unsupportedVersionError,
 } from "./protocol-era.ts";
+import { openRequestState, type RequestStateBinding, sealRequestState } from "./request-state.ts";
 import { inspectJson, inspectSse, type MessageHook } from "./response-inspector.ts";
 import { createEventIdCodec, rewriteSseEventIds } from "./sse-event-ids.ts";
 import type { UpstreamClient, UpstreamResponse } from "./upstream-client.ts";
@@ -547,13 +548,38 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     } catch (error) {
       return refuse(response, error, { upstream, clientAddress: context.clientAddress, id });
     }
+    // checkModernRequest refused responses already; this narrows the type.
+    if (message.kind === "response")
+      throw new GateError("ERR_REQUEST_INVALID", "response", { detail: "modern-response" });
+    // Anonymous callers have no identity to bind state to (each request is a new throwaway principal):
+    // their requestState is bound to the upstream and the request only, a capability like their tasks.
+    const stateBinding: RequestStateBinding = {
+      principal: caller === "anonymous" ? ANONYMOUS_STATE_OWNER : principal,
+      upstream: upstream.name,
+      method: message.method,
+      target: requestTarget(message.params),
+    };
+    let forwarded = body;
+    if (message.kind === "request" && isRecord(message.params) && "requestState" in message.params) {
+      // The retry of a multi-round-trip request: only state the gateway sealed for this caller,
+      // upstream and request opens (THREATS M4); the upstream receives its own value back.
+      let state: string;
+      try {
+        state = openRequestState(deps.keyring, stateBinding, message.params["requestState"], Date.now());
+      } catch (error) {
+        return refuse(response, error, { upstream, clientAddress: context.clientAddress, id });
+      }
+      const parsed = JSON.parse(body.toString("utf8")) as { params: Record<string, unknown> };
+      parsed.params["requestState"] = state;
+      forwarded = Buffer.from(JSON.stringify(parsed));
+    }
     const abort = new AbortController();
     response.once("close", () => {
       if (!response.writableFinished) abort.abort();
     });
     const answer = await context.client.request({
       method: "POST",
-      body,
+      body: forwarded,
       headers: await upstreamHeaders(context, principal, {
         ...checked.mirroredHeaders,
         [VERSION_HEADER]: version,
@@ -568,7 +594,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     const headers = relayedHeaders(answer);
     const contentType = headerText(answer.headers["content-type"]);
-    const hook = answerHook(context, principal, payload);
+    const hook = answerHook(context, principal, payload, stateBinding);
     if (isJson(contentType) && answer.status === 200) return relayJson(response, answer, headers, hook);
     let stream: Readable = answer.body;
     if (isEventStream(contentType)) {
@@ -631,6 +657,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     context: McpContext,
     principal: Principal,
     payload: JsonRpcPayload | null,
+    stateBinding?: RequestStateBinding,
   ): MessageHook {
     const listIds = new Set<unknown>();
     for (const message of payload?.messages ?? []) {
@@ -643,6 +670,16 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       error: { code: -32603, message: "upstream unavailable", data: { code: "ERR_UPSTREAM_UNAVAILABLE" } },
     });
     return async (message) => {
+      const result = message["result"];
+      if (
+        stateBinding !== undefined &&
+        isRecord(result) &&
+        result["resultType"] === "input_required" &&
+        typeof result["requestState"] === "string"
+      ) {
+        const sealed = sealRequestState(deps.keyring, stateBinding, result["requestState"], Date.now());
+        return { ...message, result: { ...result, requestState: sealed } };
+      }
       const created = taskCreatedBy(message);
       if (created !== null) {
         if (!isPoliceableTaskId(created.taskId)) {
@@ -666,8 +703,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
             return typeof taskId === "string" && (await tasks.owns(principal, upstreamName, taskId));
           }),
         );
-        const result = message["result"] as Record<string, unknown>;
-        return { ...message, result: { ...result, tasks: listed.filter((_, index) => keep[index]) } };
+        const listResult = message["result"] as Record<string, unknown>;
+        return { ...message, result: { ...listResult, tasks: listed.filter((_, index) => keep[index]) } };
       }
       return undefined;
     };
@@ -1038,6 +1075,8 @@ function refusalReason(error: GateError): RequestRefusalReason {
       return "protocol-version-mismatch";
     case "ERR_HEADER_MISMATCH":
       return "header-mismatch";
+    case "ERR_SEALED_VALUE_INVALID":
+      return "request-state";
     case "ERR_SESSION_REQUIRED":
       return "session-required";
     case "ERR_NOT_FOUND":
@@ -1066,6 +1105,27 @@ function headerText(value: string | string[] | undefined): string | undefined {
 
 function isEventStream(contentType: string | undefined): boolean {
   return contentType?.split(";")[0]?.trim().toLowerCase() === "text/event-stream";
+}
+
+/** The owner requestState of anonymous callers is sealed to: there is no identity to bind. */
+const ANONYMOUS_STATE_OWNER: Principal = Object.freeze({
+  kind: "anonymous",
+  issuer: ANONYMOUS_ISSUER,
+  subject: "anonymous",
+  tenant: ANONYMOUS_TENANT,
+  scopes: Object.freeze([]) as readonly string[],
+  expiresAt: null,
+});
+
+/** `params.name` or `params.uri`: what a multi-round-trip request acts on. */
+function requestTarget(params: unknown): string {
+  if (!isRecord(params)) return "";
+  const target = params["name"] ?? params["uri"];
+  return typeof target === "string" ? target : "";
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 function isJson(contentType: string | undefined): boolean {

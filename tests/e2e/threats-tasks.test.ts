@@ -349,3 +349,61 @@ describe("modern requests through the gateway", () => {
     assert.equal(upstream.requests.length, before);
   });
 });
+
+describe("multi-round-trip requestState through the gateway", () => {
+  let upstream: TaskUpstream;
+  let harness: Harness;
+  let url: string;
+  before(async () => {
+    upstream = await startTaskUpstream();
+    harness = await startHarness({
+      upstreams: [{ name: "tasks", path: "/mcp", url: upstream.url, protocolVersions: LEGACY_AND_MODERN }],
+    });
+    url = `${harness.url}/mcp`;
+  });
+  after(async () => {
+    await harness.close();
+    await upstream.close();
+  });
+
+  it("M4 requestState minted for A is sealed to A: A's retry works with the upstream's own value, B's replay is refused", async () => {
+    const alice = await harness.token("alice");
+    const bob = await harness.token("bob");
+    const first = messageOf(await modern(url, alice, "tools/call", { name: "needs_input", arguments: {} }));
+    assert.equal(first.result?.["resultType"], "input_required");
+    const sealed = String(first.result?.["requestState"]);
+    assert.doesNotMatch(sealed, /upstream-state-/, "the client never sees the upstream's state");
+
+    const retry = messageOf(
+      await modern(url, alice, "tools/call", {
+        name: "needs_input",
+        arguments: {},
+        requestState: sealed,
+        inputResponses: {},
+      }),
+    );
+    const text = (retry.result?.["content"] as Array<{ text: string }> | undefined)?.[0]?.text ?? "";
+    assert.match(text, /^completed with upstream-state-[0-9a-f]{8}$/, "the upstream got its own value back");
+
+    const forwardedBefore = upstream.requests.length;
+    const attempts: Array<[string, string, Record<string, unknown>]> = [
+      ["B replays A's state", bob, { name: "needs_input", requestState: sealed }],
+      ["A's state on another tool", alice, { name: "start_task", requestState: sealed }],
+      ["a tampered state", alice, { name: "needs_input", requestState: `${sealed.slice(0, -2)}xx` }],
+      [
+        "a state the gateway never sealed",
+        alice,
+        { name: "needs_input", requestState: "upstream-state-00000000" },
+      ],
+    ];
+    for (const [title, token, params] of attempts) {
+      const answer = await modern(url, token, "tools/call", { arguments: {}, inputResponses: {}, ...params });
+      assert.equal(answer.status, 400, title);
+      assert.equal(answer.json().error?.data?.code, "ERR_SEALED_VALUE_INVALID", title);
+    }
+    assert.equal(upstream.requests.length, forwardedBefore, "no refused retry reached the upstream");
+    assert.ok(
+      harness.events.some((event) => event.type === "request.refused" && event.reason === "request-state"),
+    );
+  });
+});

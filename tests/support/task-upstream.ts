@@ -105,6 +105,23 @@ export async function startTaskUpstream(): Promise<TaskUpstream> {
             { "mcp-session-id": `up-${randomBytes(6).toString("hex")}` },
           );
         case "tools/call": {
+          if (params["name"] === "needs_input") {
+            // Multi-round-trip: the first call asks for input and hands out state; the retry with the
+            // state completes. The state names the call it was issued for, so a test can see what came back.
+            const state = params["requestState"];
+            if (typeof state === "string") {
+              return answer({ content: [{ type: "text", text: `completed with ${state}` }] });
+            }
+            return json(200, {
+              jsonrpc: "2.0",
+              id,
+              result: {
+                resultType: "input_required",
+                inputRequests: { confirm: { method: "elicitation/create", params: { message: "sure?" } } },
+                requestState: `upstream-state-${randomBytes(4).toString("hex")}`,
+              },
+            });
+          }
           const task = newTask();
           if (!modern) return answer({ task: { ...taskFields(task), ttl: 60_000 } });
           const created = {
