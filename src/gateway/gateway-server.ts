@@ -15,6 +15,8 @@ import { ANONYMOUS_TENANT, anonymousPrincipal } from "../identity/anonymous.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
 import { ANONYMOUS_ISSUER, ownerScope, type Principal } from "../identity/principal.ts";
 import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
+import type { Store } from "../store/contract.ts";
+import { capabilityOwner, createTaskCapabilities } from "../tasks/task-capabilities.ts";
 import { LEGACY_ONLY_TASK_METHODS, listedTasks, taskCreatedBy, tasksNamedBy } from "../tasks/task-policy.ts";
 import { isPoliceableTaskId, type TaskRegistry } from "../tasks/task-registry.ts";
 import { challengeHeaders } from "./auth-challenge.ts";
@@ -29,7 +31,7 @@ import {
   parseJsonRpcBody,
   readRequestBody,
 } from "./json-rpc-body.ts";
-import { checkModernRequest } from "./modern-request.ts";
+import { checkModernRequest, encodeMirrored } from "./modern-request.ts";
 import { metadataUrl, protectedResourceMetadata, resourceUrl } from "./protected-resource-metadata.ts";
 import {
   classifyProtocolVersion,
@@ -68,6 +70,8 @@ export interface GatewayDependencies {
   readonly signer: AssertionSigner;
   readonly sessions: SessionRegistry;
   readonly tasks: TaskRegistry;
+  /** The store task capabilities (anonymous modern clients) are kept in. */
+  readonly store: Store;
   readonly events: SecurityEvents;
   /** The upstream client for each upstream, by name. */
   readonly upstreamClients: ReadonlyMap<string, UpstreamClient>;
@@ -110,6 +114,7 @@ interface McpContext {
  */
 export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler {
   const { config, authenticator, signer, sessions, tasks, events } = deps;
+  const capabilities = createTaskCapabilities({ store: deps.store, keyring: deps.keyring });
   const routes = createUpstreamRoutes(config);
   const hostOrigin = createHostOriginPolicy(config.listen);
   const issuers = config.auth.issuers.map((issuer) => issuer.issuer);
@@ -543,8 +548,14 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     // Anonymous: a throwaway principal per request; there is no session to keep it in.
     const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
+    // Named tasks: an authenticated caller must own each; an anonymous caller must hold the
+    // capability the gateway minted for it, which is translated to the upstream's id here.
+    let translated: AnonymousTaskTranslation | undefined;
     try {
-      await guardTasks(context, principal, payload, "modern");
+      await guardTasks(context, principal, payload, "modern", caller === "anonymous");
+      if (caller === "anonymous" && message.kind !== "response") {
+        translated = await translateAnonymousTasks(context, principal, message.method, message.params);
+      }
     } catch (error) {
       return refuse(response, error, { upstream, clientAddress: context.clientAddress, id });
     }
@@ -560,6 +571,13 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       target: requestTarget(message.params),
     };
     let forwarded = body;
+    let mirrored = checked.mirroredHeaders;
+    if (translated !== undefined && translated.params !== undefined) {
+      const parsed = JSON.parse(body.toString("utf8")) as { params: unknown };
+      parsed.params = translated.params;
+      forwarded = Buffer.from(JSON.stringify(parsed));
+      if (translated.mcpName !== undefined) mirrored = { ...mirrored, "mcp-name": translated.mcpName };
+    }
     if (message.kind === "request" && isRecord(message.params) && "requestState" in message.params) {
       // The retry of a multi-round-trip request: only state the gateway sealed for this caller,
       // upstream and request opens (THREATS M4); the upstream receives its own value back.
@@ -569,7 +587,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       } catch (error) {
         return refuse(response, error, { upstream, clientAddress: context.clientAddress, id });
       }
-      const parsed = JSON.parse(body.toString("utf8")) as { params: Record<string, unknown> };
+      const parsed = JSON.parse(forwarded.toString("utf8")) as { params: Record<string, unknown> };
       parsed.params["requestState"] = state;
       forwarded = Buffer.from(JSON.stringify(parsed));
     }
@@ -580,10 +598,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const answer = await context.client.request({
       method: "POST",
       body: forwarded,
-      headers: await upstreamHeaders(context, principal, {
-        ...checked.mirroredHeaders,
-        [VERSION_HEADER]: version,
-      }),
+      headers: await upstreamHeaders(context, principal, { ...mirrored, [VERSION_HEADER]: version }),
       signal: abort.signal,
     });
     if (answer.status === 401 || answer.status === 403) {
@@ -594,7 +609,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     const headers = relayedHeaders(answer);
     const contentType = headerText(answer.headers["content-type"]);
-    const hook = answerHook(context, principal, payload, stateBinding);
+    const toCapability =
+      translated?.toCapability ?? (caller === "anonymous" ? new Map<string, string>() : undefined);
+    const hook = answerHook(context, principal, payload, stateBinding, toCapability);
     if (isJson(contentType) && answer.status === 200) return relayJson(response, answer, headers, hook);
     let stream: Readable = answer.body;
     if (isEventStream(contentType)) {
@@ -603,6 +620,57 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       headers["x-accel-buffering"] = "no";
     }
     await pipeToClient(response, answer.status, headers, stream, answer.body, true);
+  }
+
+  /**
+   * An anonymous modern request naming tasks names them by capability: each must be one the gateway
+   * minted for this upstream (else -32602, as an unknown task), and is replaced by the upstream's id
+   * in what is forwarded, Mcp-Name included.
+   */
+  async function translateAnonymousTasks(
+    context: McpContext,
+    principal: Principal,
+    method: string,
+    params: unknown,
+  ): Promise<AnonymousTaskTranslation> {
+    const named = tasksNamedBy(method, params);
+    if (named.kind !== "tasks") return { toCapability: new Map() };
+    const upstreamName = context.upstream.name;
+    const toUpstream = new Map<string, string>();
+    for (const capability of named.taskIds) {
+      const upstreamId = await capabilities.resolve(upstreamName, capability);
+      if (upstreamId === null || !(await tasks.owns(capabilityOwner(capability), upstreamName, upstreamId))) {
+        events.emit({
+          type: "task.denied",
+          reason: "not-owned",
+          upstream: upstreamName,
+          principal: ownerScope(principal),
+          ...(context.clientAddress !== undefined ? { clientAddress: context.clientAddress } : {}),
+        });
+        throw new GateError("ERR_TASK_NOT_FOUND", "unknown task", { detail: "task-capability-unknown" });
+      }
+      toUpstream.set(capability, upstreamId);
+    }
+    const rewrite = (value: unknown, depth: number): unknown => {
+      if (depth > 4) return value;
+      if (typeof value === "string") return toUpstream.get(value) ?? value;
+      if (Array.isArray(value)) return value.map((entry) => rewrite(entry, depth + 1));
+      if (!isRecord(value)) return value;
+      return Object.fromEntries(
+        Object.entries(value).map(([key, entry]) =>
+          key === "taskId" || key === "tasksStatus" || key === "taskIds" || isRecord(entry)
+            ? [key, rewrite(entry, depth + 1)]
+            : [key, entry],
+        ),
+      );
+    };
+    const translatedParams = rewrite(params, 0);
+    const taskId = isRecord(translatedParams) ? translatedParams["taskId"] : undefined;
+    return {
+      params: translatedParams,
+      ...(typeof taskId === "string" ? { mcpName: encodeMirrored(taskId) } : {}),
+      toCapability: new Map([...toUpstream].map(([capability, upstreamId]) => [upstreamId, capability])),
+    };
   }
 
   /**
@@ -616,6 +684,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     principal: Principal,
     payload: JsonRpcPayload,
     era: "legacy" | "modern",
+    capabilitiesOnly = false,
   ): Promise<void> {
     for (const message of payload.messages) {
       if (message.kind !== "request" && message.kind !== "notification") continue;
@@ -637,6 +706,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         denied("malformed");
         throw new GateError("ERR_TASK_NOT_FOUND", "unknown task", { detail: "task-id-malformed" });
       }
+      if (capabilitiesOnly) continue;
       const owned = await Promise.all(
         named.taskIds.map((taskId) => tasks.owns(principal, context.upstream.name, taskId)),
       );
@@ -658,6 +728,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     principal: Principal,
     payload: JsonRpcPayload | null,
     stateBinding?: RequestStateBinding,
+    /** Anonymous modern callers: upstream task id -> the capability the client knows it by. */
+    toCapability?: Map<string, string>,
   ): MessageHook {
     const listIds = new Set<unknown>();
     for (const message of payload?.messages ?? []) {
@@ -686,6 +758,21 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
           events.emit({ type: "upstream.unavailable", reason: "invalid-response", upstream: upstreamName });
           return withheld(message["id"]);
         }
+        if (toCapability !== undefined && isRecord(result) && result["resultType"] === "task") {
+          // Anonymous: the client gets a capability, never the upstream's id; the upstream's id is
+          // owned by the capability's principal, so no one can name it directly.
+          const ttl = Math.min(
+            Math.max(created.ttlMs ?? TASK_CAPABILITY_DEFAULT_TTL_MS, 1_000),
+            TASK_CAPABILITY_MAX_TTL_MS,
+          );
+          const { capability, owner } = await capabilities.mint(upstreamName, created.taskId, ttl);
+          if ((await tasks.claim(owner, upstreamName, created.taskId, ttl)) === "foreign") {
+            events.emit({ type: "task.conflict", upstream: upstreamName });
+            return withheld(message["id"]);
+          }
+          events.emit({ type: "task.claimed", upstream: upstreamName, principal: ownerScope(owner) });
+          return { ...message, result: { ...result, taskId: capability } };
+        }
         const outcome = await tasks.claim(principal, upstreamName, created.taskId, created.ttlMs);
         if (outcome === "foreign") {
           events.emit({ type: "task.conflict", upstream: upstreamName, principal: ownerScope(principal) });
@@ -693,6 +780,15 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         }
         events.emit({ type: "task.claimed", upstream: upstreamName, principal: ownerScope(principal) });
         return undefined;
+      }
+      if (toCapability !== undefined && toCapability.size > 0) {
+        // Answers about a translated task name it by the capability the client holds.
+        const carrier = isRecord(result) ? "result" : isRecord(message["params"]) ? "params" : undefined;
+        const fields = carrier ? (message[carrier] as Record<string, unknown>) : undefined;
+        const upstreamId = fields?.["taskId"];
+        if (carrier && typeof upstreamId === "string" && toCapability.has(upstreamId)) {
+          return { ...message, [carrier]: { ...fields, taskId: toCapability.get(upstreamId) } };
+        }
       }
       if (listIds.has(message["id"])) {
         const listed = listedTasks(message);
@@ -1106,6 +1202,17 @@ function headerText(value: string | string[] | undefined): string | undefined {
 function isEventStream(contentType: string | undefined): boolean {
   return contentType?.split(";")[0]?.trim().toLowerCase() === "text/event-stream";
 }
+
+interface AnonymousTaskTranslation {
+  /** The params to forward, capabilities replaced by upstream ids; undefined when nothing was named. */
+  readonly params?: unknown;
+  /** The Mcp-Name to forward for a task method (the upstream's id, encoded). */
+  readonly mcpName?: string;
+  readonly toCapability: Map<string, string>;
+}
+
+const TASK_CAPABILITY_DEFAULT_TTL_MS = 24 * 60 * 60 * 1000;
+const TASK_CAPABILITY_MAX_TTL_MS = 7 * 24 * 60 * 60 * 1000;
 
 /** The owner requestState of anonymous callers is sealed to: there is no identity to bind. */
 const ANONYMOUS_STATE_OWNER: Principal = Object.freeze({

@@ -130,6 +130,12 @@ export function decodeMirrored(value: string): string | null {
   return PLAIN_VALUE.test(value) ? value : null;
 }
 
+/** A value as a mirrored header carries it: plain when it is safe visible ASCII, else the base64 sentinel. */
+export function encodeMirrored(value: string): string {
+  if (PLAIN_VALUE.test(value) && !value.startsWith("=?base64?")) return value;
+  return `=?base64?${Buffer.from(value, "utf8").toString("base64")}?=`;
+}
+
 function single(headers: DistinctHeaders, name: string): string | undefined {
   const values = headers[name];
   if (values === undefined || values.length === 0) return undefined;

@@ -218,6 +218,7 @@ export async function startGateway(
       signer,
       sessions,
       tasks: createTaskRegistry({ store }),
+      store,
       events,
       upstreamClients,
       upstreamVersions,

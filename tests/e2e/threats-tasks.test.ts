@@ -407,3 +407,66 @@ describe("multi-round-trip requestState through the gateway", () => {
     );
   });
 });
+
+describe("anonymous modern clients hold task capabilities", () => {
+  let upstream: TaskUpstream;
+  let harness: Harness;
+  let url: string;
+  before(async () => {
+    upstream = await startTaskUpstream();
+    harness = await startHarness({
+      anonymous: true,
+      upstreams: [{ name: "tasks", path: "/mcp", url: upstream.url, protocolVersions: LEGACY_AND_MODERN }],
+    });
+    url = `${harness.url}/mcp`;
+  });
+  after(async () => {
+    await harness.close();
+    await upstream.close();
+  });
+
+  /** A modern request without a credential. */
+  async function anonymous(method: string, params: Record<string, unknown>): Promise<Answer> {
+    const field = NAME_FIELD[method];
+    const name = field ? params[field] : undefined;
+    const response = await fetch(url, {
+      method: "POST",
+      headers: mcpHeaders({
+        "mcp-protocol-version": MODERN,
+        "mcp-method": method,
+        ...(typeof name === "string" ? { "mcp-name": name } : {}),
+      }),
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: nextId++,
+        method,
+        params: { ...params, _meta: { "io.modelcontextprotocol/protocolVersion": MODERN } },
+      }),
+    });
+    return answerOf(response);
+  }
+
+  it("T1 anonymous: the client gets a gateway-minted capability, polls with it, and nobody reaches the task by the upstream's id", async () => {
+    const created = messageOf(await anonymous("tools/call", { name: "start_task", arguments: {} }));
+    const capability = String(created.result?.["taskId"]);
+    assert.match(capability, /^[A-Za-z0-9_-]{32}$/, "a 192-bit gateway-minted id");
+
+    const polled = messageOf(await anonymous("tasks/get", { taskId: capability }));
+    assert.equal(polled.result?.["taskId"], capability, "answers name the task by its capability");
+    const received = upstream.received("tasks/get").at(-1);
+    const realId = String((received?.body?.["params"] as { taskId?: string } | undefined)?.taskId);
+    assert.match(realId, /^task-[0-9a-f]{12}$/, "the upstream was asked with its own id");
+    assert.equal(received?.headers["mcp-name"], realId, "Mcp-Name names the upstream's id too");
+
+    const forwardedBefore = upstream.requests.length;
+    assert.equal(messageOf(await anonymous("tasks/get", { taskId: realId })).error?.code, -32602);
+    assert.equal(messageOf(await anonymous("tasks/get", { taskId: "A".repeat(32) })).error?.code, -32602);
+    const alice = await harness.token("alice");
+    assert.equal(messageOf(await modern(url, alice, "tasks/get", { taskId: realId })).error?.code, -32602);
+    assert.equal(
+      messageOf(await modern(url, alice, "tasks/get", { taskId: capability })).error?.code,
+      -32602,
+    );
+    assert.equal(upstream.requests.length, forwardedBefore, "nothing was forwarded for those");
+  });
+});
