@@ -17,7 +17,13 @@ import { ANONYMOUS_ISSUER, ownerScope, type Principal } from "../identity/princi
 import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
 import { capabilityOwner, createTaskCapabilities } from "../tasks/task-capabilities.ts";
-import { LEGACY_ONLY_TASK_METHODS, listedTasks, taskCreatedBy, tasksNamedBy } from "../tasks/task-policy.ts";
+import {
+  LEGACY_ONLY_TASK_METHODS,
+  listedTasks,
+  TASK_METHODS,
+  taskCreatedBy,
+  tasksNamedBy,
+} from "../tasks/task-policy.ts";
 import { isPoliceableTaskId, type TaskRegistry } from "../tasks/task-registry.ts";
 import { challengeHeaders } from "./auth-challenge.ts";
 import { clientResponseHeaders, upstreamRequestHeaders } from "./forward-headers.ts";
@@ -570,6 +576,13 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       method: message.method,
       target: requestTarget(message.params),
     };
+    // A task's requests carry the state the task was handed out with: bound to the task, by the id
+    // the client holds (a capability for anonymous callers).
+    const presentedTaskId = isRecord(message.params) ? message.params["taskId"] : undefined;
+    const requestBinding: RequestStateBinding =
+      TASK_METHODS.has(message.method) && typeof presentedTaskId === "string"
+        ? { ...stateBinding, method: TASK_STATE_METHOD, target: presentedTaskId }
+        : stateBinding;
     let forwarded = body;
     let mirrored = checked.mirroredHeaders;
     if (translated !== undefined && translated.params !== undefined) {
@@ -583,7 +596,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       // upstream and request opens (THREATS M4); the upstream receives its own value back.
       let state: string;
       try {
-        state = openRequestState(deps.keyring, stateBinding, message.params["requestState"], Date.now());
+        state = openRequestState(deps.keyring, requestBinding, message.params["requestState"], Date.now());
       } catch (error) {
         return refuse(response, error, { upstream, clientAddress: context.clientAddress, id });
       }
@@ -742,16 +755,42 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       error: { code: -32603, message: "upstream unavailable", data: { code: "ERR_UPSTREAM_UNAVAILABLE" } },
     });
     return async (message) => {
+      const answered = await judgeAnswer(message);
+      const final = answered ?? message;
+      const sealed = sealStateIn(final);
+      if (sealed !== undefined) return sealed;
+      return answered;
+    };
+
+    /**
+     * A `requestState` the upstream hands out (an input_required result, or a task's) leaves sealed:
+     * to the request's method and target for a multi-round-trip result, to the task (by the id the
+     * client holds) for a task's, so it opens only on the retry or on that task's own requests.
+     */
+    function sealStateIn(message: Record<string, unknown>): Record<string, unknown> | undefined {
       const result = message["result"];
-      if (
-        stateBinding !== undefined &&
-        isRecord(result) &&
-        result["resultType"] === "input_required" &&
-        typeof result["requestState"] === "string"
-      ) {
-        const sealed = sealRequestState(deps.keyring, stateBinding, result["requestState"], Date.now());
-        return { ...message, result: { ...result, requestState: sealed } };
+      if (stateBinding === undefined || !isRecord(result) || typeof result["requestState"] !== "string") {
+        return undefined;
       }
+      const taskId = result["taskId"];
+      const binding =
+        result["resultType"] === "input_required" || typeof taskId !== "string"
+          ? stateBinding
+          : { ...stateBinding, method: TASK_STATE_METHOD, target: taskId };
+      return {
+        ...message,
+        result: {
+          ...result,
+          requestState: sealRequestState(deps.keyring, binding, result["requestState"], Date.now()),
+        },
+      };
+    }
+
+    /** Claims, withholds, translates or filters: the message to send instead, or undefined to keep it. */
+    async function judgeAnswer(
+      message: Record<string, unknown>,
+    ): Promise<Record<string, unknown> | undefined> {
+      const result = message["result"];
       const created = taskCreatedBy(message);
       if (created !== null) {
         if (!isPoliceableTaskId(created.taskId)) {
@@ -803,7 +842,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         return { ...message, result: { ...listResult, tasks: listed.filter((_, index) => keep[index]) } };
       }
       return undefined;
-    };
+    }
   }
 
   /** Best effort, not awaited: the upstream's session for a gateway session that never came to be. */
@@ -1212,6 +1251,8 @@ interface AnonymousTaskTranslation {
 }
 
 const TASK_CAPABILITY_DEFAULT_TTL_MS = 24 * 60 * 60 * 1000;
+/** The `method` a task's requestState is bound to, whichever request carries it. */
+const TASK_STATE_METHOD = "(task)";
 const TASK_CAPABILITY_MAX_TTL_MS = 7 * 24 * 60 * 60 * 1000;
 
 /** The owner requestState of anonymous callers is sealed to: there is no identity to bind. */

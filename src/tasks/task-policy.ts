@@ -64,7 +64,12 @@ export function taskCreatedBy(message: Record<string, unknown>): CreatedTask | n
   const result = message["result"];
   if (!("id" in message) || !isRecord(result)) return null;
   if (result["resultType"] === "task" && typeof result["taskId"] === "string") {
-    return { taskId: result["taskId"], ttlMs: numberOrNull(result["ttlMs"]) };
+    // The extension's drafts name the TTL `ttlMs` or `ttlSeconds`; either bounds the owner record.
+    const seconds = numberOrNull(result["ttlSeconds"]);
+    return {
+      taskId: result["taskId"],
+      ttlMs: numberOrNull(result["ttlMs"]) ?? (seconds === null ? null : seconds * 1000),
+    };
   }
   const task = result["task"];
   if (isRecord(task) && typeof task["taskId"] === "string" && typeof task["status"] === "string") {
