@@ -190,13 +190,14 @@ for (const backend of await storeBackendCases("tasks-e2e")) {
       assert.equal(upstream.requests.length, forwardedBefore, "nothing of B's reached the upstream");
 
       const bobsList = messageOf(await legacy(url, bob, bobSession, "tasks/list", {}));
-      const bobsIds = (bobsList.result?.["tasks"] as Array<{ taskId: string }>).map((task) => task.taskId);
-      assert.ok(!bobsIds.includes(taskId), "B's list never shows A's task");
+      const idsOf = (list: ReturnType<Answer["json"]>): string[] => {
+        const listed = list.result?.["tasks"];
+        assert.ok(Array.isArray(listed), "tasks/list answers a list");
+        return (listed as Array<{ taskId: string }>).map((task) => task.taskId);
+      };
+      assert.ok(!idsOf(bobsList).includes(taskId), "B's list never shows A's task");
       const alicesList = messageOf(await legacy(url, alice, aliceSession, "tasks/list", {}));
-      const alicesIds = (alicesList.result?.["tasks"] as Array<{ taskId: string }>).map(
-        (task) => task.taskId,
-      );
-      assert.ok(alicesIds.includes(taskId), "A's list shows A's task");
+      assert.ok(idsOf(alicesList).includes(taskId), "A's list shows A's task");
       const result = messageOf(await legacy(url, alice, aliceSession, "tasks/result", { taskId }));
       assert.ok(result.result, "A reads its own task's result");
     });
