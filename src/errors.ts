@@ -97,12 +97,12 @@ const wireForm = {
   ERR_PROTOCOL_VERSION_MISMATCH: { status: 400, message: "protocol version does not match the session" },
   // MCP 2026-07-28 Streamable HTTP, Server Validation: mirrored headers missing, malformed or not
   // matching the body (JSON-RPC -32020 HeaderMismatch). The message never says which header.
-  ERR_HEADER_MISMATCH: { status: 400, message: "Header mismatch" },
+  ERR_HEADER_MISMATCH: { status: 400, message: "header mismatch" },
   // A task the caller does not own, or that has no owner record: one in-band JSON-RPC -32602 (HTTP
   // 200, as MCP servers answer invalid params), the gateway's own and identical for both (THREATS T1).
-  ERR_TASK_NOT_FOUND: { status: 200, message: "Invalid params: unknown task" },
+  ERR_TASK_NOT_FOUND: { status: 200, message: "unknown task" },
   // 2026-07-28 Streamable HTTP: a method the server does not implement is 404 with -32601.
-  ERR_METHOD_NOT_FOUND: { status: 404, message: "Method not found" },
+  ERR_METHOD_NOT_FOUND: { status: 404, message: "method not found" },
   // The upstream's own refusals of the gateway (401/403) are never relayed: a client seeing 401 would
   // drop its gateway token (DESIGN, authorization). Both upstream failures read the same to a client.
   ERR_UPSTREAM_UNAVAILABLE: { status: 502, message: "upstream unavailable" },
