@@ -48,7 +48,7 @@ import {
   unsupportedVersionError,
 } from "./protocol-era.ts";
 import { openRequestState, type RequestStateBinding, sealRequestState } from "./request-state.ts";
-import { inspectJson, inspectSse, type MessageHook } from "./response-inspector.ts";
+import { DROP, inspectJson, inspectSse, type MessageHook } from "./response-inspector.ts";
 import { createEventIdCodec, rewriteSseEventIds } from "./sse-event-ids.ts";
 import type { UpstreamClient, UpstreamResponse } from "./upstream-client.ts";
 import { createUpstreamRoutes } from "./upstream-routes.ts";
@@ -756,6 +756,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     });
     return async (message) => {
       const answered = await judgeAnswer(message);
+      if (answered === DROP) return DROP;
       const final = answered ?? message;
       const sealed = sealStateIn(final);
       if (sealed !== undefined) return sealed;
@@ -789,8 +790,21 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     /** Claims, withholds, translates or filters: the message to send instead, or undefined to keep it. */
     async function judgeAnswer(
       message: Record<string, unknown>,
-    ): Promise<Record<string, unknown> | undefined> {
+    ): Promise<Record<string, unknown> | undefined | typeof DROP> {
       const result = message["result"];
+      if (message["method"] === TASK_STATUS_NOTIFICATION) {
+        // A task's status goes only to its owner: a careless upstream pushing other tasks' statuses
+        // on a stream must not show B anything of A's task (THREATS T1).
+        const params = message["params"];
+        if (!isRecord(params)) return DROP;
+        const taskId = params["taskId"];
+        if (typeof taskId !== "string") return DROP;
+        if (toCapability !== undefined) {
+          const capability = toCapability.get(taskId);
+          return capability === undefined ? DROP : { ...message, params: { ...params, taskId: capability } };
+        }
+        return (await tasks.owns(principal, upstreamName, taskId)) ? undefined : DROP;
+      }
       const created = taskCreatedBy(message);
       if (created !== null) {
         if (!isPoliceableTaskId(created.taskId)) {
@@ -1251,6 +1265,7 @@ interface AnonymousTaskTranslation {
 }
 
 const TASK_CAPABILITY_DEFAULT_TTL_MS = 24 * 60 * 60 * 1000;
+const TASK_STATUS_NOTIFICATION = "notifications/tasks/status";
 /** The `method` a task's requestState is bound to, whichever request carries it. */
 const TASK_STATE_METHOD = "(task)";
 const TASK_CAPABILITY_MAX_TTL_MS = 7 * 24 * 60 * 60 * 1000;

@@ -13,7 +13,12 @@ import { GateError } from "../errors.ts";
  *   event passes at once. Comments, ids and other fields are kept byte for byte; only the `data` of
  *   a replaced message changes.
  */
-export type MessageHook = (message: Record<string, unknown>) => Promise<Record<string, unknown> | undefined>;
+export type MessageHook = (
+  message: Record<string, unknown>,
+) => Promise<Record<string, unknown> | undefined | typeof DROP>;
+
+/** What a hook returns to withhold a message entirely (an SSE event is left out of the stream). */
+export const DROP: unique symbol = Symbol("drop");
 
 /** An event longer than this is not inspected but refused (an upstream failure, not a client one). */
 const MAX_EVENT_BYTES = 8 * 1024 * 1024;
@@ -27,6 +32,9 @@ export async function inspectJson(body: Buffer, hook: MessageHook): Promise<Buff
   }
   if (!isRecord(message)) return body;
   const replacement = await hook(message);
+  // A JSON body is one message answering the request; withholding it leaves nothing to send, so a
+  // dropped one becomes an empty object the client cannot mistake for an answer.
+  if (replacement === DROP) return Buffer.from("{}");
   return replacement === undefined ? body : Buffer.from(JSON.stringify(replacement));
 }
 
@@ -57,6 +65,7 @@ export function inspectSse(hook: MessageHook): Transform {
       return;
     }
     const replacement = await hook(message);
+    if (replacement === DROP) return;
     if (replacement === undefined) {
       transform.push(event);
       return;

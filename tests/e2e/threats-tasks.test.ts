@@ -226,6 +226,30 @@ for (const backend of await storeBackendCases("tasks-e2e")) {
       }
     });
 
+    it("T1 task status notifications on a listen stream reach only the task's owner", async () => {
+      const alicesTask = String(
+        messageOf(await modern(url, alice, "tools/call", { name: "start_task", arguments: {} })).result?.[
+          "taskId"
+        ],
+      );
+      const bobsTask = String(
+        messageOf(await modern(url, bob, "tools/call", { name: "start_task", arguments: {} })).result?.[
+          "taskId"
+        ],
+      );
+      const bobsStream = await modern(url, bob, "subscriptions/listen", {
+        notifications: { toolsListChanged: true },
+      });
+      assert.match(bobsStream.text, /notifications\/subscriptions\/acknowledged/);
+      assert.ok(bobsStream.text.includes(bobsTask), "B sees its own task's status");
+      assert.ok(!bobsStream.text.includes(alicesTask), "B never sees A's task's status");
+      const alicesStream = await modern(url, alice, "subscriptions/listen", {
+        notifications: { toolsListChanged: true },
+      });
+      assert.ok(alicesStream.text.includes(alicesTask));
+      assert.ok(!alicesStream.text.includes(bobsTask));
+    });
+
     it("T3 a task id the gateway never saw created has no owner record and is refused, never served", async () => {
       // Created at the upstream directly, behind the gateway's back: no owner record exists.
       const direct = await fetch(upstream.url, {

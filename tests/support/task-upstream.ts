@@ -155,12 +155,18 @@ export async function startTaskUpstream(): Promise<TaskUpstream> {
         case "tasks/list":
           // Careless: everybody's tasks.
           return answer({ tasks: [...tasks.values()].map((task) => ({ ...taskFields(task), ttl: 60_000 })) });
-        case "subscriptions/listen":
+        case "subscriptions/listen": {
+          // Careless: every task's status to every listener.
           response.writeHead(200, { "content-type": "text/event-stream" });
+          const statuses = [...tasks.values()].map(
+            (task) =>
+              `data: ${JSON.stringify({ jsonrpc: "2.0", method: "notifications/tasks/status", params: { ...taskFields(task), ttlMs: 60_000 } })}\n\n`,
+          );
           response.end(
-            `data: ${JSON.stringify({ jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: {} })}\n\n`,
+            `data: ${JSON.stringify({ jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: {} })}\n\n${statuses.join("")}`,
           );
           return;
+        }
         default:
           return answer({ tools: [] });
       }
