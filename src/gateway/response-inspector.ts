@@ -25,9 +25,26 @@ export async function inspectJson(body: Buffer, hook: MessageHook): Promise<Buff
   } catch {
     return body; // not JSON: nothing the gateway could claim or withhold (the client cannot use it either)
   }
-  if (!isRecord(message)) return body;
-  const replacement = await hook(message);
+  const replacement = await inspectMessage(message, hook);
   return replacement === undefined ? body : Buffer.from(JSON.stringify(replacement));
+}
+
+/**
+ * One message, or a 2025-03-26 batch of them (an array answering a batch request): each element is
+ * judged on its own, so a batch answer is claimed and filtered exactly as single answers are.
+ * Undefined when nothing changed.
+ */
+async function inspectMessage(message: unknown, hook: MessageHook): Promise<unknown> {
+  if (isRecord(message)) return hook(message);
+  if (!Array.isArray(message)) return undefined;
+  let changed = false;
+  const elements: unknown[] = [];
+  for (const element of message) {
+    const replacement = isRecord(element) ? await hook(element) : undefined;
+    if (replacement !== undefined) changed = true;
+    elements.push(replacement ?? element);
+  }
+  return changed ? elements : undefined;
 }
 
 /** An SSE transform running `hook` on every event whose data is one JSON-RPC message. */
@@ -52,11 +69,7 @@ export function inspectSse(hook: MessageHook): Transform {
       transform.push(event);
       return;
     }
-    if (!isRecord(message)) {
-      transform.push(event);
-      return;
-    }
-    const replacement = await hook(message);
+    const replacement = await inspectMessage(message, hook);
     if (replacement === undefined) {
       transform.push(event);
       return;
