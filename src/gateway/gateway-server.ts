@@ -745,9 +745,15 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     toCapability?: Map<string, string>,
   ): MessageHook {
     const listIds = new Set<unknown>();
+    const requestIds = new Set<unknown>();
     for (const message of payload?.messages ?? []) {
-      if (message.kind === "request" && message.method === "tasks/list") listIds.add(message.id);
+      if (message.kind !== "request") continue;
+      requestIds.add(message.id);
+      if (message.method === "tasks/list") listIds.add(message.id);
     }
+    // A response to no request of this payload (on a GET stream: one the upstream replays after a
+    // resumption) may be a tasks/list answer: it is filtered as one, since nothing says otherwise.
+    const mayBeList = (id: unknown): boolean => listIds.has(id) || !requestIds.has(id);
     const upstreamName = context.upstream.name;
     const withheld = (id: unknown): Record<string, unknown> => ({
       jsonrpc: "2.0",
@@ -829,7 +835,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
           return { ...message, [carrier]: { ...fields, taskId: toCapability.get(upstreamId) } };
         }
       }
-      if (listIds.has(message["id"])) {
+      if ("id" in message && !("method" in message) && mayBeList(message["id"])) {
         const listed = listedTasks(message);
         if (listed === null) return undefined;
         const keep = await Promise.all(

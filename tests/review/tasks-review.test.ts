@@ -214,4 +214,31 @@ describe("review: task ownership behind a scripted upstream", () => {
     upstream.script = null;
     assert.doesNotMatch(answer.text, new RegExp(foreign), "B's list never shows A's task");
   });
+
+  it("a tasks/list answer replayed on a GET stream (resumption) is filtered like the POST's", async () => {
+    const foreign = await aliceTask();
+    const session = await initialize(url, bob, "2025-11-25");
+    upstream.script = (_body, request, response) => {
+      if (request.method !== "GET") return false;
+      // What an upstream with an event store replays after B's POST stream broke before its answer.
+      response.writeHead(200, { "content-type": "text/event-stream" });
+      response.end(
+        `id: 1\ndata: ${JSON.stringify({ jsonrpc: "2.0", id: 5, result: { tasks: [{ taskId: foreign, status: "working" }] } })}\n\n`,
+      );
+      return true;
+    };
+    const response = await fetch(url, {
+      headers: {
+        accept: "text/event-stream",
+        authorization: `Bearer ${bob}`,
+        "mcp-session-id": session,
+        "mcp-protocol-version": "2025-11-25",
+      },
+    });
+    const text = await response.text();
+    upstream.script = null;
+    assert.equal(response.status, 200);
+    assert.match(text, /"tasks":\[\]/, "the replayed answer reached B, filtered");
+    assert.doesNotMatch(text, new RegExp(foreign), "B's stream never shows A's task");
+  });
 });
