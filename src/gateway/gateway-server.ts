@@ -426,6 +426,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       await relay(context, answer, resolved.session, sessionId, {
         cancelOnClientClose: false,
         hook: answerHook(context, resolved.principal, payload),
+        // A tasks/list answer must be filtered: one too large to read is refused, never passed.
+        mustInspect: payload.messages.some((m) => m.kind === "request" && m.method === "tasks/list"),
       });
     } catch (error) {
       refuse(context.response, error, { upstream, clientAddress: context.clientAddress, id });
@@ -954,7 +956,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     answer: UpstreamResponse,
     session: ResolvedSession,
     sessionId: string | undefined,
-    options: { cancelOnClientClose: boolean; hook: MessageHook },
+    options: { cancelOnClientClose: boolean; hook: MessageHook; mustInspect?: boolean },
   ): Promise<void> {
     const { response, upstream } = context;
     if (answer.status === 401 || answer.status === 403) {
@@ -979,7 +981,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const contentType = headerText(answer.headers["content-type"]);
     const headers = relayedHeaders(answer);
     if (isJson(contentType) && answer.status === 200) {
-      return relayJson(response, answer, headers, options.hook);
+      return relayJson(response, answer, headers, options.hook, options.mustInspect ?? false);
     }
     let body: Readable = answer.body;
     if (isEventStream(contentType)) {
@@ -1016,6 +1018,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     answer: UpstreamResponse,
     headers: Record<string, string>,
     hook: MessageHook,
+    mustInspect = false,
   ): Promise<void> {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -1027,6 +1030,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       size += chunk.byteLength;
       chunks.push(chunk);
       if (size > MAX_INSPECTED_JSON_BYTES) {
+        if (mustInspect) {
+          answer.body.destroy();
+          throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream answer too large", {
+            detail: "invalid-response-too-large",
+          });
+        }
         response.writeHead(answer.status, headers);
         for (const held of chunks) response.write(held);
         const rest = Readable.from({ [Symbol.asyncIterator]: () => iterator });

@@ -241,4 +241,33 @@ describe("review: task ownership behind a scripted upstream", () => {
     assert.match(text, /"tasks":\[\]/, "the replayed answer reached B, filtered");
     assert.doesNotMatch(text, new RegExp(foreign), "B's stream never shows A's task");
   });
+
+  it("a tasks/list answer over the 16 MiB inspection bound is never passed on unfiltered", async () => {
+    const foreign = await aliceTask();
+    const session = await initialize(url, bob, "2025-11-25");
+    upstream.script = (body, _request, response) => {
+      const message = body as { id?: unknown; method?: string };
+      if (message.method !== "tasks/list") return false;
+      const padding = "x".repeat(17 * 1024 * 1024);
+      response.writeHead(200, { "content-type": "application/json" });
+      response.end(
+        JSON.stringify({
+          jsonrpc: "2.0",
+          id: message.id,
+          result: { tasks: [{ taskId: foreign, status: "working", statusMessage: padding }] },
+        }),
+      );
+      return true;
+    };
+    const answer = await post(url, bob, session, "2025-11-25", {
+      jsonrpc: "2.0",
+      id: 9,
+      method: "tasks/list",
+      params: {},
+    }).catch((error: unknown) => ({ status: 0, text: String(error) }));
+    upstream.script = null;
+    assert.doesNotMatch(answer.text.slice(0, 4096), new RegExp(foreign), "B's list never shows A's task");
+    assert.ok(!answer.text.includes(foreign), "B's list never shows A's task");
+    assert.equal(answer.status, 502, "refused as an upstream failure");
+  });
 });
