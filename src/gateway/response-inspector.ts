@@ -17,6 +17,8 @@ export type MessageHook = (message: Record<string, unknown>) => Promise<Record<s
 
 /** An event longer than this is not inspected but refused (an upstream failure, not a client one). */
 const MAX_EVENT_BYTES = 8 * 1024 * 1024;
+const CR = 0x0d;
+const LF = 0x0a;
 
 export async function inspectJson(body: Buffer, hook: MessageHook): Promise<Buffer> {
   let message: unknown;
@@ -50,10 +52,48 @@ async function inspectMessage(message: unknown, hook: MessageHook): Promise<unkn
 /** An SSE transform running `hook` on every event whose data is one JSON-RPC message. */
 export function inspectSse(hook: MessageHook): Transform {
   let pending: Buffer = Buffer.alloc(0);
-  const EVENT_END = /\r\n\r\n|\n\n|\r\r/;
+  // Where the scan for the end of the pending event resumes, and the line state there. The event
+  // stream grammar (HTML, Server-sent events): a line ends with CRLF, LF or CR, and an empty line
+  // ends the event. Any mix of the three is legal ("\n\r\n", "\r\n\r"), so the gateway splits
+  // exactly as the client's parser does; otherwise two events would be read as one and neither
+  // inspected.
+  let scanned = 0;
+  let atLineStart = true;
+  /** The last line ended with a CR: an LF right after it is part of that line ending. */
+  let afterCr = false;
+
+  /** The length of the first complete event in `pending`, or -1 when it is not complete yet. */
+  function eventEnd(): number {
+    for (; scanned < pending.length; scanned++) {
+      const byte = pending[scanned];
+      if (afterCr) {
+        afterCr = false;
+        if (byte === LF) continue;
+      }
+      if (byte !== CR && byte !== LF) {
+        atLineStart = false;
+        continue;
+      }
+      afterCr = byte === CR;
+      if (!atLineStart) {
+        atLineStart = true;
+        continue;
+      }
+      // An empty line: the event ends with it (its LF too, when a CRLF's LF has arrived).
+      let end = scanned + 1;
+      if (afterCr && pending[end] === LF) {
+        afterCr = false;
+        end += 1;
+      }
+      scanned = 0;
+      return end;
+    }
+    return -1;
+  }
 
   async function processEvent(event: Buffer, transform: Transform): Promise<void> {
-    const text = event.toString("utf8");
+    // A byte order mark is skipped by the client's parser; it must not hide a data line here.
+    const text = event.toString("utf8").replace(/^\uFEFF/, "");
     const lines = text.split(/\r\n|\n|\r/);
     const data = lines
       .filter((line) => line.startsWith("data:"))
@@ -85,12 +125,10 @@ export function inspectSse(hook: MessageHook): Transform {
       pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
       const run = async () => {
         for (;;) {
-          // Search the text form; positions map back exactly because the separators are ASCII and
-          // a chunk split inside a multi-byte character is never at an event boundary.
-          const text = pending.toString("latin1");
-          const match = EVENT_END.exec(text);
-          if (!match) break;
-          const end = match.index + match[0].length;
+          // The separators are ASCII, so a chunk split inside a multi-byte character is never at
+          // an event boundary.
+          const end = eventEnd();
+          if (end < 0) break;
           const event = pending.subarray(0, end);
           pending = pending.subarray(end);
           await processEvent(Buffer.from(event), this);

@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { inspectSse } from "../../src/gateway/response-inspector.ts";
 import { type Harness, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
 
 type Script = (body: unknown, request: IncomingMessage, response: ServerResponse) => boolean;
@@ -269,5 +270,47 @@ describe("review: task ownership behind a scripted upstream", () => {
     assert.doesNotMatch(answer.text.slice(0, 4096), new RegExp(foreign), "B's list never shows A's task");
     assert.ok(!answer.text.includes(foreign), "B's list never shows A's task");
     assert.equal(answer.status, 502, "refused as an upstream failure");
+  });
+});
+
+/** The messages the hook saw, and the bytes the client got, for a stream fed in the given pieces. */
+async function throughInspector(pieces: readonly string[]): Promise<{ seen: unknown[]; out: string }> {
+  const seen: unknown[] = [];
+  const transform = inspectSse(async (message) => {
+    seen.push(message);
+    return message["replace"] === true ? { replaced: true } : undefined;
+  });
+  const chunks: Buffer[] = [];
+  transform.on("data", (chunk: Buffer) => chunks.push(Buffer.from(chunk)));
+  const ended = new Promise((resolve) => transform.on("end", resolve));
+  for (const piece of pieces) transform.write(Buffer.from(piece, "utf8"));
+  transform.end();
+  await ended;
+  return { seen, out: Buffer.concat(chunks).toString("utf8") };
+}
+
+describe("review: SSE events split as an EventSource client splits them", () => {
+  const framings: Record<string, string> = {
+    "LF then CRLF": "\n\r\n",
+    "CRLF then CR": "\r\n\r",
+    "LF then CR": "\n\r",
+    "CR then CRLF": "\r\r\n",
+  };
+  for (const [name, end] of Object.entries(framings)) {
+    it(`events ended by ${name} are each inspected`, async () => {
+      const text = `data: {"n":1}${end}data: {"n":2,"replace":true}${end}data: {"n":3}${end}`;
+      const whole = await throughInspector([text]);
+      assert.deepEqual(whole.seen, [{ n: 1 }, { n: 2, replace: true }, { n: 3 }]);
+      assert.doesNotMatch(whole.out, /"n":2/, "the replaced event is not passed on");
+      const byteByByte = await throughInspector([...text]);
+      assert.deepEqual(byteByByte.seen, whole.seen);
+      assert.doesNotMatch(byteByByte.out, /"n":2/);
+    });
+  }
+
+  it("a leading byte order mark does not hide the first event's data", async () => {
+    const { seen, out } = await throughInspector(['\ufeffdata: {"replace":true}\n\n']);
+    assert.deepEqual(seen, [{ replace: true }]);
+    assert.match(out, /replaced/);
   });
 });
