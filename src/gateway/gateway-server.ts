@@ -426,6 +426,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       await relay(context, answer, resolved.session, sessionId, {
         cancelOnClientClose: false,
         hook: answerHook(context, resolved.principal, payload),
+        // A tasks/list answer must be filtered: one too large to read is refused, never passed.
+        mustInspect: payload.messages.some((m) => m.kind === "request" && m.method === "tasks/list"),
       });
     } catch (error) {
       refuse(context.response, error, { upstream, clientAddress: context.clientAddress, id });
@@ -745,9 +747,15 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     toCapability?: Map<string, string>,
   ): MessageHook {
     const listIds = new Set<unknown>();
+    const requestIds = new Set<unknown>();
     for (const message of payload?.messages ?? []) {
-      if (message.kind === "request" && message.method === "tasks/list") listIds.add(message.id);
+      if (message.kind !== "request") continue;
+      requestIds.add(message.id);
+      if (message.method === "tasks/list") listIds.add(message.id);
     }
+    // A response to no request of this payload (on a GET stream: one the upstream replays after a
+    // resumption) may be a tasks/list answer: it is filtered as one, since nothing says otherwise.
+    const mayBeList = (id: unknown): boolean => listIds.has(id) || !requestIds.has(id);
     const upstreamName = context.upstream.name;
     const withheld = (id: unknown): Record<string, unknown> => ({
       jsonrpc: "2.0",
@@ -843,7 +851,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
           return { ...message, [carrier]: { ...fields, taskId: toCapability.get(upstreamId) } };
         }
       }
-      if (listIds.has(message["id"])) {
+      if ("id" in message && !("method" in message) && mayBeList(message["id"])) {
         const listed = listedTasks(message);
         if (listed === null) return undefined;
         const keep = await Promise.all(
@@ -962,7 +970,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     answer: UpstreamResponse,
     session: ResolvedSession,
     sessionId: string | undefined,
-    options: { cancelOnClientClose: boolean; hook: MessageHook },
+    options: { cancelOnClientClose: boolean; hook: MessageHook; mustInspect?: boolean },
   ): Promise<void> {
     const { response, upstream } = context;
     if (answer.status === 401 || answer.status === 403) {
@@ -987,7 +995,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const contentType = headerText(answer.headers["content-type"]);
     const headers = relayedHeaders(answer);
     if (isJson(contentType) && answer.status === 200) {
-      return relayJson(response, answer, headers, options.hook);
+      return relayJson(response, answer, headers, options.hook, options.mustInspect ?? false);
     }
     let body: Readable = answer.body;
     if (isEventStream(contentType)) {
@@ -1024,6 +1032,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     answer: UpstreamResponse,
     headers: Record<string, string>,
     hook: MessageHook,
+    mustInspect = false,
   ): Promise<void> {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -1035,6 +1044,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       size += chunk.byteLength;
       chunks.push(chunk);
       if (size > MAX_INSPECTED_JSON_BYTES) {
+        if (mustInspect) {
+          answer.body.destroy();
+          throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream answer too large", {
+            detail: "invalid-response-too-large",
+          });
+        }
         response.writeHead(answer.status, headers);
         for (const held of chunks) response.write(held);
         const rest = Readable.from({ [Symbol.asyncIterator]: () => iterator });

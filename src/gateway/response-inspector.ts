@@ -22,6 +22,8 @@ export const DROP: unique symbol = Symbol("drop");
 
 /** An event longer than this is not inspected but refused (an upstream failure, not a client one). */
 const MAX_EVENT_BYTES = 8 * 1024 * 1024;
+const CR = 0x0d;
+const LF = 0x0a;
 
 export async function inspectJson(body: Buffer, hook: MessageHook): Promise<Buffer> {
   let message: unknown;
@@ -30,21 +32,78 @@ export async function inspectJson(body: Buffer, hook: MessageHook): Promise<Buff
   } catch {
     return body; // not JSON: nothing the gateway could claim or withhold (the client cannot use it either)
   }
-  if (!isRecord(message)) return body;
-  const replacement = await hook(message);
+  const replacement = await inspectMessage(message, hook);
   // A JSON body is one message answering the request; withholding it leaves nothing to send, so a
   // dropped one becomes an empty object the client cannot mistake for an answer.
   if (replacement === DROP) return Buffer.from("{}");
   return replacement === undefined ? body : Buffer.from(JSON.stringify(replacement));
 }
 
+/**
+ * One message, or a 2025-03-26 batch of them (an array answering a batch request): each element is
+ * judged on its own, so a batch answer is claimed and filtered exactly as single answers are.
+ * Undefined when nothing changed.
+ */
+async function inspectMessage(message: unknown, hook: MessageHook): Promise<unknown> {
+  if (isRecord(message)) return hook(message);
+  if (!Array.isArray(message)) return undefined;
+  let changed = false;
+  const elements: unknown[] = [];
+  for (const element of message) {
+    const replacement = isRecord(element) ? await hook(element) : undefined;
+    if (replacement !== undefined) changed = true;
+    // A withheld element leaves the batch; the rest of it still goes to the client.
+    if (replacement !== DROP) elements.push(replacement ?? element);
+  }
+  if (changed && elements.length === 0) return DROP;
+  return changed ? elements : undefined;
+}
+
 /** An SSE transform running `hook` on every event whose data is one JSON-RPC message. */
 export function inspectSse(hook: MessageHook): Transform {
   let pending: Buffer = Buffer.alloc(0);
-  const EVENT_END = /\r\n\r\n|\n\n|\r\r/;
+  // Where the scan for the end of the pending event resumes, and the line state there. The event
+  // stream grammar (HTML, Server-sent events): a line ends with CRLF, LF or CR, and an empty line
+  // ends the event. Any mix of the three is legal ("\n\r\n", "\r\n\r"), so the gateway splits
+  // exactly as the client's parser does; otherwise two events would be read as one and neither
+  // inspected.
+  let scanned = 0;
+  let atLineStart = true;
+  /** The last line ended with a CR: an LF right after it is part of that line ending. */
+  let afterCr = false;
+
+  /** The length of the first complete event in `pending`, or -1 when it is not complete yet. */
+  function eventEnd(): number {
+    for (; scanned < pending.length; scanned++) {
+      const byte = pending[scanned];
+      if (afterCr) {
+        afterCr = false;
+        if (byte === LF) continue;
+      }
+      if (byte !== CR && byte !== LF) {
+        atLineStart = false;
+        continue;
+      }
+      afterCr = byte === CR;
+      if (!atLineStart) {
+        atLineStart = true;
+        continue;
+      }
+      // An empty line: the event ends with it (its LF too, when a CRLF's LF has arrived).
+      let end = scanned + 1;
+      if (afterCr && pending[end] === LF) {
+        afterCr = false;
+        end += 1;
+      }
+      scanned = 0;
+      return end;
+    }
+    return -1;
+  }
 
   async function processEvent(event: Buffer, transform: Transform): Promise<void> {
-    const text = event.toString("utf8");
+    // A byte order mark is skipped by the client's parser; it must not hide a data line here.
+    const text = event.toString("utf8").replace(/^\uFEFF/, "");
     const lines = text.split(/\r\n|\n|\r/);
     const data = lines
       .filter((line) => line.startsWith("data:"))
@@ -60,11 +119,7 @@ export function inspectSse(hook: MessageHook): Transform {
       transform.push(event);
       return;
     }
-    if (!isRecord(message)) {
-      transform.push(event);
-      return;
-    }
-    const replacement = await hook(message);
+    const replacement = await inspectMessage(message, hook);
     if (replacement === DROP) return;
     if (replacement === undefined) {
       transform.push(event);
@@ -81,12 +136,10 @@ export function inspectSse(hook: MessageHook): Transform {
       pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
       const run = async () => {
         for (;;) {
-          // Search the text form; positions map back exactly because the separators are ASCII and
-          // a chunk split inside a multi-byte character is never at an event boundary.
-          const text = pending.toString("latin1");
-          const match = EVENT_END.exec(text);
-          if (!match) break;
-          const end = match.index + match[0].length;
+          // The separators are ASCII, so a chunk split inside a multi-byte character is never at
+          // an event boundary.
+          const end = eventEnd();
+          if (end < 0) break;
           const event = pending.subarray(0, end);
           pending = pending.subarray(end);
           await processEvent(Buffer.from(event), this);
