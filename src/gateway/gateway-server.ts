@@ -652,9 +652,17 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     if (named.kind !== "tasks") return { toCapability: new Map() };
     const upstreamName = context.upstream.name;
     const toUpstream = new Map<string, string>();
-    for (const capability of named.taskIds) {
-      const upstreamId = await capabilities.resolve(upstreamName, capability);
-      if (upstreamId === null || !(await tasks.owns(capabilityOwner(capability), upstreamName, upstreamId))) {
+    // Every capability is looked up before any is judged, so the reads do not depend on which fails.
+    const resolved = await Promise.all(
+      named.taskIds.map(async (capability) => {
+        const upstreamId = await capabilities.resolve(upstreamName, capability);
+        const owned =
+          upstreamId !== null && (await tasks.owns(capabilityOwner(capability), upstreamName, upstreamId));
+        return { capability, upstreamId: owned ? upstreamId : null };
+      }),
+    );
+    for (const { capability, upstreamId } of resolved) {
+      if (upstreamId === null) {
         events.emit({
           type: "task.denied",
           reason: "not-owned",
@@ -832,6 +840,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
             return withheld(message["id"]);
           }
           events.emit({ type: "task.claimed", upstream: upstreamName, principal: ownerScope(owner) });
+          // Later messages of this answer naming the task (its status on the same stream) use it too.
+          toCapability.set(created.taskId, capability);
           return { ...message, result: { ...result, taskId: capability } };
         }
         const outcome = await tasks.claim(principal, upstreamName, created.taskId, created.ttlMs);
