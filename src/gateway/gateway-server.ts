@@ -420,7 +420,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       }
       const answer = await context.client.request({
         method: "POST",
-        body,
+        body: openListCursors(resolved.principal, upstream.name, body, payload),
         headers: await upstreamHeaders(context, resolved.principal, sessionHeaders(resolved.session)),
       });
       await relay(context, answer, resolved.session, sessionId, {
@@ -697,6 +697,36 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   }
 
   /**
+   * `tasks/list` cursors the gateway handed out are sealed (see answerHook); a request's cursor must
+   * open for the caller and upstream, and the upstream receives its own. Throws
+   * ERR_SEALED_VALUE_INVALID for any other cursor. The body is rewritten only when it has one.
+   */
+  function openListCursors(
+    principal: Principal,
+    upstreamName: string,
+    body: Buffer,
+    payload: JsonRpcPayload,
+  ): Buffer {
+    const withCursor = payload.messages.some(
+      (m) => m.kind === "request" && m.method === "tasks/list" && isRecord(m.params) && "cursor" in m.params,
+    );
+    if (!withCursor) return body;
+    const binding = listCursorBinding(principal, upstreamName);
+    const open = (message: unknown): unknown => {
+      if (!isRecord(message) || message["method"] !== "tasks/list" || !isRecord(message["params"]))
+        return message;
+      const params = message["params"];
+      if (!("cursor" in params)) return message;
+      return {
+        ...message,
+        params: { ...params, cursor: openRequestState(deps.keyring, binding, params["cursor"], Date.now()) },
+      };
+    };
+    const parsed: unknown = JSON.parse(body.toString("utf8"));
+    return Buffer.from(JSON.stringify(Array.isArray(parsed) ? parsed.map(open) : open(parsed)));
+  }
+
+  /**
    * Refuses, before anything is forwarded, a request naming a task the caller does not own (THREATS
    * T1, T3): the gateway answers -32602 itself, the same for a foreign task and one without an owner
    * record, after the same one read per task id. In the modern era the 2025-11-25-only task methods
@@ -871,7 +901,26 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
           }),
         );
         const listResult = message["result"] as Record<string, unknown>;
-        return { ...message, result: { ...listResult, tasks: listed.filter((_, index) => keep[index]) } };
+        const cursor = listResult["nextCursor"];
+        return {
+          ...message,
+          result: {
+            ...listResult,
+            tasks: listed.filter((_, index) => keep[index]),
+            // An upstream's cursor may be a task id (the SDK's task store uses the last one listed):
+            // it leaves sealed to the caller and upstream, and opens only on the caller's next page.
+            ...(typeof cursor === "string"
+              ? {
+                  nextCursor: sealRequestState(
+                    deps.keyring,
+                    listCursorBinding(principal, upstreamName),
+                    cursor,
+                    Date.now(),
+                  ),
+                }
+              : {}),
+          },
+        };
       }
       return undefined;
     }
@@ -1295,6 +1344,11 @@ const TASK_STATUS_NOTIFICATION = "notifications/tasks/status";
 const TASK_STATE_METHOD = "(task)";
 const TASK_CAPABILITY_MAX_TTL_MS = 7 * 24 * 60 * 60 * 1000;
 
+/** What a `tasks/list` cursor is sealed to: the caller and the upstream. */
+function listCursorBinding(principal: Principal, upstream: string): RequestStateBinding {
+  return { principal, upstream, method: "(tasks/list cursor)", target: "(all)" };
+}
+
 /** The owner requestState of anonymous callers is sealed to: there is no identity to bind. */
 const ANONYMOUS_STATE_OWNER: Principal = Object.freeze({
   kind: "anonymous",
@@ -1307,9 +1361,10 @@ const ANONYMOUS_STATE_OWNER: Principal = Object.freeze({
 
 /** `params.name` or `params.uri`: what a multi-round-trip request acts on. */
 function requestTarget(params: unknown): string {
-  if (!isRecord(params)) return "";
+  // Sealing context parts are non-empty: a request without a target binds to a fixed word instead.
+  if (!isRecord(params)) return "(none)";
   const target = params["name"] ?? params["uri"];
-  return typeof target === "string" ? target : "";
+  return typeof target === "string" && target.length > 0 ? target : "(none)";
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

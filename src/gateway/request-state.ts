@@ -21,7 +21,7 @@ export interface RequestStateBinding {
   readonly principal: Principal;
   readonly upstream: string;
   readonly method: string;
-  /** `params.name` / `params.uri` of the request, or "" when it has none. */
+  /** `params.name` / `params.uri` of the request, or a fixed word when it has none (never empty). */
   readonly target: string;
 }
 

@@ -189,17 +189,74 @@ for (const backend of await storeBackendCases("tasks-e2e")) {
       }
       assert.equal(upstream.requests.length, forwardedBefore, "nothing of B's reached the upstream");
 
-      const bobsList = messageOf(await legacy(url, bob, bobSession, "tasks/list", {}));
-      const idsOf = (list: ReturnType<Answer["json"]>): string[] => {
-        const listed = list.result?.["tasks"];
-        assert.ok(Array.isArray(listed), "tasks/list answers a list");
-        return (listed as Array<{ taskId: string }>).map((task) => task.taskId);
+      // Every page, following the (sealed) cursors.
+      const listAll = async (token: string, session: string): Promise<string[]> => {
+        const ids: string[] = [];
+        let cursor: unknown;
+        for (let page = 0; page < 50; page++) {
+          const list = messageOf(
+            await legacy(url, token, session, "tasks/list", cursor === undefined ? {} : { cursor }),
+          );
+          const listed = list.result?.["tasks"];
+          assert.ok(Array.isArray(listed), "tasks/list answers a list");
+          ids.push(...(listed as Array<{ taskId: string }>).map((task) => task.taskId));
+          cursor = list.result?.["nextCursor"];
+          if (typeof cursor !== "string") break;
+        }
+        return ids;
       };
-      assert.ok(!idsOf(bobsList).includes(taskId), "B's list never shows A's task");
-      const alicesList = messageOf(await legacy(url, alice, aliceSession, "tasks/list", {}));
-      assert.ok(idsOf(alicesList).includes(taskId), "A's list shows A's task");
+      assert.ok(!(await listAll(bob, bobSession)).includes(taskId), "B's list never shows A's task");
+      assert.ok((await listAll(alice, aliceSession)).includes(taskId), "A's list shows A's task");
       const result = messageOf(await legacy(url, alice, aliceSession, "tasks/result", { taskId }));
       assert.ok(result.result, "A reads its own task's result");
+    });
+
+    it("T1 legacy: tasks/list pages through cursors the gateway sealed; no cursor shows a task id, and B cannot use A's", async () => {
+      const aliceSession = await initializeSession(url, alice);
+      const bobSession = await initializeSession(url, bob);
+      const created: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const answer = messageOf(
+          await legacy(url, alice, aliceSession, "tools/call", {
+            name: "start_task",
+            arguments: {},
+            task: { ttl: 60_000 },
+          }),
+        );
+        created.push(String((answer.result?.["task"] as { taskId?: string } | undefined)?.taskId));
+      }
+      // Page through A's list: every cursor is sealed, and A sees all of its tasks.
+      const seen: string[] = [];
+      const cursors: string[] = [];
+      let cursor: string | undefined;
+      for (let page = 0; page < 20; page++) {
+        const list = messageOf(
+          await legacy(url, alice, aliceSession, "tasks/list", cursor === undefined ? {} : { cursor }),
+        );
+        const tasksOnPage = list.result?.["tasks"];
+        assert.ok(Array.isArray(tasksOnPage), JSON.stringify(list));
+        seen.push(...(tasksOnPage as Array<{ taskId: string }>).map((task) => task.taskId));
+        const next = list.result?.["nextCursor"];
+        if (typeof next !== "string") break;
+        cursors.push(next);
+        cursor = next;
+      }
+      for (const taskId of created) assert.ok(seen.includes(taskId), "A pages through all of its tasks");
+      assert.ok(cursors.length > 0, "the list had more than one page");
+      for (const sealed of cursors) {
+        assert.doesNotMatch(sealed, /task-[0-9a-f]{12}/, "a cursor never shows a task id");
+      }
+      // B's own pages never show A's ids, in tasks or cursors.
+      const bobsPage = await legacy(url, bob, bobSession, "tasks/list", {});
+      for (const taskId of created) assert.ok(!bobsPage.text.includes(taskId));
+      // A's cursor presented by B is refused, and nothing is forwarded.
+      const forwardedBefore = upstream.requests.length;
+      const stolen = await legacy(url, bob, bobSession, "tasks/list", { cursor: cursors[0] });
+      assert.equal(stolen.status, 400);
+      assert.equal(stolen.json().error?.data?.code, "ERR_SEALED_VALUE_INVALID");
+      const raw = await legacy(url, bob, bobSession, "tasks/list", { cursor: created[0] });
+      assert.equal(raw.status, 400, "a raw task id is not a cursor the gateway accepts");
+      assert.equal(upstream.requests.length, forwardedBefore);
     });
 
     it("T7 the upstream hands one task id to A and to B: exactly one owns it, the other gets an error, the event is audited", async () => {

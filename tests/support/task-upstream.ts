@@ -152,9 +152,22 @@ export async function startTaskUpstream(): Promise<TaskUpstream> {
             return answer({ ...taskFields(task), ...(modern ? { ttlMs: 60_000 } : { ttl: 60_000 }) });
           return answer({});
         }
-        case "tasks/list":
-          // Careless: everybody's tasks.
-          return answer({ tasks: [...tasks.values()].map((task) => ({ ...taskFields(task), ttl: 60_000 })) });
+        case "tasks/list": {
+          // Careless: everybody's tasks, two per page, and the cursor is the last task id listed (as
+          // the SDK's in-memory task store does).
+          const all = [...tasks.values()];
+          const cursor = params["cursor"];
+          const start = typeof cursor === "string" ? all.findIndex((task) => task.taskId === cursor) + 1 : 0;
+          if (typeof cursor === "string" && start === 0) {
+            return json(200, { jsonrpc: "2.0", id, error: { code: -32602, message: "Invalid cursor" } });
+          }
+          const page = all.slice(start, start + 2);
+          const last = page.at(-1);
+          return answer({
+            tasks: page.map((task) => ({ ...taskFields(task), ttl: 60_000 })),
+            ...(start + 2 < all.length && last ? { nextCursor: last.taskId } : {}),
+          });
+        }
         case "subscriptions/listen": {
           // Careless: every task's status to every listener.
           response.writeHead(200, { "content-type": "text/event-stream" });
