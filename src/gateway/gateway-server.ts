@@ -633,6 +633,13 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       stream = answer.body.pipe(inspectSse(hook));
       answer.body.once("error", (error) => stream.destroy(error));
       headers["x-accel-buffering"] = "no";
+      // A long-lived answer (subscriptions/listen) ends when the token it was opened with expires.
+      const sse = stream;
+      endStreamAt(response, principal.expiresAt ?? Number.POSITIVE_INFINITY, () => {
+        sse.unpipe(response);
+        answer.body.destroy();
+        response.end();
+      });
     }
     await pipeToClient(response, answer.status, headers, stream, answer.body, true);
   }
@@ -979,6 +986,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     await relay(context, answer, resolved.session, sessionId, {
       cancelOnClientClose: true,
       hook: answerHook(context, resolved.principal, null),
+      principal: resolved.principal,
     });
   }
 
@@ -1029,7 +1037,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     answer: UpstreamResponse,
     session: ResolvedSession,
     sessionId: string | undefined,
-    options: { cancelOnClientClose: boolean; hook: MessageHook; mustInspect?: boolean },
+    options: {
+      cancelOnClientClose: boolean;
+      hook: MessageHook;
+      mustInspect?: boolean;
+      principal?: Principal;
+    },
   ): Promise<void> {
     const { response, upstream } = context;
     if (answer.status === 401 || answer.status === 403) {
@@ -1068,14 +1081,19 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     if (options.cancelOnClientClose) {
       // A GET stream: at shutdown it is ended between events, and the upstream side is dropped.
       const stream = body;
-      openStreams.set(response, {
-        sessionDigest: session.sessionDigest,
-        end: () => {
-          stream.unpipe(response);
-          answer.body.destroy();
-          response.end();
-        },
-      });
+      const end = () => {
+        openStreams.delete(response);
+        stream.unpipe(response);
+        answer.body.destroy();
+        response.end();
+      };
+      openStreams.set(response, { sessionDigest: session.sessionDigest, end });
+      // A stream never outlives its session's absolute lifetime nor the token it was opened with.
+      endStreamAt(
+        response,
+        Math.min(session.expiresAt, options.principal?.expiresAt ?? Number.POSITIVE_INFINITY),
+        end,
+      );
     }
     await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
     openStreams.delete(response);
@@ -1167,6 +1185,23 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       openStreams.clear();
     },
   };
+}
+
+/** Ends a response at `deadline` (epoch ms) unless it has closed by then; nothing for an infinite one. */
+function endStreamAt(response: ServerResponse, deadline: number, end: () => void): void {
+  if (!Number.isFinite(deadline)) return;
+  // setTimeout holds at most 2^31-1 ms; a later deadline is re-armed when that fires.
+  const arm = () => {
+    const wait = Math.min(Math.max(deadline - Date.now(), 0), 2 ** 31 - 1);
+    const timer = setTimeout(() => {
+      if (response.writableEnded || response.destroyed) return;
+      if (Date.now() < deadline) arm();
+      else end();
+    }, wait);
+    timer.unref();
+    response.once("close", () => clearTimeout(timer));
+  };
+  arm();
 }
 
 /**

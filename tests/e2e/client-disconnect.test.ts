@@ -198,6 +198,31 @@ describe("client disconnects", () => {
     assert.equal(done, true);
   });
 
+  it("S13 a GET stream ends when the token it was opened with expires", async () => {
+    // A token with two seconds to live (nbf/exp are whole seconds; the clock skew allowance is the
+    // issuer's, so the stream may outlive exp by at most that).
+    const shortLived = await harness.token("alice", { expiresIn: 2 });
+    const sessionOfShort = await initializeSession(`${harness.url}/mcp`, shortLived);
+    const opened = Date.now();
+    const stream = await fetch(`${harness.url}/mcp`, {
+      method: "GET",
+      headers: {
+        ...mcpHeaders({
+          authorization: `Bearer ${shortLived}`,
+          "mcp-session-id": sessionOfShort,
+          "mcp-protocol-version": "2025-11-25",
+        }),
+        accept: "text/event-stream",
+      },
+    });
+    assert.equal(stream.status, 200);
+    const reader = stream.body?.getReader();
+    let done = false;
+    while (!done) done = (await reader?.read())?.done ?? true;
+    const lived = Date.now() - opened;
+    assert.ok(lived < 15_000, `the stream ended ${lived} ms after opening`);
+  });
+
   it("an upstream that forgot the session: a GET gets 404 and the gateway's session ends too", async () => {
     const forgottenSession = await initializeSession(`${harness.url}/mcp`, token);
     upstream.forgetSessions();
