@@ -57,6 +57,11 @@ import { createUpstreamRoutes } from "./upstream-routes.ts";
 export const JWKS_PATH = "/.well-known/jwks.json";
 /** Liveness for load balancers and replicas; says nothing but "ok". */
 export const HEALTH_PATH = "/.tenantgate/health";
+/**
+ * `GET /.tenantgate/session<upstream path>` with the session's `Mcp-Session-Id` and the caller's
+ * credential: the caller's own session metadata (never the id, nor the upstream's).
+ */
+export const SESSION_INFO_PREFIX = "/.tenantgate/session";
 
 /** The initialize response is read whole (it must be, to learn the negotiated version): this bounds it. */
 const MAX_INITIALIZE_RESPONSE_BYTES = 1024 * 1024;
@@ -218,6 +223,13 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         return sendJson(response, 200, signer.jwks(), { "cache-control": "public, max-age=300" });
       }
 
+      if (path.startsWith(`${SESSION_INFO_PREFIX}/`)) {
+        const upstream = routes.match(path.slice(SESSION_INFO_PREFIX.length));
+        if (!upstream) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+        if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
+        return await serveSessionInfo(request, response, upstream, clientAddress);
+      }
+
       const described = routes.matchMetadata(path);
       if (described) {
         if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
@@ -244,6 +256,40 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     } catch (error) {
       refuse(response, error, { clientAddress });
     }
+  }
+
+  /**
+   * A principal reads its own session's metadata: the same authentication and ownership checks as any
+   * request on the session (a foreign or unknown id is the same 404), then created, expires, upstream
+   * and version. Never the session id, the upstream's id, or anything of another principal.
+   */
+  async function serveSessionInfo(
+    request: IncomingMessage,
+    response: ServerResponse,
+    upstream: UpstreamConfig,
+    clientAddress: string | undefined,
+  ): Promise<void> {
+    let caller: Principal | "anonymous";
+    try {
+      caller = await authenticator.authenticate(request.headersDistinct, {
+        audience: upstream.audience,
+        requiredScopes: upstream.scopes,
+        clientAddress,
+      });
+    } catch (error) {
+      return refuse(response, error, { upstream, clientAddress });
+    }
+    const presented = request.headersDistinct[SESSION_HEADER];
+    if (presented === undefined || presented.length !== 1 || presented[0] === undefined) {
+      throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
+    }
+    const { session } = await resolveSession(presented[0], caller, upstream);
+    sendJson(response, 200, {
+      upstream: upstream.name,
+      protocolVersion: session.protocolVersion,
+      createdAt: new Date(session.createdAt).toISOString(),
+      expiresAt: new Date(session.expiresAt).toISOString(),
+    });
   }
 
   async function serveMcp(context: McpContext): Promise<void> {

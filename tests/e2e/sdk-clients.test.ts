@@ -12,7 +12,7 @@ import {
 } from "@modelcontextprotocol/client";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { type Harness, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
+import { type Harness, initializeSession, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
 
 function textOf(result: unknown): string {
   const content = (result as { content?: Array<{ type: string; text?: string }> }).content ?? [];
@@ -148,4 +148,38 @@ describe("protocol versions the gateway does not serve", () => {
       assert.equal(body.error.data.requested, version === "not-a-version" ? "" : version);
     });
   }
+});
+
+describe("a principal reads its own session's metadata", () => {
+  let harness: Harness;
+  before(async () => {
+    harness = await startHarness();
+  });
+  after(async () => {
+    await harness.close();
+  });
+
+  it("GET /.tenantgate/session/<path> shows created and expires to the owner only, never an id", async () => {
+    const alice = await harness.token("alice");
+    const bob = await harness.token("bob");
+    const sessionId = await initializeSession(`${harness.url}/mcp`, alice);
+    const info = (token: string | undefined, id: string) =>
+      fetch(`${harness.url}/.tenantgate/session/mcp`, {
+        headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), "mcp-session-id": id },
+      });
+    const own = await info(alice, sessionId);
+    assert.equal(own.status, 200);
+    const text = await own.text();
+    const body = JSON.parse(text) as Record<string, string>;
+    assert.deepEqual(Object.keys(body).sort(), ["createdAt", "expiresAt", "protocolVersion", "upstream"]);
+    assert.equal(body["upstream"], "notes");
+    assert.ok(Date.parse(body["expiresAt"] ?? "") > Date.parse(body["createdAt"] ?? ""));
+    assert.ok(!text.includes(sessionId), "the id never appears");
+
+    const foreign = await info(bob, sessionId);
+    const unknown = await info(bob, "A".repeat(32));
+    assert.equal(foreign.status, 404);
+    assert.equal(await foreign.text(), await unknown.text());
+    assert.equal((await info(undefined, sessionId)).status, 401);
+  });
 });
