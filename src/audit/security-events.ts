@@ -135,6 +135,7 @@ const SESSION_DENIAL_REASONS = Object.keys({
   "record-invalid": true,
   "mapping-invalid": true,
   "mapping-missing": true,
+  idle: true,
 } satisfies Record<SessionDenialReason, true>);
 
 type SessionOperation = SessionDenial["operation"];

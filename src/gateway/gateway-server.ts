@@ -1134,6 +1134,13 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         response.end();
       };
       openStreams.set(response, { sessionDigest: session.sessionDigest, end });
+      // An open stream is activity: the session does not go idle under it (sessions.idleTimeout).
+      const keepAlive = setInterval(
+        () => void sessions.keepAlive(session).catch(() => undefined),
+        Math.max(100, Math.min(Math.floor(config.sessions.idleTimeoutMs / 10), 60_000)),
+      );
+      keepAlive.unref();
+      response.once("close", () => clearInterval(keepAlive));
       // A stream never outlives its session's absolute lifetime nor the token it was opened with.
       endStreamAt(
         response,

@@ -148,6 +148,7 @@ export async function startGateway(
       store,
       keyring,
       absoluteTimeoutMs: config.sessions.absoluteTimeoutMs,
+      idleTimeoutMs: config.sessions.idleTimeoutMs,
       onDenied: (denial) => events.emit(sessionDeniedEvent(denial)),
     });
 

@@ -50,7 +50,9 @@ export type SessionDenialReason =
   | "record-invalid"
   | "mapping-invalid"
   /** The session expects an upstream session id and has none (not set yet, or being removed). */
-  | "mapping-missing";
+  | "mapping-missing"
+  /** Unused for longer than the idle timeout. */
+  | "idle";
 
 export interface SessionDenial {
   readonly reason: SessionDenialReason;
@@ -77,6 +79,14 @@ export interface SessionRegistryOptions {
    * an unhandled rejection).
    */
   readonly onDenied?: (denial: SessionDenial) => void | Promise<void>;
+  /**
+   * A session unused for this long is gone (`sessions.idleTimeout`). Activity is recorded by
+   * `resolve` and `keepAlive`, at most once per `touchIntervalMs` per session on each replica.
+   * Undefined: no idle timeout (the absolute one still applies).
+   */
+  readonly idleTimeoutMs?: number;
+  /** Default: a tenth of the idle timeout, at most a minute. */
+  readonly touchIntervalMs?: number;
 }
 
 export interface CreateSessionInput {
@@ -143,6 +153,11 @@ export interface SessionRegistry {
    * mapping) still applies.
    */
   anonymousOwner(sessionId: string, upstream: string): Promise<Principal | null>;
+  /**
+   * Records activity on a session the caller already resolved (an open stream counts as activity):
+   * throttled like the touch in `resolve`. Never extends a session past its absolute lifetime.
+   */
+  keepAlive(session: Session): Promise<void>;
   /** DELETE by the owner at the session's upstream; false (and nothing removed) for anyone else. */
   end(sessionId: string, principal: Principal, upstream: string): Promise<boolean>;
   /** Operator revocation; true if a live session was removed. */
@@ -161,6 +176,10 @@ export interface SessionRegistry {
 
 const SESSION_KIND = "session";
 const MAPPING_KIND = "session-upstream";
+/** The session's activity record: present while the session is not idle (its TTL is the idle timeout). */
+const SEEN_KIND = "session-seen";
+/** Sessions whose last touch this replica remembers, to throttle activity writes; cleared when full. */
+const MAX_REMEMBERED_TOUCHES = 100_000;
 const SEAL_PURPOSE = "upstream-session";
 const RECORD_VERSION = 1;
 /** A lost claim on a fresh 192-bit id means something is wrong, not bad luck: give up quickly. */
@@ -323,6 +342,42 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
   }
   const now = options.now ?? Date.now;
   const onDenied = options.onDenied;
+  const idleTimeoutMs = options.idleTimeoutMs;
+  if (
+    idleTimeoutMs !== undefined &&
+    (!Number.isSafeInteger(idleTimeoutMs) || idleTimeoutMs <= 0 || idleTimeoutMs > MAX_TTL_MS)
+  ) {
+    throw invalidArgument("idleTimeoutMs", `must be an integer from 1 to ${MAX_TTL_MS}`);
+  }
+  const touchIntervalMs =
+    idleTimeoutMs === undefined
+      ? 0
+      : (options.touchIntervalMs ?? Math.min(Math.floor(idleTimeoutMs / 10), 60_000));
+  const lastTouch = new Map<string, number>();
+  const seenKey = (owner: OwnerScope, sessionDigest: string): RecordKey =>
+    ownedKey(owner, SEEN_KIND, sessionDigest);
+
+  /**
+   * Writes the activity record, unless this replica wrote it less than `touchIntervalMs` ago. Its TTL
+   * is the idle timeout plus that interval (a throttled write may lag real activity by up to one
+   * interval), never past the session's absolute expiry.
+   */
+  async function touch(
+    owner: OwnerScope,
+    sessionDigest: string,
+    expiresAt: number,
+    force = false,
+  ): Promise<void> {
+    if (idleTimeoutMs === undefined) return;
+    const at = Math.floor(now());
+    const last = lastTouch.get(sessionDigest);
+    if (!force && last !== undefined && at - last < touchIntervalMs) return;
+    if (lastTouch.size >= MAX_REMEMBERED_TOUCHES) lastTouch.clear();
+    lastTouch.set(sessionDigest, at);
+    const ttlMs = Math.min(idleTimeoutMs + touchIntervalMs, expiresAt - at);
+    if (ttlMs <= 0) return;
+    await store.put(seenKey(owner, sessionDigest), String(at), { ttlMs });
+  }
 
   function deny(denial: SessionDenial): null {
     try {
@@ -371,6 +426,8 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     // The ownership record goes first: once it is gone, resolve refuses whatever else remains.
     const removed = await store.delete(key);
     await store.delete(mappingKey(owner, sessionDigest));
+    await store.delete(seenKey(owner, sessionDigest));
+    lastTouch.delete(sessionDigest);
     await store.indexRemove(ownerIndexKey(owner, SESSION_KIND), sessionDigest);
     return removed;
   }
@@ -425,6 +482,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         const sessionDigest = digestOf(key);
         try {
           await store.indexAdd(ownerIndexKey(owner, SESSION_KIND), sessionDigest, ttl);
+          await touch(owner, sessionDigest, record.expiresAt, true);
           if (upstreamSessionId !== undefined) {
             const sealed = seal(keyring, upstreamSessionId, mappingContext(owner, upstream, sessionDigest));
             const mapped = await store.claim(mappingKey(owner, sessionDigest), sealed, ttl);
@@ -501,9 +559,11 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       // The two reads are not one snapshot: a resolve racing an end or revoke can see the record and
       // miss the mapping. A session that expects an upstream id is refused then ("mapping-missing");
       // for one that does not, null is the answer (see ResolvedSession.upstreamSessionId).
-      const [recordText, sealedMapping] = await Promise.all([
+      const [recordText, sealedMapping, seen] = await Promise.all([
         store.get(key),
         store.get(mappingKey(caller, sessionDigest)),
+        // Read under the caller's own scope, like the mapping: only the owner's read can find it.
+        idleTimeoutMs === undefined ? Promise.resolve(null) : store.get(seenKey(caller, sessionDigest)),
       ]);
       const verdict = judge(wellFormed, recordText, principal, upstream);
       if (typeof verdict === "string") {
@@ -516,6 +576,9 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         });
       }
       const record = verdict;
+      if (idleTimeoutMs !== undefined && seen === null) {
+        return deny({ reason: "idle", operation: "resolve", sessionDigest, caller, upstream });
+      }
       let upstreamSessionId: string | null = null;
       if (sealedMapping !== null) {
         try {
@@ -532,6 +595,8 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       } else if (record.expectsUpstreamSession) {
         return deny({ reason: "mapping-missing", operation: "resolve", sessionDigest, caller, upstream });
       }
+      // Activity, throttled; a failed write here is not the caller's problem (the next one retries).
+      await touch(recordOwner(record), sessionDigest, record.expiresAt).catch(() => undefined);
       return Object.freeze({ ...sessionOf(record, sessionDigest), upstreamSessionId });
     },
 
@@ -562,6 +627,10 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         scopes: [],
         expiresAt: null,
       });
+    },
+
+    async keepAlive(session) {
+      await touch(session.owner, session.sessionDigest, session.expiresAt);
     },
 
     async end(sessionId, principal, upstream) {

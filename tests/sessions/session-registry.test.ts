@@ -297,6 +297,55 @@ function describeSessionRegistry(backend: Backend): void {
       assert.ok(await registry.resolve(sessionId, refreshed, UPSTREAM));
     });
 
+    it("with an idle timeout, an unused session is refused as idle; use keeps it alive; activity writes are throttled", async () => {
+      const { registry, wrapped, denials } = setup({ idleTimeoutMs: 600, touchIntervalMs: 200 });
+      const alice = principal();
+      const idle = await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      const used = await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      const puts = () => wrapped.calls.filter((call) => call.method === "put").length;
+      const before = puts();
+      // Used every 100 ms for 1.2 s: alive throughout, and at most one activity write per 200 ms.
+      for (let i = 0; i < 12; i++) {
+        await sleep(100);
+        assert.ok(await registry.resolve(used.sessionId, alice, UPSTREAM), `resolve ${i}`);
+      }
+      assert.ok(puts() - before <= 8, `throttled: ${puts() - before} writes for 12 resolves`);
+      // keepAlive (an open stream) counts as activity too.
+      const streamed = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      for (let i = 0; i < 5; i++) {
+        await sleep(250);
+        await registry.keepAlive(streamed.session);
+      }
+      assert.ok(await registry.resolve(streamed.sessionId, alice, UPSTREAM), "kept alive by keepAlive");
+      // The one left alone is gone, for its owner too, and the refusal says why.
+      assert.equal(await registry.resolve(idle.sessionId, alice, UPSTREAM), null);
+      assert.ok(denials.some((denial) => denial.reason === "idle"));
+    });
+
+    it("a stranger's resolve never counts as the owner's activity", async () => {
+      const { registry } = setup({ idleTimeoutMs: 500, touchIntervalMs: 50 });
+      const alice = principal();
+      const bob = principal();
+      const { sessionId } = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      for (let i = 0; i < 8; i++) {
+        await sleep(100);
+        assert.equal(await registry.resolve(sessionId, bob, UPSTREAM), null);
+      }
+      assert.equal(
+        await registry.resolve(sessionId, alice, UPSTREAM),
+        null,
+        "went idle despite bob's attempts",
+      );
+    });
+
     it("anonymousOwner names the throwaway owner of an anonymous session only, one read for every id", async () => {
       const { registry, wrapped, denials } = setup();
       const anonymous = anonymousPrincipal();
