@@ -41,6 +41,7 @@ export type GateErrorCode =
   | "ERR_UPSTREAM_UNAVAILABLE"
   | "ERR_UPSTREAM_REFUSED"
   | "ERR_SHUTTING_DOWN"
+  | "ERR_SESSION_LIMIT"
   | "ERR_INTERNAL";
 
 export interface WireError {
@@ -108,6 +109,8 @@ const wireForm = {
   ERR_UPSTREAM_UNAVAILABLE: { status: 502, message: "upstream unavailable" },
   ERR_UPSTREAM_REFUSED: { status: 502, message: "upstream unavailable" },
   ERR_SHUTTING_DOWN: { status: 503, message: "service temporarily unavailable" },
+  // sessions.maxPerPrincipal with onLimit "reject": the principal must end a session first.
+  ERR_SESSION_LIMIT: { status: 429, message: "too many sessions" },
   ERR_INTERNAL: { status: 500, message: "internal error" },
 } as const satisfies Record<GateErrorCode, { status: number; message: string }>;
 

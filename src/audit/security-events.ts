@@ -52,6 +52,7 @@ const REQUEST_REFUSAL_REASONS = [
   "protocol-version-mismatch",
   "header-mismatch",
   "request-state",
+  "session-limit",
   "session-required",
   "rate-limited",
   "no-route",

@@ -1388,6 +1388,8 @@ function refusalReason(error: GateError): RequestRefusalReason {
       return "header-mismatch";
     case "ERR_SEALED_VALUE_INVALID":
       return "request-state";
+    case "ERR_SESSION_LIMIT":
+      return "session-limit";
     case "ERR_SESSION_REQUIRED":
       return "session-required";
     case "ERR_NOT_FOUND":

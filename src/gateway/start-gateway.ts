@@ -149,6 +149,8 @@ export async function startGateway(
       keyring,
       absoluteTimeoutMs: config.sessions.absoluteTimeoutMs,
       idleTimeoutMs: config.sessions.idleTimeoutMs,
+      maxPerPrincipal: config.sessions.maxPerPrincipal,
+      onLimit: config.sessions.onLimit,
       onDenied: (denial) => events.emit(sessionDeniedEvent(denial)),
     });
 

@@ -87,6 +87,13 @@ export interface SessionRegistryOptions {
   readonly idleTimeoutMs?: number;
   /** Default: a tenth of the idle timeout, at most a minute. */
   readonly touchIntervalMs?: number;
+  /**
+   * The most live sessions one principal may hold (`sessions.maxPerPrincipal`), and what a create
+   * beyond it does: `reject` (ERR_SESSION_LIMIT) or `evict-oldest` (the principal's own oldest
+   * session is revoked; never anyone else's). Undefined: no cap.
+   */
+  readonly maxPerPrincipal?: number;
+  readonly onLimit?: "evict-oldest" | "reject";
 }
 
 export interface CreateSessionInput {
@@ -433,6 +440,39 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
   }
 
   /**
+   * sessions.maxPerPrincipal, from the principal's own index (members expire with their sessions,
+   * and ended ones are removed, so the count heals by itself). Not atomic: concurrent creates by one
+   * principal can pass the check together, so the cap may be exceeded by the number of creates that
+   * principal runs at once; it can never touch another principal's sessions (docs/decisions.md).
+   */
+  async function makeRoomFor(principal: Principal): Promise<void> {
+    const max = options.maxPerPrincipal;
+    if (max === undefined) return;
+    const index = ownerIndexKey(ownerScope(principal), SESSION_KIND);
+    const members = await store.indexList(index);
+    if (members.length < max) return;
+    if (options.onLimit !== "evict-oldest") {
+      throw new GateError("ERR_SESSION_LIMIT", "too many sessions", { detail: "max-per-principal" });
+    }
+    // The oldest of the principal's own sessions, by their records' creation times.
+    const records = await Promise.all(
+      members.map(async (member) => {
+        try {
+          const key = ownershipKeyFromDigest(SESSION_KIND, member);
+          const record = parseRecord((await store.get(key)) ?? "");
+          return record && ownedBy(record, principal) ? { key, record } : null;
+        } catch {
+          return null;
+        }
+      }),
+    );
+    const live = records
+      .filter((entry) => entry !== null)
+      .sort((a, b) => a.record.createdAt - b.record.createdAt);
+    for (const entry of live.slice(0, live.length - max + 1)) await revokeKey(entry.key, principal);
+  }
+
+  /**
    * Operator removal of the session whose ownership record is `key`. With `onlyOwner`, a record owned
    * by anyone else is left alone (an index entry is not trusted to name its owner's sessions only).
    */
@@ -452,6 +492,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
   return {
     async create(input) {
       const { principal, upstream, protocolVersion, upstreamSessionId } = input;
+      await makeRoomFor(principal);
       checkLabel("upstream", upstream);
       checkLabel("protocolVersion", protocolVersion);
       if (upstreamSessionId !== undefined) checkUpstreamSessionId(upstreamSessionId);

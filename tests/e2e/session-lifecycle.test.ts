@@ -82,3 +82,61 @@ describe("sessions.idleTimeout", () => {
     abort.abort();
   });
 });
+
+describe("sessions.maxPerPrincipal", () => {
+  let upstream: RecordingUpstream;
+  let harness: Harness;
+  before(async () => {
+    upstream = await startRecordingUpstream();
+    harness = await startHarness({
+      upstreams: [{ name: "recording", path: "/mcp", url: upstream.url }],
+      extra: { sessions: { maxPerPrincipal: 2, onLimit: "reject" } },
+    });
+  });
+  after(async () => {
+    await harness.close();
+    await upstream.close();
+  });
+
+  it("L6 one principal creating sessions without end hits its own cap (429) and never touches another's", async () => {
+    const url = `${harness.url}/mcp`;
+    const alice = await harness.token("alice");
+    const bob = await harness.token("bob");
+    const bobsSession = await initializeSession(url, bob);
+    await initializeSession(url, alice);
+    await initializeSession(url, alice);
+    const third = await fetch(url, {
+      method: "POST",
+      headers: mcpHeaders({ authorization: `Bearer ${alice}` }),
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "initialize",
+        params: {
+          protocolVersion: "2025-11-25",
+          capabilities: {},
+          clientInfo: { name: "e2e", version: "1" },
+        },
+      }),
+    });
+    assert.equal(third.status, 429);
+    assert.equal(
+      ((await third.json()) as { error: { data: { code: string } } }).error.data.code,
+      "ERR_SESSION_LIMIT",
+    );
+    assert.equal(third.headers.get("mcp-session-id"), null);
+    const bobs = await fetch(url, {
+      method: "POST",
+      headers: mcpHeaders({
+        authorization: `Bearer ${bob}`,
+        "mcp-session-id": bobsSession,
+        "mcp-protocol-version": "2025-11-25",
+      }),
+      body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
+    });
+    assert.equal(bobs.status, 200, "bob's session is untouched");
+    assert.ok(
+      harness.events.some((event) => event.type === "request.refused" && event.reason === "session-limit"),
+    );
+  });
+});

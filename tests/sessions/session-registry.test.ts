@@ -326,6 +326,40 @@ function describeSessionRegistry(backend: Backend): void {
       assert.ok(denials.some((denial) => denial.reason === "idle"));
     });
 
+    it("maxPerPrincipal with reject: the principal's next create is refused; others are unaffected", async () => {
+      const { registry } = setup({ maxPerPrincipal: 2, onLimit: "reject" });
+      const alice = principal();
+      const bob = principal();
+      await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      await assert.rejects(
+        registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION }),
+        (error: unknown) => isGateError(error, "ERR_SESSION_LIMIT"),
+      );
+      assert.ok(await registry.create({ principal: bob, upstream: UPSTREAM, protocolVersion: VERSION }));
+    });
+
+    it("maxPerPrincipal with evict-oldest: the principal's own oldest session goes, never anyone else's", async () => {
+      const { registry } = setup({ maxPerPrincipal: 2, onLimit: "evict-oldest" });
+      const alice = principal();
+      const bob = principal();
+      const bobs = await registry.create({ principal: bob, upstream: UPSTREAM, protocolVersion: VERSION });
+      const first = await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      await sleep(5);
+      const second = await registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      await sleep(5);
+      const third = await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      assert.equal(await registry.resolve(first.sessionId, alice, UPSTREAM), null, "the oldest was evicted");
+      assert.ok(await registry.resolve(second.sessionId, alice, UPSTREAM));
+      assert.ok(await registry.resolve(third.sessionId, alice, UPSTREAM));
+      assert.ok(await registry.resolve(bobs.sessionId, bob, UPSTREAM), "bob's session is untouched");
+      assert.equal((await registry.list(alice)).length, 2);
+    });
+
     it("a stranger's resolve never counts as the owner's activity", async () => {
       const { registry } = setup({ idleTimeoutMs: 500, touchIntervalMs: 50 });
       const alice = principal();
