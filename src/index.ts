@@ -4,6 +4,18 @@
  */
 
 export {
+  type AuditVerification,
+  type ChainedFileSink,
+  type ChainedFileSinkOptions,
+  type ChainedFileSinkStats,
+  type ChainHead,
+  createChainedFileSink,
+  formatHead,
+  parseHead,
+  type VerifyAuditFileOptions,
+  verifyAuditFile,
+} from "./audit/audit-chain.ts";
+export {
   type AuthDenialReason,
   createSecurityEvents,
   jsonLinesSink,
@@ -35,6 +47,7 @@ export { digest, ID_BYTES, looksLikeMintedId, mintId } from "./crypto/ids.ts";
 export {
   generateMasterKey,
   Keyring,
+  loadKeyring,
   loadMasterKey,
   MASTER_KEY_BYTES,
   type MasterKeyInput,

@@ -4,9 +4,10 @@
  * the setting at fault (never a secret) and exit non-zero.
  */
 import { writeFile } from "node:fs/promises";
+import { verifyAuditFile } from "../audit/audit-chain.ts";
 import { loadConfig } from "../config/load-config.ts";
 import { digest, mintId } from "../crypto/ids.ts";
-import { generateMasterKey } from "../crypto/keyring.ts";
+import { generateMasterKey, loadKeyring } from "../crypto/keyring.ts";
 import { GateError, isGateError } from "../errors.ts";
 import { startGateway } from "../gateway/start-gateway.ts";
 import { demoBanner, startDemo } from "./demo.ts";
@@ -20,6 +21,9 @@ const USAGE = `usage: tenantgate <command>
   demo [--port N]              the gateway on its embedded default: loopback (127.0.0.1:8787), SQLite
                                under ./.tenantgate/, a demo upstream, a development issuer and tokens
                                for two users
+  audit verify FILE --config CONFIG [--expect-head H]
+                               check an audit file's chain with the master keys CONFIG names; prints
+                               "ok: N lines, head H", or names the first bad line and exits 1
   help                         this text
 `;
 
@@ -104,6 +108,52 @@ async function demoCommand(args: string[]): Promise<number> {
   return untilSignal(() => demo.close());
 }
 
+async function auditCommand(args: string[]): Promise<number> {
+  const [action, file, ...rest] = args;
+  if (action !== "verify" || file === undefined || file.startsWith("--")) {
+    process.stderr.write(USAGE);
+    return 2;
+  }
+  let configFile: string | undefined;
+  let expectHead: string | undefined;
+  for (let index = 0; index < rest.length; index += 2) {
+    const [flag, value] = [rest[index], rest[index + 1]];
+    if (flag === "--config" && value !== undefined && configFile === undefined) configFile = value;
+    else if (flag === "--expect-head" && value !== undefined && expectHead === undefined) expectHead = value;
+    else {
+      throw new GateError(
+        "ERR_ARGUMENT_INVALID",
+        "audit verify takes FILE, --config CONFIG and optionally --expect-head SEQ:MAC",
+      );
+    }
+  }
+  if (configFile === undefined) {
+    // The keys come from the gateway's own configuration, loaded the way serve loads them, so a
+    // rotated file's every key id resolves exactly as it did when the lines were written.
+    throw new GateError(
+      "ERR_ARGUMENT_INVALID",
+      "audit verify needs --config CONFIG (the gateway's config file)",
+    );
+  }
+  const config = await loadConfig({ file: configFile });
+  const keyring = await loadKeyring(config.secrets, { baseDir: config.configDir });
+  const result = await verifyAuditFile(file, {
+    keyring,
+    ...(expectHead === undefined ? {} : { expectHead }),
+  });
+  if (!result.ok) {
+    process.stdout.write(`not ok: line ${result.line}: ${result.reason}\n`);
+    return 1;
+  }
+  process.stdout.write(`ok: ${result.lines} lines, head ${result.head}\n`);
+  if (result.checkedAgainst === "nothing") {
+    process.stderr.write(
+      "tenantgate: no checkpoint (FILE.head) and no --expect-head: truncation was not checked\n",
+    );
+  }
+  return 0;
+}
+
 /** Waits for SIGTERM or SIGINT, then stops gracefully; exit 0 once everything has closed. */
 function untilSignal(stop: () => Promise<void>): Promise<number> {
   return new Promise((resolve) => {
@@ -130,6 +180,8 @@ export async function main(argv: string[]): Promise<number> {
       return serveCommand(args);
     case "demo":
       return demoCommand(args);
+    case "audit":
+      return auditCommand(args);
     case undefined:
     case "help":
     case "--help":

@@ -140,6 +140,23 @@ export async function loadMasterKey(
 }
 
 /**
+ * The keyring a configuration's `secrets` describe (`GatewayConfig["secrets"]`): every master key
+ * loaded by its reference, the active one chosen. The gateway and the CLI load keys only this way, so
+ * a key id means the same key to both.
+ */
+export async function loadKeyring(
+  secrets: {
+    readonly masterKeys: readonly { readonly id: string; readonly key: string }[];
+    readonly activeKeyId: string;
+  },
+  options: { env?: NodeJS.ProcessEnv; baseDir?: string } = {},
+): Promise<Keyring> {
+  const keys: MasterKeyInput[] = [];
+  for (const { id, key } of secrets.masterKeys) keys.push({ id, key: await loadMasterKey(key, options) });
+  return Keyring.fromKeys(keys, secrets.activeKeyId);
+}
+
+/**
  * Reads a key file through one handle: the checks (`fstat`) and the read apply to the same file, so
  * it cannot be swapped between them. Refused: anything but a regular file (a FIFO would block),
  * a file readable by group or others (a key anyone on the host can read protects nothing), and a

@@ -1,6 +1,6 @@
-import { createWriteStream } from "node:fs";
 import { createServer, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { createChainedFileSink } from "../audit/audit-chain.ts";
 import {
   createSecurityEvents,
   jsonLinesSink,
@@ -11,8 +11,8 @@ import {
 import type { GatewayConfig } from "../config/gateway-config.ts";
 import { type AssertionSigner, createAssertionSigner } from "../crypto/assertion-signer.ts";
 import { createIdentifierTagger } from "../crypto/identifier-tag.ts";
-import { Keyring, loadMasterKey } from "../crypto/keyring.ts";
-import { GateError, toWire } from "../errors.ts";
+import { loadKeyring, loadMasterKey } from "../crypto/keyring.ts";
+import { GateError, isGateError, toWire } from "../errors.ts";
 import { createApiKeyAuthenticator } from "../identity/api-key-authenticator.ts";
 import { createAuthenticator } from "../identity/authenticate.ts";
 import { createFailedAuthLimiter } from "../identity/failed-auth-limiter.ts";
@@ -89,17 +89,10 @@ export async function startGateway(
       }
     }
 
-    const masterKeys = [];
-    for (const { id, key } of config.secrets.masterKeys) {
-      masterKeys.push({
-        id,
-        key: await loadMasterKey(key, {
-          baseDir: config.configDir,
-          ...(options.env ? { env: options.env } : {}),
-        }),
-      });
-    }
-    const keyring = Keyring.fromKeys(masterKeys, config.secrets.activeKeyId);
+    const keyring = await loadKeyring(config.secrets, {
+      baseDir: config.configDir,
+      ...(options.env ? { env: options.env } : {}),
+    });
     const tagKey =
       config.secrets.tagKey === undefined
         ? keyring.purposeKey("log-tag")
@@ -111,11 +104,26 @@ export async function startGateway(
     const sinks: SecurityEventSink[] = [...(options.sinks ?? [])];
     if (config.audit.stdout) sinks.push(jsonLinesSink(options.eventsOut ?? process.stdout));
     if (config.audit.file !== undefined) {
-      // Plain JSON lines until the chained audit trail lands (docs/decisions.md); 0600, appended.
-      const file = createWriteStream(config.audit.file, { flags: "a", mode: 0o600 });
-      file.on("error", (error) => log(`audit.file: cannot write (${(error as NodeJS.ErrnoException).code})`));
-      cleanup.push(() => new Promise((resolve) => file.end(resolve)));
-      sinks.push(jsonLinesSink(file));
+      // The keyed, checkpointed chain (src/audit/audit-chain.ts); a file that does not continue
+      // cleanly (tampered, truncated) refuses the start rather than being chained over.
+      const file = await createChainedFileSink({
+        path: config.audit.file,
+        keyring,
+        onError: (error) =>
+          log(`audit.file: cannot write (${(error as NodeJS.ErrnoException).code ?? "error"}); retrying`),
+      }).catch((error: unknown) => {
+        throw isGateError(error)
+          ? new GateError(error.code, `audit.file: ${error.message}`, { cause: error })
+          : error;
+      });
+      // The first cleanup step, so the last to run: the shutdown's own events are in the trail before
+      // its audit.stop.
+      cleanup.push(() =>
+        file.close().catch((error: unknown) => {
+          log(`audit.file: not closed cleanly (${isGateError(error) ? error.message : "error"})`);
+        }),
+      );
+      sinks.push(file);
     }
     const events = createSecurityEvents({ tagger: createIdentifierTagger(tagKey), sinks });
 
