@@ -684,12 +684,28 @@ async function continuation(
       await readExactly(handle, tail, scanFrom);
       const newline = tail.lastIndexOf(10);
       if (newline === -1 && scanFrom > 0) throw refuse("ends in an overlong line: not an audit chain file");
+      // A tail that is a whole line verifying under a loaded key lost only its newline: that is an
+      // edit (or a write stopped one byte short), never a torn line to cut away.
+      const torn = parseLine(tail.subarray(newline + 1).toString("utf8"));
+      if (
+        typeof torn !== "string" &&
+        keyring.keyIds.some((id) =>
+          sameMac(lineMac(chainKey(keyring, id), torn.seq, torn.prev, torn.recordJson), torn.mac),
+        )
+      ) {
+        throw refuse(
+          "cannot be continued: its last line is whole but has no newline; check it with tenantgate audit verify",
+        );
+      }
       const keep = newline === -1 ? 0 : scanFrom + newline + 1;
       tornBytes = size - keep;
-      await handle.truncate(keep);
+      // Cut only once every check below has passed: a refused start leaves the file as it found it.
       size = keep;
     }
   }
+  const cutTorn = async (): Promise<void> => {
+    if (tornBytes !== undefined) await handle.truncate(size);
+  };
   const torn = tornBytes === undefined ? {} : { tornBytes };
   const expected = checkpoint ? await readCheckpoint(path) : null;
   if (expected !== null && "problem" in expected)
@@ -700,6 +716,7 @@ async function continuation(
         `is empty but its checkpoint names sequence ${expected.seq}: truncated? (tenantgate audit verify)`,
       );
     }
+    await cutTorn();
     return { seq: 0, prev: "", ...torn };
   }
 
@@ -750,6 +767,7 @@ async function continuation(
   } else {
     await lines.return(undefined);
   }
+  await cutTorn();
   return {
     seq: lastLine.seq + 1,
     prev: lastLine.mac,

@@ -366,6 +366,25 @@ describe("audit chain: the sink", () => {
     );
   });
 
+  it("E2 a stripped final newline cannot make a restart cut a real last line as torn", async () => {
+    const path = join(await folder(), "audit.jsonl");
+    const written = await writeTrail(path, 2);
+    const whole = `${written.join("\n")}\n`;
+    // The last line is whole and verifies; only its newline is gone. That is no crash mid-write.
+    await writeFile(path, whole.slice(0, -1));
+    await assert.rejects(createChainedFileSink({ path, keyring }), (error) =>
+      isGateError(error, "ERR_CONFIG_INVALID"),
+    );
+    assert.equal(await readFile(path, "utf8"), whole.slice(0, -1), "a refused start cuts nothing");
+    // Without the checkpoint (deleted, or behind the file) the line must not be cut silently either.
+    await rm(`${path}${CHECKPOINT_SUFFIX}`);
+    await assert.rejects(createChainedFileSink({ path, keyring }), (error) =>
+      isGateError(error, "ERR_CONFIG_INVALID"),
+    );
+    assert.equal(await readFile(path, "utf8"), whole.slice(0, -1));
+    await expectBad(path, written.length, /incomplete last line/);
+  });
+
   it("E2 the gateway writes audit.file as the chained trail and ends it with audit.stop", async () => {
     const dir = await folder();
     const path = join(dir, "gateway-audit.jsonl");
