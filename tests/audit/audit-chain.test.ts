@@ -173,6 +173,22 @@ describe("audit chain: the format", () => {
     await expectBad(path, 8, /incomplete last line/);
   });
 
+  it("E2 a mac re-encoded in another base64url spelling of the same bytes is an edit", async () => {
+    const path = join(await folder(), "audit.jsonl");
+    const written = await writeTrail(path, 2);
+    const last = written.at(-1) as string;
+    const mac = parsed(last).mac;
+    // 43 characters carry 258 bits: the last one's low two bits are not part of the 32 bytes.
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const respelt = `${mac.slice(0, -1)}${alphabet[alphabet.indexOf(mac.at(-1) as string) ^ 1]}`;
+    assert.deepEqual(Buffer.from(respelt, "base64url"), Buffer.from(mac, "base64url"));
+    await writeLines(path, written.with(-1, last.replace(`"mac":"${mac}"`, `"mac":"${respelt}"`)));
+    await expectBad(path, written.length, /mac does not verify/);
+    await expectBad(path, written.length, /mac does not verify/, {
+      expectHead: `${written.length - 1}:${mac}`,
+    });
+  });
+
   it("E2 truncation is detected against the checkpoint, and names the first missing line", async () => {
     const path = join(await folder(), "audit.jsonl");
     const written = await writeTrail(path, 5);
