@@ -98,9 +98,13 @@ function lineMac(key: KeyObject, seq: number, prev: string, recordJson: string):
     .digest("base64url");
 }
 
+/**
+ * Compares the mac text, not its decoded bytes: 43 base64url characters have two spare bits, so
+ * four spellings decode alike, and accepting another spelling would let a line's bytes change.
+ */
 function sameMac(a: string, b: string): boolean {
-  const left = Buffer.from(a, "base64url");
-  const right = Buffer.from(b, "base64url");
+  const left = Buffer.from(a, "utf8");
+  const right = Buffer.from(b, "utf8");
   return left.byteLength === right.byteLength && timingSafeEqual(left, right);
 }
 
@@ -684,12 +688,28 @@ async function continuation(
       await readExactly(handle, tail, scanFrom);
       const newline = tail.lastIndexOf(10);
       if (newline === -1 && scanFrom > 0) throw refuse("ends in an overlong line: not an audit chain file");
+      // A tail that is a whole line verifying under a loaded key lost only its newline: that is an
+      // edit (or a write stopped one byte short), never a torn line to cut away.
+      const torn = parseLine(tail.subarray(newline + 1).toString("utf8"));
+      if (
+        typeof torn !== "string" &&
+        keyring.keyIds.some((id) =>
+          sameMac(lineMac(chainKey(keyring, id), torn.seq, torn.prev, torn.recordJson), torn.mac),
+        )
+      ) {
+        throw refuse(
+          "cannot be continued: its last line is whole but has no newline; check it with tenantgate audit verify",
+        );
+      }
       const keep = newline === -1 ? 0 : scanFrom + newline + 1;
       tornBytes = size - keep;
-      await handle.truncate(keep);
+      // Cut only once every check below has passed: a refused start leaves the file as it found it.
       size = keep;
     }
   }
+  const cutTorn = async (): Promise<void> => {
+    if (tornBytes !== undefined) await handle.truncate(size);
+  };
   const torn = tornBytes === undefined ? {} : { tornBytes };
   const expected = checkpoint ? await readCheckpoint(path) : null;
   if (expected !== null && "problem" in expected)
@@ -700,6 +720,7 @@ async function continuation(
         `is empty but its checkpoint names sequence ${expected.seq}: truncated? (tenantgate audit verify)`,
       );
     }
+    await cutTorn();
     return { seq: 0, prev: "", ...torn };
   }
 
@@ -750,6 +771,7 @@ async function continuation(
   } else {
     await lines.return(undefined);
   }
+  await cutTorn();
   return {
     seq: lastLine.seq + 1,
     prev: lastLine.mac,

@@ -173,6 +173,22 @@ describe("audit chain: the format", () => {
     await expectBad(path, 8, /incomplete last line/);
   });
 
+  it("E2 a mac re-encoded in another base64url spelling of the same bytes is an edit", async () => {
+    const path = join(await folder(), "audit.jsonl");
+    const written = await writeTrail(path, 2);
+    const last = written.at(-1) as string;
+    const mac = parsed(last).mac;
+    // 43 characters carry 258 bits: the last one's low two bits are not part of the 32 bytes.
+    const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const respelt = `${mac.slice(0, -1)}${alphabet[alphabet.indexOf(mac.at(-1) as string) ^ 1]}`;
+    assert.deepEqual(Buffer.from(respelt, "base64url"), Buffer.from(mac, "base64url"));
+    await writeLines(path, written.with(-1, last.replace(`"mac":"${mac}"`, `"mac":"${respelt}"`)));
+    await expectBad(path, written.length, /mac does not verify/);
+    await expectBad(path, written.length, /mac does not verify/, {
+      expectHead: `${written.length - 1}:${mac}`,
+    });
+  });
+
   it("E2 truncation is detected against the checkpoint, and names the first missing line", async () => {
     const path = join(await folder(), "audit.jsonl");
     const written = await writeTrail(path, 5);
@@ -364,6 +380,25 @@ describe("audit chain: the sink", () => {
     await assert.rejects(createChainedFileSink({ path, keyring }), (error) =>
       refused(error, /does not match its checkpoint/),
     );
+  });
+
+  it("E2 a stripped final newline cannot make a restart cut a real last line as torn", async () => {
+    const path = join(await folder(), "audit.jsonl");
+    const written = await writeTrail(path, 2);
+    const whole = `${written.join("\n")}\n`;
+    // The last line is whole and verifies; only its newline is gone. That is no crash mid-write.
+    await writeFile(path, whole.slice(0, -1));
+    await assert.rejects(createChainedFileSink({ path, keyring }), (error) =>
+      isGateError(error, "ERR_CONFIG_INVALID"),
+    );
+    assert.equal(await readFile(path, "utf8"), whole.slice(0, -1), "a refused start cuts nothing");
+    // Without the checkpoint (deleted, or behind the file) the line must not be cut silently either.
+    await rm(`${path}${CHECKPOINT_SUFFIX}`);
+    await assert.rejects(createChainedFileSink({ path, keyring }), (error) =>
+      isGateError(error, "ERR_CONFIG_INVALID"),
+    );
+    assert.equal(await readFile(path, "utf8"), whole.slice(0, -1));
+    await expectBad(path, written.length, /incomplete last line/);
   });
 
   it("E2 the gateway writes audit.file as the chained trail and ends it with audit.stop", async () => {
