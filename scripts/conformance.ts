@@ -165,6 +165,7 @@ export async function compareConformance(): Promise<ConformanceComparison> {
         auth: { anonymous: true },
         upstreams: [{ name: "everything", path: "/mcp", url: everything.url }],
         audit: { stdout: true },
+        admin: { listen: { port: 0 } },
       },
       env: { TG_CONFORMANCE_MASTER_KEY: randomBytes(32).toString("base64url") },
     });

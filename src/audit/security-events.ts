@@ -84,6 +84,19 @@ const TASK_DENIAL_REASONS = ["not-owned", "malformed", "modern-method"] as const
  */
 export type TaskDenialReason = (typeof TASK_DENIAL_REASONS)[number];
 
+const ADMIN_ACTIONS = ["sessions-list", "session-revoke", "principal-revoke", "kill-switch"] as const;
+/** What an operator did through the admin API. */
+export type AdminAction = (typeof ADMIN_ACTIONS)[number];
+
+const ADMIN_DENIAL_REASONS = [
+  "token-missing",
+  "token-invalid",
+  "host-forbidden",
+  "origin-forbidden",
+] as const;
+/** Why the admin listener refused a request before acting on it. */
+export type AdminDenialReason = (typeof ADMIN_DENIAL_REASONS)[number];
+
 const EVENT_ID_REFUSAL_REASONS = ["malformed", "other-session"] as const;
 /** Why a `Last-Event-ID` was refused: it did not unwrap, or it was wrapped for another session. */
 export type EventIdRefusalReason = (typeof EVENT_ID_REFUSAL_REASONS)[number];
@@ -219,7 +232,26 @@ export interface TaskClaimedEvent extends SecurityEventContext {
   readonly type: "task.claimed";
 }
 
+export interface AdminActionEvent extends SecurityEventContext {
+  readonly type: "admin.action";
+  readonly reason: AdminAction;
+  /** How many sessions (or tasks) the action listed or removed. */
+  readonly count?: number;
+}
+export interface AdminDeniedEvent extends SecurityEventContext {
+  readonly type: "admin.denied";
+  readonly reason: AdminDenialReason;
+}
+/** The gateway started or stopped, with the digest of the configuration it ran with. */
+export interface GatewayLifecycleEvent extends SecurityEventContext {
+  readonly type: "gateway.started" | "gateway.stopped";
+  readonly configDigest: string;
+}
+
 export type SecurityEvent =
+  | AdminActionEvent
+  | AdminDeniedEvent
+  | GatewayLifecycleEvent
   | AuthDeniedEvent
   | RequestRefusedEvent
   | SessionDeniedEvent
@@ -239,6 +271,10 @@ export type SecurityEventType = SecurityEvent["type"];
 const EVENT_TYPES: Readonly<
   Record<SecurityEventType, { reasons: ReadonlySet<string> | null; denial: boolean }>
 > = {
+  "admin.action": { reasons: new Set(ADMIN_ACTIONS), denial: false },
+  "admin.denied": { reasons: new Set(ADMIN_DENIAL_REASONS), denial: true },
+  "gateway.started": { reasons: null, denial: false },
+  "gateway.stopped": { reasons: null, denial: false },
   "auth.denied": { reasons: new Set(AUTH_DENIAL_REASONS), denial: true },
   "request.refused": { reasons: new Set(REQUEST_REFUSAL_REASONS), denial: true },
   "session.denied": { reasons: new Set(SESSION_DENIAL_REASONS), denial: true },
@@ -278,6 +314,10 @@ export interface SecurityEventRecord {
   readonly subjectTag?: string;
   readonly sessionTag?: string;
   readonly clientTag?: string;
+  /** admin.action: sessions or tasks listed or removed. */
+  readonly count?: number;
+  /** gateway.started / gateway.stopped: SHA-256 (hex) of the configuration in force. */
+  readonly configDigest?: string;
 }
 
 /**
@@ -346,6 +386,14 @@ export function createSecurityEvents(options: SecurityEventsOptions): SecurityEv
       record.by = SESSION_END_REASONS.some((word) => word === by)
         ? (by as SessionEndReason)
         : UNRECOGNISED_REASON;
+    } else if (event.type === "admin.action") {
+      const count: unknown = event.count;
+      if (Number.isSafeInteger(count) && (count as number) >= 0) record.count = count as number;
+    } else if (event.type === "gateway.started" || event.type === "gateway.stopped") {
+      const configDigest: unknown = event.configDigest;
+      if (typeof configDigest === "string" && /^[0-9a-f]{64}$/.test(configDigest)) {
+        record.configDigest = configDigest;
+      }
     }
     const status: unknown = event.status;
     if (Number.isInteger(status) && (status as number) >= 100 && (status as number) <= 599) {

@@ -69,6 +69,8 @@ export async function startDemo(options: DemoOptions = {}): Promise<RunningDemo>
         },
         upstreams: [{ name: "notes", path: "/mcp", url: upstream.url, protocolVersions: LEGACY_VERSIONS }],
         audit: { stdout: true },
+        // An ephemeral port: a second demo, or anything else on 8788, does not stop this one.
+        admin: { listen: { port: 0 } },
       },
       { env: {} },
     );
@@ -133,6 +135,12 @@ export function demoBanner(demo: RunningDemo): string {
     `    -d '${initialize}'`,
     "",
     "The answer's Mcp-Session-Id is alice's; presented with bob's token it is an unknown session (404).",
+    ...(demo.gateway.adminUrl === undefined
+      ? []
+      : [
+          `Admin API (loopback, no token): ${demo.gateway.adminUrl}/metrics, /readyz; alice's sessions:`,
+          `  TENANTGATE_ADMIN_URL=${demo.gateway.adminUrl} ./run tenantgate sessions list --issuer ${DEMO_ISSUER} --subject alice --tenant acme`,
+        ]),
     "A guided tour that tries exactly that: npm run demo. Security events are printed below as JSON lines.",
     "Ctrl-C stops the gateway.",
   ].join("\n");

@@ -9,7 +9,9 @@ import { loadConfig } from "../config/load-config.ts";
 import { digest, mintId } from "../crypto/ids.ts";
 import { generateMasterKey, loadKeyring } from "../crypto/keyring.ts";
 import { GateError, isGateError } from "../errors.ts";
+import { ADMIN_TOKEN_PURPOSE } from "../gateway/admin-server.ts";
 import { startGateway } from "../gateway/start-gateway.ts";
+import { SESSIONS_USAGE, sessionsCommand } from "./admin-commands.ts";
 import { demoBanner, startDemo } from "./demo.ts";
 
 const USAGE = `usage: tenantgate <command>
@@ -17,6 +19,7 @@ const USAGE = `usage: tenantgate <command>
   keys generate [--out FILE]   print a new master key (base64url), or write it to FILE with mode 0600
   keys api-key                 print a new API key (256 bits) and the digest to put in auth.apiKeys[]
   keys digest                  read an API key on stdin and print its digest (keys under 32 characters refused)
+  keys admin-token             print a new admin API token (256 bits) and the digest for admin.tokenDigest
   serve --config FILE          run the gateway a config file (JSON or YAML) describes; SIGTERM stops it gracefully
   demo [--port N]              the gateway on its embedded default: loopback (127.0.0.1:8787), SQLite
                                under ./.tenantgate/, a demo upstream, a development issuer and tokens
@@ -24,7 +27,7 @@ const USAGE = `usage: tenantgate <command>
   audit verify FILE --config CONFIG [--expect-head H]
                                check an audit file's chain with the master keys CONFIG names; prints
                                "ok: N lines, head H", or names the first bad line and exits 1
-  help                         this text
+${SESSIONS_USAGE}  help                         this text
 `;
 
 async function readStdin(maxBytes = 4096): Promise<string> {
@@ -60,6 +63,13 @@ async function keysCommand(args: string[]): Promise<number> {
     );
     return 0;
   }
+  if (action === "admin-token") {
+    const token = `tga_${mintId(32)}`;
+    process.stdout.write(
+      `admin token (for TENANTGATE_ADMIN_TOKEN, store nowhere else): ${token}\ndigest (admin.tokenDigest): ${digest(ADMIN_TOKEN_PURPOSE, token)}\n`,
+    );
+    return 0;
+  }
   if (action === "digest") {
     const apiKey = await readStdin();
     if (!apiKey) throw new GateError("ERR_ARGUMENT_INVALID", "keys digest reads an API key on stdin");
@@ -88,6 +98,7 @@ async function serveCommand(args: string[]): Promise<number> {
   const config = await loadConfig({ file });
   const gateway = await startGateway(config);
   process.stderr.write(`tenantgate: serving on ${gateway.url} (public URL ${config.publicUrl})\n`);
+  if (gateway.adminUrl !== undefined) process.stderr.write(`tenantgate: admin API on ${gateway.adminUrl}\n`);
   return untilSignal(() => gateway.close());
 }
 
@@ -182,6 +193,8 @@ export async function main(argv: string[]): Promise<number> {
       return demoCommand(args);
     case "audit":
       return auditCommand(args);
+    case "sessions":
+      return sessionsCommand(args, process.env, (text) => process.stdout.write(text));
     case undefined:
     case "help":
     case "--help":

@@ -122,6 +122,7 @@ export interface AuditConfig {
 }
 
 export interface AdminConfig {
+  readonly enabled: boolean;
   readonly listen: { readonly host: string; readonly port: number };
   readonly tokenDigest: string | undefined;
 }

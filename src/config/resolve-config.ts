@@ -89,7 +89,7 @@ export function resolveConfig(
   const admin = parsed.admin.listen;
   const sameHost =
     admin.host === listen.host || WILDCARD_HOSTS.has(admin.host) || WILDCARD_HOSTS.has(listen.host);
-  if (admin.port !== 0 && admin.port === listen.port && sameHost) {
+  if (parsed.admin.enabled && admin.port !== 0 && admin.port === listen.port && sameHost) {
     issues.push(issueAt(["admin", "listen", "port"], "must differ from listen.port"));
   }
   if (issues.length > 0) return { issues };
@@ -189,7 +189,11 @@ export function resolveConfig(
       file: parsed.audit.file === undefined ? undefined : absolutePath(["audit", "file"], parsed.audit.file),
       stdout: parsed.audit.stdout,
     },
-    admin: { listen: { host: admin.host, port: admin.port }, tokenDigest: parsed.admin.tokenDigest },
+    admin: {
+      enabled: parsed.admin.enabled,
+      listen: { host: admin.host, port: admin.port },
+      tokenDigest: parsed.admin.tokenDigest,
+    },
   };
   return { config: deepFreeze(config) };
 }

@@ -399,6 +399,7 @@ const auditSchema = z
 
 const adminSchema = z
   .strictObject({
+    enabled: z.boolean().default(true),
     listen: z
       .strictObject({
         host: host.prefault("127.0.0.1"),

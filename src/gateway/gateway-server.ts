@@ -103,6 +103,10 @@ export interface GatewayHandler {
   readonly inFlight: number;
   /** Ends every open GET stream now (shutdown): clients reconnect, with Last-Event-ID, elsewhere. */
   endStreams(): void;
+  /** Legacy session streams open on this replica (for metrics). */
+  readonly openStreamCount: number;
+  /** Ends this replica's open streams of one session (an operator revoked it). */
+  endSessionStreams(sessionDigest: string): void;
 }
 
 /** Everything one request carries through the pipeline once it has been routed. */
@@ -1236,6 +1240,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     endStreams() {
       for (const stream of openStreams.values()) stream.end();
       openStreams.clear();
+    },
+    get openStreamCount() {
+      return openStreams.size;
+    },
+    endSessionStreams(sessionDigest) {
+      endStreamsOf(sessionDigest);
     },
   };
 }

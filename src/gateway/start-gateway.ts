@@ -1,4 +1,5 @@
-import { createServer, type Server, type ServerResponse } from "node:http";
+import { createHash } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { createChainedFileSink } from "../audit/audit-chain.ts";
 import {
@@ -21,8 +22,10 @@ import { createSessionRegistry, type SessionRegistry } from "../sessions/session
 import type { Store } from "../store/contract.ts";
 import { openStore } from "../store/open-store.ts";
 import { createTaskRegistry } from "../tasks/task-registry.ts";
+import { type AdminActions, createAdminHandler } from "./admin-server.ts";
 import { createClientAddressResolver } from "./client-address.ts";
 import { checkExposure } from "./exposure-guard.ts";
+import { createGatewayMetrics, type GatewayMetrics } from "./gateway-metrics.ts";
 import { assertionAudience, createGatewayHandler } from "./gateway-server.ts";
 import { GATEWAY_PROTOCOL_VERSIONS, type SupportedVersions } from "./protocol-era.ts";
 import { createUpstreamClient, type UpstreamClient } from "./upstream-client.ts";
@@ -49,6 +52,9 @@ export interface RunningGateway {
   readonly address: AddressInfo;
   readonly events: SecurityEvents;
   readonly sessions: SessionRegistry;
+  /** `http://host:port` of the admin listener, when `admin.enabled`. */
+  readonly adminUrl: string | undefined;
+  readonly metrics: GatewayMetrics;
   /**
    * Graceful stop: refuse new requests (503), let in-flight POSTs finish for up to `graceMs`, end
    * open streams cleanly, then close every connection and the store. Resolves once all of it is done.
@@ -101,7 +107,14 @@ export async function startGateway(
             ...(options.env ? { env: options.env } : {}),
           });
 
-    const sinks: SecurityEventSink[] = [...(options.sinks ?? [])];
+    let handler: ReturnType<typeof createGatewayHandler> | undefined;
+    let events: SecurityEvents | undefined;
+    const metrics = createGatewayMetrics({
+      events: () => events,
+      idleTimeoutMs: config.sessions.idleTimeoutMs,
+      openStreams: () => handler?.openStreamCount ?? 0,
+    });
+    const sinks: SecurityEventSink[] = [metrics.sink, ...(options.sinks ?? [])];
     if (config.audit.stdout) sinks.push(jsonLinesSink(options.eventsOut ?? process.stdout));
     if (config.audit.file !== undefined) {
       // The keyed, checkpointed chain (src/audit/audit-chain.ts); a file that does not continue
@@ -125,10 +138,14 @@ export async function startGateway(
       );
       sinks.push(file);
     }
-    const events = createSecurityEvents({ tagger: createIdentifierTagger(tagKey), sinks });
+    events = createSecurityEvents({ tagger: createIdentifierTagger(tagKey), sinks });
+    const securityEvents = events;
+    const configDigest = digestOfConfig(config);
+    securityEvents.emit({ type: "gateway.started", configDigest });
 
-    const store = options.store ?? (await openStore(config.store));
-    if (!options.store) cleanup.push(() => store.close());
+    const openedStore = options.store ?? (await openStore(config.store));
+    if (!options.store) cleanup.push(() => openedStore.close());
+    const store = metrics.instrumentStore(openedStore);
 
     const jwt =
       config.auth.issuers.length > 0
@@ -159,13 +176,16 @@ export async function startGateway(
       idleTimeoutMs: config.sessions.idleTimeoutMs,
       maxPerPrincipal: config.sessions.maxPerPrincipal,
       onLimit: config.sessions.onLimit,
-      onDenied: (denial) => events.emit(sessionDeniedEvent(denial)),
+      onDenied: (denial) => securityEvents.emit(sessionDeniedEvent(denial)),
     });
 
     const upstreamClients = new Map<string, UpstreamClient>();
     for (const upstream of config.upstreams) {
       if (upstream.transport === "http")
-        upstreamClients.set(upstream.name, createUpstreamClient(upstream.url));
+        upstreamClients.set(
+          upstream.name,
+          metrics.instrumentUpstream(upstream.name, createUpstreamClient(upstream.url)),
+        );
     }
     cleanup.push(async () => {
       await Promise.all([...upstreamClients.values()].map((client) => client.close()));
@@ -181,12 +201,21 @@ export async function startGateway(
       },
       (request, response) => {
         trackResponse(request.socket, response);
+        measureRequest(request, response);
         // Between the bind and the exposure check nothing is served.
         if (handler) handler.handle(request, response);
         else response.writeHead(503, { connection: "close" }).end();
       },
     );
-    let handler: ReturnType<typeof createGatewayHandler> | undefined;
+    const upstreamByPath = new Map(config.upstreams.map((upstream) => [upstream.path, upstream.name]));
+    const measureRequest = (request: IncomingMessage, response: ServerResponse): void => {
+      const started = performance.now();
+      response.once("close", () => {
+        const path = (request.url ?? "").split("?", 1)[0] ?? "";
+        const status = response.headersSent ? response.statusCode : 0;
+        metrics.requestDone(upstreamByPath.get(path), status, (performance.now() - started) / 1000);
+      });
+    };
     // Responses still being written, per connection: a parse error on a pipelined request must not
     // write its answer into the middle of one (Node's own clientError handler has the same guard).
     const openResponses = new WeakMap<Socket, number>();
@@ -202,7 +231,7 @@ export async function startGateway(
       response.once("close", done);
     };
     server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
-      answerClientError(error, socket, events, (openResponses.get(socket) ?? 0) > 0);
+      answerClientError(error, socket, securityEvents, (openResponses.get(socket) ?? 0) > 0);
     });
     await listen(server, config.listen.host, config.listen.port);
     cleanup.push(() => closeServer(server));
@@ -222,15 +251,16 @@ export async function startGateway(
     config = withBoundPort(config, address.port);
     const signer = createAssertionSigner({ keyring, issuer: config.publicUrl });
     const upstreamVersions = await discoverUndeclared(config, upstreamClients, signer, log);
+    const tasks = createTaskRegistry({ store });
     handler = createGatewayHandler({
       config,
       keyring,
       authenticator,
       signer,
       sessions,
-      tasks: createTaskRegistry({ store }),
+      tasks,
       store,
-      events,
+      events: securityEvents,
       upstreamClients,
       upstreamVersions,
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
@@ -239,14 +269,53 @@ export async function startGateway(
     const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
     let closing: Promise<void> | undefined;
     const running = handler;
+
+    const actions: AdminActions = {
+      describeSessions: (principal) => sessions.describe(principal),
+      async revokeSession(sessionDigest) {
+        const revoked = await sessions.revokeByDigest(sessionDigest);
+        running.endSessionStreams(sessionDigest);
+        return revoked;
+      },
+      async revokePrincipal(principal) {
+        const digests = await sessions.list(principal);
+        const [removedSessions, removedTasks] = await Promise.all([
+          sessions.revokeAll(principal),
+          tasks.revokeAll(principal),
+        ]);
+        for (const sessionDigest of digests) running.endSessionStreams(sessionDigest);
+        return { sessions: removedSessions, tasks: removedTasks };
+      },
+      async killSwitch() {
+        throw new GateError("ERR_INTERNAL", "kill switch not available");
+      },
+    };
+    let adminUrl: string | undefined;
+    if (config.admin.enabled) {
+      const admin = await startAdminListener(config, {
+        actions,
+        events: securityEvents,
+        metrics: () => metrics.registry.render(),
+        ready: async () => closing === undefined && (await pingWithin(store, READY_PING_TIMEOUT_MS)),
+      });
+      cleanup.push(() => {
+        admin.server.closeAllConnections();
+        return closeServer(admin.server);
+      });
+      adminUrl = admin.url;
+    }
+
     return {
       config,
       url: `http://${host}:${address.port}`,
       address,
-      events,
+      events: securityEvents,
       sessions,
+      adminUrl,
+      metrics,
       close({ graceMs = DEFAULT_GRACE_MS } = {}) {
         closing ??= (async () => {
+          securityEvents.emit({ type: "gateway.stopped", configDigest });
           running.drain();
           const stopped = closeServer(server);
           server.closeIdleConnections();
@@ -398,4 +467,72 @@ function answerClientError(
       "content-type: application/json\r\ncache-control: no-store\r\nconnection: close\r\n" +
       `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   );
+}
+
+/** How long /readyz waits for the store before answering not ready. */
+const READY_PING_TIMEOUT_MS = 2_000;
+
+async function pingWithin(store: Store, timeoutMs: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  try {
+    return await Promise.race([
+      store.ping().then(
+        () => true,
+        () => false,
+      ),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * SHA-256 of the configuration in force, for gateway.started / gateway.stopped: an operator can tell
+ * which configuration a replica ran with. The configuration holds no secret values (keys are
+ * referenced by `env:` or `file:`; tokens and API keys by digest).
+ */
+function digestOfConfig(config: GatewayConfig): string {
+  return createHash("sha256").update(JSON.stringify(config)).digest("hex");
+}
+
+/**
+ * The admin listener on `admin.listen`. Without a token it is on loopback (config refuses otherwise)
+ * and only Host values naming this listener are accepted (DNS rebinding, src/gateway/admin-server.ts).
+ */
+async function startAdminListener(
+  config: GatewayConfig,
+  options: {
+    actions: AdminActions;
+    events: SecurityEvents;
+    metrics: () => string;
+    ready: () => Promise<boolean>;
+  },
+): Promise<{ server: Server; url: string }> {
+  const allowedHosts = new Set<string>();
+  let listener: ReturnType<typeof createAdminHandler> | undefined;
+  const server = createServer({ headersTimeout: 10_000, requestTimeout: 30_000 }, (request, response) => {
+    if (listener) listener(request, response);
+    else response.writeHead(503, { connection: "close" }).end();
+  });
+  await listen(server, config.admin.listen.host, config.admin.listen.port).catch((error: unknown) => {
+    throw isGateError(error) ? new GateError(error.code, `admin.${error.message}`, { cause: error }) : error;
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
+  for (const name of [host, config.admin.listen.host, "localhost", "127.0.0.1", "[::1]"]) {
+    allowedHosts.add(`${name.toLowerCase()}:${address.port}`);
+  }
+  listener = createAdminHandler({
+    tokenDigest: config.admin.tokenDigest,
+    allowedHosts: config.admin.tokenDigest === undefined ? allowedHosts : null,
+    actions: options.actions,
+    metrics: options.metrics,
+    ready: options.ready,
+    events: options.events,
+  });
+  return { server, url: `http://${host}:${address.port}` };
 }

@@ -179,6 +179,11 @@ export interface SessionRegistry {
   revokeAll(principal: Principal): Promise<number>;
   /** Digests of the principal's sessions (live, or ended less than a TTL ago by expiry alone). */
   list(principal: Principal): Promise<string[]>;
+  /**
+   * The principal's live sessions, oldest first, as digests with their metadata (what the admin API
+   * lists). Each is read from its own record and checked to be the principal's.
+   */
+  describe(principal: Principal): Promise<Session[]>;
 }
 
 const SESSION_KIND = "session";
@@ -455,21 +460,30 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       throw new GateError("ERR_SESSION_LIMIT", "too many sessions", { detail: "max-per-principal" });
     }
     // The oldest of the principal's own sessions, by their records' creation times.
+    const live = await ownedRecords(principal, members);
+    for (const entry of live.slice(0, live.length - max + 1)) await revokeKey(entry.key, principal);
+  }
+
+  /**
+   * The live records behind a principal's index entries that the principal really owns, oldest
+   * first. An index entry is only a hint: its record is read and its owner checked.
+   */
+  async function ownedRecords(
+    principal: Principal,
+    members: readonly string[],
+  ): Promise<Array<{ key: RecordKey; digest: string; record: SessionRecord }>> {
     const records = await Promise.all(
       members.map(async (member) => {
         try {
           const key = ownershipKeyFromDigest(SESSION_KIND, member);
           const record = parseRecord((await store.get(key)) ?? "");
-          return record && ownedBy(record, principal) ? { key, record } : null;
+          return record && ownedBy(record, principal) ? { key, digest: member, record } : null;
         } catch {
           return null;
         }
       }),
     );
-    const live = records
-      .filter((entry) => entry !== null)
-      .sort((a, b) => a.record.createdAt - b.record.createdAt);
-    for (const entry of live.slice(0, live.length - max + 1)) await revokeKey(entry.key, principal);
+    return records.filter((entry) => entry !== null).sort((a, b) => a.record.createdAt - b.record.createdAt);
   }
 
   /**
@@ -724,6 +738,12 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
 
     async list(principal) {
       return store.indexList(ownerIndexKey(ownerScope(principal), SESSION_KIND));
+    },
+
+    async describe(principal) {
+      const members = await store.indexList(ownerIndexKey(ownerScope(principal), SESSION_KIND));
+      const live = await ownedRecords(principal, members);
+      return live.map((entry) => sessionOf(entry.record, entry.digest));
     },
   };
 }

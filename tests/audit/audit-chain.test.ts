@@ -414,6 +414,7 @@ describe("audit chain: the sink", () => {
           { name: "demo", path: "/mcp", url: "http://127.0.0.1:9/mcp", protocolVersions: ["2025-11-25"] },
         ],
         audit: { stdout: false, file: path },
+        admin: { listen: { port: 0 } },
       },
       { env: {} },
     );
@@ -434,8 +435,17 @@ describe("audit chain: the sink", () => {
     }
     const result = await verifyAuditFile(path, { keyring });
     assert.ok(result.ok, JSON.stringify(result));
-    const types = (await lines(path)).map((line) => parsed(line).record["type"]);
-    assert.deepEqual(types, ["audit.start", "request.refused", "audit.stop"]);
+    const records = (await lines(path)).map((line) => parsed(line).record);
+    assert.deepEqual(
+      records.map((record) => record["type"]),
+      ["audit.start", "gateway.started", "request.refused", "gateway.stopped", "audit.stop"],
+    );
+    // Start and stop name the configuration the replica ran with.
+    const digests = records
+      .filter((r) => String(r["type"]).startsWith("gateway."))
+      .map((r) => r["configDigest"]);
+    assert.match(String(digests[0]), /^[0-9a-f]{64}$/);
+    assert.equal(digests[0], digests[1]);
   });
 });
 

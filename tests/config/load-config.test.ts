@@ -63,7 +63,11 @@ describe("config defaults", () => {
       maxBatchSize: 50,
     });
     assert.deepEqual(config.audit, { file: undefined, stdout: true });
-    assert.deepEqual(config.admin, { listen: { host: "127.0.0.1", port: 8788 }, tokenDigest: undefined });
+    assert.deepEqual(config.admin, {
+      enabled: true,
+      listen: { host: "127.0.0.1", port: 8788 },
+      tokenDigest: undefined,
+    });
   });
 
   it("gives an issuer the default algorithms and clock skew", () => {

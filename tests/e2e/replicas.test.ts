@@ -216,6 +216,7 @@ function describeReplicas(label: string, backend: Backend, makeStore: (backend: 
           },
         ],
         audit: { stdout: true },
+        admin: { listen: { port: 0 } },
       });
       const env = { [MASTER_KEY_VARIABLE]: randomBytes(32).toString("base64url") };
       // Started together: both open (and on PostgreSQL migrate) the one shared store at once.

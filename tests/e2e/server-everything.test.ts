@@ -51,6 +51,7 @@ describe("server-everything behind a gateway process (anonymous mode)", () => {
         auth: { anonymous: true },
         upstreams: [{ name: "everything", path: "/mcp", url: everything.url }],
         audit: { stdout: true },
+        admin: { listen: { port: 0 } },
       },
       env: { TG_EVERYTHING_MASTER_KEY: randomBytes(32).toString("base64url") },
     });

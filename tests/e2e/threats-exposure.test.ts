@@ -166,6 +166,7 @@ describe("THREATS L3: unsafe exposure is refused at start, naming the setting", 
     secrets: { masterKey: "env:TG_KEY" },
     upstreams: [{ name: "notes", path: "/mcp", url: "http://127.0.0.1:9/mcp" }],
     audit: { stdout: true },
+    admin: { listen: { port: 0 } },
   };
 
   before(async () => {

@@ -90,6 +90,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
         },
         upstreams,
         audit: { stdout: true },
+        admin: { listen: { port: 0 } },
         ...options.extra,
       },
       { env: {} },

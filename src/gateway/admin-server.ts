@@ -1,0 +1,243 @@
+import { timingSafeEqual } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { AdminAction, AdminDenialReason, SecurityEvents } from "../audit/security-events.ts";
+import { digest } from "../crypto/ids.ts";
+import { GateError, type GateErrorCode, toWire } from "../errors.ts";
+import {
+  ANONYMOUS_ISSUER,
+  API_KEY_ISSUER,
+  isIdentityString,
+  makePrincipal,
+  type Principal,
+} from "../identity/principal.ts";
+import type { Session } from "../sessions/session-registry.ts";
+import { sendJson } from "./http-responses.ts";
+import { readRequestBody } from "./json-rpc-body.ts";
+
+/**
+ * The admin listener (DESIGN operator contract: `admin.listen`, default 127.0.0.1:8788): health,
+ * readiness, Prometheus metrics and the operator's session API. It is a separate socket from the
+ * gateway's, so nothing on the public listener can reach it, and the public edge has no admin route.
+ *
+ * Who may call it:
+ * - With `admin.tokenDigest` set, every route but /healthz and /readyz needs
+ *   `Authorization: Bearer <token>` whose digest matches (compared in constant time).
+ * - Without it (allowed on loopback only, config refuses otherwise), the listener is reachable by
+ *   local processes, and a web page in a local browser must not be one of them: the Host header must
+ *   name the listener itself (a DNS-rebinding page sends its own host name), and any request carrying
+ *   `Origin` (which browsers add to cross-origin and non-GET requests) is refused. The CLI sends neither.
+ *
+ * Sessions are named by their digest (what audit events and `list` show), never by the raw id.
+ */
+
+/** What the admin API asks the gateway to do; the gateway wires these to its registries and replicas. */
+export interface AdminActions {
+  /** Lists a principal's live sessions. */
+  describeSessions(principal: Principal): Promise<readonly Session[]>;
+  revokeSession(sessionDigest: string): Promise<boolean>;
+  revokePrincipal(principal: Principal): Promise<{ sessions: number; tasks: number }>;
+  /** Every legacy session becomes unusable and every open stream ends, on every replica. */
+  killSwitch(): Promise<void>;
+}
+
+export interface AdminHandlerOptions {
+  /** `admin.tokenDigest`: digest("admin-token", token). Undefined: no token (loopback only). */
+  readonly tokenDigest: string | undefined;
+  /** Accepted Host header values (lowercase host:port). Null: not checked (a token is required). */
+  readonly allowedHosts: ReadonlySet<string> | null;
+  readonly actions: AdminActions;
+  /** Prometheus exposition text. */
+  readonly metrics: () => string;
+  /** Whether this replica can serve: its store answers and it is not shutting down. */
+  readonly ready: () => Promise<boolean>;
+  readonly events: SecurityEvents;
+}
+
+/** The admin token's digest purpose: `tenantgate keys admin-token` prints token and digest. */
+export const ADMIN_TOKEN_PURPOSE = "admin-token";
+/** What a POST to /admin/kill-switch must carry, so a stray or replayed empty POST does nothing. */
+export const KILL_SWITCH_CONFIRMATION = "end-every-session";
+
+const MAX_ADMIN_BODY_BYTES = 16 * 1024;
+const SESSION_DIGEST = /^[A-Za-z0-9_-]{43}$/;
+
+export function createAdminHandler(
+  options: AdminHandlerOptions,
+): (request: IncomingMessage, response: ServerResponse) => void {
+  const { actions, events } = options;
+  const expected = options.tokenDigest === undefined ? undefined : Buffer.from(options.tokenDigest);
+
+  function deny(response: ServerResponse, reason: AdminDenialReason, code: GateErrorCode): void {
+    events.emit({ type: "admin.denied", reason });
+    sendAdminError(response, code);
+  }
+
+  function tokenProblem(request: IncomingMessage): AdminDenialReason | null {
+    if (expected === undefined) return null;
+    const values = request.headersDistinct["authorization"] ?? [];
+    const match = values.length === 1 ? /^Bearer ([\x21-\x7e]{1,4096})$/.exec(values[0] ?? "") : null;
+    if (match === null) return "token-missing";
+    const presented = Buffer.from(digest(ADMIN_TOKEN_PURPOSE, match[1] ?? ""));
+    return presented.length === expected.length && timingSafeEqual(presented, expected)
+      ? null
+      : "token-invalid";
+  }
+
+  async function route(request: IncomingMessage, response: ServerResponse): Promise<void> {
+    const hosts = request.headersDistinct["host"] ?? [];
+    if (
+      options.allowedHosts !== null &&
+      (hosts.length !== 1 || !options.allowedHosts.has(hosts[0]?.toLowerCase() ?? ""))
+    ) {
+      return deny(response, "host-forbidden", "ERR_HOST_FORBIDDEN");
+    }
+    if (request.headers.origin !== undefined)
+      return deny(response, "origin-forbidden", "ERR_ORIGIN_FORBIDDEN");
+
+    const url = request.url ?? "";
+    // The admin API takes no query strings: nothing in it may ever be written to an access log.
+    if (url.includes("?")) return sendAdminError(response, "ERR_REQUEST_INVALID");
+    const method = request.method ?? "";
+
+    if (url === "/healthz" || url === "/readyz") {
+      if (method !== "GET") return sendAdminError(response, "ERR_METHOD_NOT_ALLOWED", { allow: "GET" });
+      if (url === "/healthz") return sendJson(response, 200, { status: "ok" });
+      const ready = await options.ready().catch(() => false);
+      return sendJson(response, ready ? 200 : 503, { status: ready ? "ready" : "not-ready" });
+    }
+
+    const problem = tokenProblem(request);
+    if (problem !== null) {
+      events.emit({ type: "admin.denied", reason: problem });
+      return sendAdminError(response, "ERR_AUTH_REQUIRED", {
+        "www-authenticate": 'Bearer realm="tenantgate-admin"',
+      });
+    }
+
+    if (url === "/metrics") {
+      if (method !== "GET") return sendAdminError(response, "ERR_METHOD_NOT_ALLOWED", { allow: "GET" });
+      const text = options.metrics();
+      response.writeHead(200, {
+        "content-type": "text/plain; version=0.0.4; charset=utf-8",
+        "content-length": Buffer.byteLength(text),
+        "cache-control": "no-store",
+      });
+      response.end(text);
+      return;
+    }
+
+    const operation = ADMIN_OPERATIONS[url];
+    if (operation === undefined) return sendAdminError(response, "ERR_NOT_FOUND");
+    if (method !== "POST") return sendAdminError(response, "ERR_METHOD_NOT_ALLOWED", { allow: "POST" });
+    const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
+    if (type !== "application/json") return sendAdminError(response, "ERR_MEDIA_TYPE_UNSUPPORTED");
+    const body = parseBody(await readRequestBody(request, MAX_ADMIN_BODY_BYTES));
+    const { action, result, count } = await operation(body, actions);
+    events.emit({ type: "admin.action", reason: action, count });
+    sendJson(response, 200, result);
+  }
+
+  return (request, response) => {
+    route(request, response).catch((error: unknown) => {
+      const code = error instanceof GateError ? error.code : "ERR_INTERNAL";
+      sendAdminError(
+        response,
+        toWire(code).status >= 500 && code !== "ERR_STORE_UNAVAILABLE" ? "ERR_INTERNAL" : code,
+      );
+    });
+  };
+}
+
+type AdminOperation = (
+  body: Record<string, unknown>,
+  actions: AdminActions,
+) => Promise<{ action: AdminAction; result: unknown; count: number }>;
+
+const ADMIN_OPERATIONS: Readonly<Record<string, AdminOperation>> = Object.freeze({
+  async "/admin/sessions/list"(body, actions) {
+    onlyKeys(body, ["principal"]);
+    const sessions = await actions.describeSessions(principalFrom(body["principal"]));
+    return {
+      action: "sessions-list",
+      count: sessions.length,
+      result: {
+        sessions: sessions.map((session) => ({
+          session: session.sessionDigest,
+          upstream: session.upstream,
+          protocolVersion: session.protocolVersion,
+          createdAt: new Date(session.createdAt).toISOString(),
+          expiresAt: new Date(session.expiresAt).toISOString(),
+        })),
+      },
+    };
+  },
+
+  async "/admin/sessions/revoke"(body, actions) {
+    if (body["session"] !== undefined) {
+      onlyKeys(body, ["session"]);
+      const sessionDigest = body["session"];
+      if (typeof sessionDigest !== "string" || !SESSION_DIGEST.test(sessionDigest)) throw badRequest();
+      const revoked = await actions.revokeSession(sessionDigest);
+      return {
+        action: "session-revoke",
+        count: revoked ? 1 : 0,
+        result: { sessions: revoked ? 1 : 0, tasks: 0 },
+      };
+    }
+    onlyKeys(body, ["principal"]);
+    const removed = await actions.revokePrincipal(principalFrom(body["principal"]));
+    return { action: "principal-revoke", count: removed.sessions + removed.tasks, result: removed };
+  },
+
+  async "/admin/kill-switch"(body, actions) {
+    onlyKeys(body, ["confirm"]);
+    if (body["confirm"] !== KILL_SWITCH_CONFIRMATION) throw badRequest();
+    await actions.killSwitch();
+    return { action: "kill-switch", count: 0, result: { done: true } };
+  },
+});
+
+function badRequest(): GateError {
+  return new GateError("ERR_REQUEST_INVALID", "invalid admin request");
+}
+
+function parseBody(body: Buffer): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(body));
+  } catch {
+    throw badRequest();
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw badRequest();
+  return parsed as Record<string, unknown>;
+}
+
+function onlyKeys(body: Record<string, unknown>, allowed: readonly string[]): void {
+  if (Object.keys(body).some((key) => !allowed.includes(key))) throw badRequest();
+}
+
+/**
+ * `{ issuer, subject, tenant? }` as the principal the gateway would build for it: the tenant defaults
+ * to the issuer (what a JWT issuer without `tenantClaim` gives), and tenantgate's own issuers give
+ * their own principal kinds.
+ */
+function principalFrom(value: unknown): Principal {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) throw badRequest();
+  const fields = value as Record<string, unknown>;
+  onlyKeys(fields, ["issuer", "subject", "tenant"]);
+  const { issuer, subject } = fields;
+  const tenant = fields["tenant"] ?? issuer;
+  if (!isIdentityString(issuer) || !isIdentityString(subject) || !isIdentityString(tenant))
+    throw badRequest();
+  const kind = issuer === API_KEY_ISSUER ? "api-key" : issuer === ANONYMOUS_ISSUER ? "anonymous" : "jwt";
+  return makePrincipal({ kind, issuer, subject, tenant, scopes: [], expiresAt: null });
+}
+
+function sendAdminError(
+  response: ServerResponse,
+  code: GateErrorCode,
+  headers: Readonly<Record<string, string>> = {},
+): void {
+  const wire = toWire(code);
+  sendJson(response, wire.status, { error: { code: wire.code, message: wire.message } }, headers);
+}
