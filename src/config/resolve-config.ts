@@ -189,6 +189,10 @@ export function resolveConfig(
       file: parsed.audit.file === undefined ? undefined : absolutePath(["audit", "file"], parsed.audit.file),
       stdout: parsed.audit.stdout,
     },
+    log: {
+      level: parsed.log.level,
+      file: parsed.log.file === undefined ? undefined : absolutePath(["log", "file"], parsed.log.file),
+    },
     admin: { listen: { host: admin.host, port: admin.port }, tokenDigest: parsed.admin.tokenDigest },
   };
   return { config: deepFreeze(config) };
