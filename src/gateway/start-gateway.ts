@@ -17,6 +17,8 @@ import { createApiKeyAuthenticator } from "../identity/api-key-authenticator.ts"
 import { createAuthenticator } from "../identity/authenticate.ts";
 import { createFailedAuthLimiter } from "../identity/failed-auth-limiter.ts";
 import { createJwtAuthenticator } from "../identity/jwt-authenticator.ts";
+import { accessLogWriter } from "../log/access-log.ts";
+import { createGatewayLogger } from "../log/logger.ts";
 import { createSessionRegistry, type SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
 import { openStore } from "../store/open-store.ts";
@@ -31,7 +33,10 @@ import { discoverUpstreamVersions } from "./upstream-discovery.ts";
 export interface StartGatewayOptions {
   /** Where security events go as JSON lines when `audit.stdout` is on. Default: process.stdout. */
   readonly eventsOut?: NodeJS.WritableStream;
-  /** Operator messages (the exposure warning, start-up lines). Default: process.stderr. */
+  /**
+   * Where the gateway's log lines go, one JSON line per call (access lines and operator messages),
+   * instead of `log.file` or stderr. Tests pass a sink (or `() => undefined` to silence them).
+   */
   readonly log?: (line: string) => void;
   /** Extra sinks (tests collect events through one). */
   readonly sinks?: readonly SecurityEventSink[];
@@ -50,6 +55,11 @@ export interface RunningGateway {
   readonly events: SecurityEvents;
   readonly sessions: SessionRegistry;
   /**
+   * Warnings an operator must see at start (the unauthenticated-exposure warning). They are in the
+   * log too; `tenantgate serve` also prints them as plain lines, wherever the log goes.
+   */
+  readonly warnings: readonly string[];
+  /**
    * Graceful stop: refuse new requests (503), let in-flight POSTs finish for up to `graceMs`, end
    * open streams cleanly, then close every connection and the store. Resolves once all of it is done.
    */
@@ -67,7 +77,6 @@ export async function startGateway(
   configured: GatewayConfig,
   options: StartGatewayOptions = {},
 ): Promise<RunningGateway> {
-  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const cleanup: Array<() => Promise<void>> = [];
   let config = configured;
   try {
@@ -100,6 +109,19 @@ export async function startGateway(
             baseDir: config.configDir,
             ...(options.env ? { env: options.env } : {}),
           });
+    const tagger = createIdentifierTagger(tagKey);
+
+    const logger = await createGatewayLogger({
+      level: config.log.level,
+      ...(options.log !== undefined
+        ? { lines: options.log }
+        : config.log.file !== undefined
+          ? { file: config.log.file }
+          : {}),
+    });
+    // Pushed first, so closed last: every other step's last words are in the log.
+    cleanup.push(() => logger.close());
+    const log = (level: "info" | "warn" | "error", line: string) => logger.operator(level, line);
 
     const sinks: SecurityEventSink[] = [...(options.sinks ?? [])];
     if (config.audit.stdout) sinks.push(jsonLinesSink(options.eventsOut ?? process.stdout));
@@ -110,22 +132,25 @@ export async function startGateway(
         path: config.audit.file,
         keyring,
         onError: (error) =>
-          log(`audit.file: cannot write (${(error as NodeJS.ErrnoException).code ?? "error"}); retrying`),
+          log(
+            "error",
+            `audit.file: cannot write (${(error as NodeJS.ErrnoException).code ?? "error"}); retrying`,
+          ),
       }).catch((error: unknown) => {
         throw isGateError(error)
           ? new GateError(error.code, `audit.file: ${error.message}`, { cause: error })
           : error;
       });
-      // The first cleanup step, so the last to run: the shutdown's own events are in the trail before
-      // its audit.stop.
+      // Closed after everything but the log: the shutdown's own events are in the trail before its
+      // audit.stop.
       cleanup.push(() =>
         file.close().catch((error: unknown) => {
-          log(`audit.file: not closed cleanly (${isGateError(error) ? error.message : "error"})`);
+          log("error", `audit.file: not closed cleanly (${isGateError(error) ? error.message : "error"})`);
         }),
       );
       sinks.push(file);
     }
-    const events = createSecurityEvents({ tagger: createIdentifierTagger(tagKey), sinks });
+    const events = createSecurityEvents({ tagger, sinks });
 
     const store = options.store ?? (await openStore(config.store));
     if (!options.store) cleanup.push(() => store.close());
@@ -218,7 +243,8 @@ export async function startGateway(
       },
       allowUnauthenticatedExposure: config.listen.allowUnauthenticatedExposure,
     });
-    if (verdict.warning !== null) log(verdict.warning);
+    const warnings = verdict.warning === null ? [] : [verdict.warning];
+    for (const warning of warnings) log("warn", warning);
     config = withBoundPort(config, address.port);
     const signer = createAssertionSigner({ keyring, issuer: config.publicUrl });
     const upstreamVersions = await discoverUndeclared(config, upstreamClients, signer, log);
@@ -234,6 +260,7 @@ export async function startGateway(
       upstreamClients,
       upstreamVersions,
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
+      onRequestDone: accessLogWriter(logger, tagger),
     });
 
     const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
@@ -245,6 +272,7 @@ export async function startGateway(
       address,
       events,
       sessions,
+      warnings: Object.freeze(warnings),
       close({ graceMs = DEFAULT_GRACE_MS } = {}) {
         closing ??= (async () => {
           running.drain();
@@ -279,7 +307,7 @@ async function discoverUndeclared(
   config: GatewayConfig,
   clients: ReadonlyMap<string, UpstreamClient>,
   signer: AssertionSigner,
-  log: (line: string) => void,
+  log: (level: "info" | "warn", line: string) => void,
 ): Promise<Map<string, SupportedVersions>> {
   const found = new Map<string, SupportedVersions>();
   await Promise.all(
@@ -298,7 +326,7 @@ async function discoverUndeclared(
         how === "unreachable"
           ? "did not answer server/discover; serving it as legacy-only (set protocolVersions to declare it)"
           : `speaks ${listed} (${how})`;
-      log(`tenantgate: upstreams[${index}] (${upstream.name}) ${note}`);
+      log(how === "unreachable" ? "warn" : "info", `upstreams[${index}] (${upstream.name}) ${note}`);
       found.set(upstream.name, versions);
     }),
   );

@@ -31,18 +31,16 @@ type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 export function accessLogFields(record: RequestRecord, tagger: IdentifierTagger): AccessLogFields {
   const tag = (value: string | undefined): string | undefined =>
     value === undefined || value.length === 0 ? undefined : tagger.tag(value);
-  const fields: Mutable<AccessLogFields> = {
-    kind: "access",
-    method: record.httpMethod,
-    durationMs: record.durationMs,
-    bytesOut: record.bytesOut,
-  };
+  // Built in reading order (what was asked, how it ended, who asked), which is the line's order.
+  const fields: Partial<Mutable<AccessLogFields>> = { kind: "access", method: record.httpMethod };
   if (record.path !== undefined) fields.path = record.path;
   if (record.upstream !== undefined) fields.upstream = record.upstream;
   if (record.era !== undefined) fields.era = record.era;
   if (record.mcpMethod !== undefined) fields.mcpMethod = record.mcpMethod;
   if (record.status !== undefined) fields.status = record.status;
   if (record.errorCode !== undefined) fields.code = record.errorCode;
+  fields.durationMs = record.durationMs;
+  fields.bytesOut = record.bytesOut;
   if (record.aborted) fields.aborted = true;
   const clientTag = tag(record.clientAddress);
   if (clientTag !== undefined) fields.clientTag = clientTag;
@@ -55,7 +53,7 @@ export function accessLogFields(record: RequestRecord, tagger: IdentifierTagger)
   }
   const sessionTag = tag(record.sessionDigest);
   if (sessionTag !== undefined) fields.sessionTag = sessionTag;
-  return fields;
+  return fields as AccessLogFields;
 }
 
 /**
