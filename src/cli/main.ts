@@ -89,7 +89,7 @@ async function serveCommand(args: string[]): Promise<number> {
   const gateway = await startGateway(config);
   // Plain lines on the terminal as well as in the log (which may be a file nobody is watching yet).
   for (const warning of gateway.warnings) process.stderr.write(`${warning}\n`);
-  process.stderr.write(`tenantgate: serving on ${gateway.url} (public URL ${config.publicUrl})\n`);
+  process.stderr.write(`tenantgate: serving on ${gateway.url} (public URL ${gateway.config.publicUrl})\n`);
   return untilSignal(() => gateway.close());
 }
 
