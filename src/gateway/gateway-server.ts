@@ -259,6 +259,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       if (path.startsWith(`${SESSION_INFO_PREFIX}/`)) {
         const upstream = routes.match(path.slice(SESSION_INFO_PREFIX.length));
         if (!upstream) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+        draft.upstream = upstream.name;
         if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
         return await serveSessionInfo(request, response, upstream, clientAddress);
       }
@@ -313,6 +314,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     } catch (error) {
       return refuse(response, error, { upstream, clientAddress });
     }
+    if (caller !== "anonymous") draftOf(response).principal = caller;
     const presented = request.headersDistinct[SESSION_HEADER];
     if (presented === undefined || presented.length !== 1 || presented[0] === undefined) {
       throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
