@@ -190,6 +190,12 @@ describe("E1 canaries never reach a log or audit line", () => {
     assert.match(Buffer.from(first?.value ?? new Uint8Array()).toString("utf8"), /notifications\/message/);
     leave.abort();
     await reader?.cancel().catch(() => undefined);
+    // Its line is written when the gateway sees the client go; waiting for it keeps a slow machine
+    // from ending the stream at shutdown instead (a finished line, not an aborted one).
+    for (let waited = 0; waited < 5_000; waited += 20) {
+      if ((await readFile(logFile, "utf8").catch(() => "")).includes('"method":"GET"')) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
 
     const garbage = await send({
       method: "POST",
