@@ -24,6 +24,8 @@ const demo = await startDemo({
   port: 0,
   sinks: [{ write: (record) => void events.push(record) }],
   eventsOut: new Writable({ write: (_chunk, _encoding, done) => done() }),
+  // The tour prints each attempt's answer and event itself; the gateway's access lines would bury them.
+  log: () => undefined,
 });
 const { mcpUrl, tokens } = demo;
 const say = (line: string) => process.stdout.write(`${line}\n`);

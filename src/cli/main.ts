@@ -97,7 +97,9 @@ async function serveCommand(args: string[]): Promise<number> {
   }
   const config = await loadConfig({ file });
   const gateway = await startGateway(config);
-  process.stderr.write(`tenantgate: serving on ${gateway.url} (public URL ${config.publicUrl})\n`);
+  // Plain lines on the terminal as well as in the log (which may be a file nobody is watching yet).
+  for (const warning of gateway.warnings) process.stderr.write(`${warning}\n`);
+  process.stderr.write(`tenantgate: serving on ${gateway.url} (public URL ${gateway.config.publicUrl})\n`);
   if (gateway.adminUrl !== undefined) process.stderr.write(`tenantgate: admin API on ${gateway.adminUrl}\n`);
   return untilSignal(() => gateway.close());
 }

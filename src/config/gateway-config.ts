@@ -1,4 +1,5 @@
 import type { ApiKeyConfig } from "../identity/api-key-authenticator.ts";
+import type { LogLevel } from "../log/log-level.ts";
 import type { JwtAlgorithm } from "./schema.ts";
 
 /**
@@ -23,6 +24,7 @@ export interface GatewayConfig {
   readonly sessions: SessionsConfig;
   readonly limits: LimitsConfig;
   readonly audit: AuditConfig;
+  readonly log: LogConfig;
   readonly admin: AdminConfig;
 }
 
@@ -119,6 +121,12 @@ export interface AuditConfig {
   /** Absolute. */
   readonly file: string | undefined;
   readonly stdout: boolean;
+}
+
+export interface LogConfig {
+  readonly level: LogLevel;
+  /** Absolute; undefined: log lines go to stderr. */
+  readonly file: string | undefined;
 }
 
 export interface AdminConfig {

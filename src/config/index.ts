@@ -13,6 +13,7 @@ export {
   type IssuerConfig,
   type LimitsConfig,
   type ListenConfig,
+  type LogConfig,
   type SecretsConfig,
   type SessionsConfig,
   type StdioUpstreamConfig,

@@ -189,6 +189,10 @@ export function resolveConfig(
       file: parsed.audit.file === undefined ? undefined : absolutePath(["audit", "file"], parsed.audit.file),
       stdout: parsed.audit.stdout,
     },
+    log: {
+      level: parsed.log.level,
+      file: parsed.log.file === undefined ? undefined : absolutePath(["log", "file"], parsed.log.file),
+    },
     admin: {
       enabled: parsed.admin.enabled,
       listen: { host: admin.host, port: admin.port },

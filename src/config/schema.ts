@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { ASYMMETRIC_JWT_ALGORITHMS, type JwtAlgorithm } from "../identity/jwt-authenticator.ts";
+import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from "../log/log-level.ts";
 import { durationToMs } from "./duration.ts";
 import { isLoopbackHost } from "./loopback.ts";
 import {
@@ -397,6 +398,13 @@ const auditSchema = z
     }
   });
 
+const logSchema = z
+  .strictObject({
+    level: z.enum(LOG_LEVELS).default(DEFAULT_LOG_LEVEL),
+    file: filePath.optional(),
+  })
+  .prefault({});
+
 const adminSchema = z
   .strictObject({
     enabled: z.boolean().default(true),
@@ -439,6 +447,7 @@ export const gatewayConfigSchema = z.strictObject({
   sessions: sessionsSchema,
   limits: limitsSchema,
   audit: auditSchema,
+  log: logSchema,
   admin: adminSchema,
 });
 

@@ -47,6 +47,7 @@ import {
   UNSUPPORTED_PROTOCOL_VERSION_STATUS,
   unsupportedVersionError,
 } from "./protocol-era.ts";
+import { mcpMethodOf, type RequestRecord, type RequestRecordDraft, trackRequest } from "./request-record.ts";
 import { openRequestState, type RequestStateBinding, sealRequestState } from "./request-state.ts";
 import { DROP, inspectJson, inspectSse, type MessageHook } from "./response-inspector.ts";
 import { createEventIdCodec, rewriteSseEventIds } from "./sse-event-ids.ts";
@@ -93,6 +94,11 @@ export interface GatewayDependencies {
     socketAddress: string | undefined,
     forwardedFor: readonly string[] | undefined,
   ) => string | undefined;
+  /**
+   * Called exactly once per request handled, when its response finished or its connection closed,
+   * with what the pipeline learned about it (the access log, metrics). A throw is ignored.
+   */
+  readonly onRequestDone?: (record: RequestRecord) => void;
 }
 
 export interface GatewayHandler {
@@ -141,6 +147,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
 
   let draining = false;
   let inFlight = 0;
+  /** Each request's record while it is in flight, filled in as the pipeline learns. */
+  const drafts = new WeakMap<ServerResponse, RequestRecordDraft>();
+  const draftOf = (response: ServerResponse): Partial<RequestRecordDraft> => drafts.get(response) ?? {};
   /** Open GET streams, each with its session's digest and the way to end it cleanly. */
   const openStreams = new Map<ServerResponse, { sessionDigest: string; end: () => void }>();
 
@@ -152,12 +161,33 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
   }
 
+  /** The session a request acts on, and its owner, for the request's record (digest, never the id). */
+  function noteSession(
+    response: ServerResponse,
+    session: { readonly sessionDigest: string },
+    principal: Principal,
+  ): void {
+    const draft = draftOf(response);
+    draft.sessionDigest = session.sessionDigest;
+    draft.principal = principal;
+  }
+
+  /** Whether a path names an endpoint of this gateway (any other path is client text, never logged). */
+  function servesPath(path: string): boolean {
+    if (path === JWKS_PATH || path === HEALTH_PATH) return true;
+    if (path.startsWith(`${SESSION_INFO_PREFIX}/`)) {
+      return routes.match(path.slice(SESSION_INFO_PREFIX.length)) !== undefined;
+    }
+    return routes.match(path) !== undefined || routes.matchMetadata(path) !== undefined;
+  }
+
   function refuse(
     response: ServerResponse,
     error: unknown,
     context: { upstream?: UpstreamConfig; clientAddress?: string | undefined; id?: EchoedId },
   ): void {
     const gateError = asGateError(error);
+    draftOf(response).errorCode = gateError.code;
     const { upstream, clientAddress } = context;
     const common = {
       ...(upstream ? { upstream: upstream.name } : {}),
@@ -207,6 +237,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       request.socket.remoteAddress,
       request.headersDistinct["x-forwarded-for"],
     );
+    const draft = draftOf(response);
+    draft.clientAddress = clientAddress;
     try {
       if (draining) throw new GateError("ERR_SHUTTING_DOWN", "shutting down");
       const target = request.url ?? "";
@@ -216,6 +248,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       }
       const queryAt = target.indexOf("?");
       const path = queryAt < 0 ? target : target.slice(0, queryAt);
+      if (servesPath(path)) draft.path = path;
 
       // Before anything is routed, so every endpoint (metadata and keys too) is behind the allowlists.
       hostOrigin.check(request.headersDistinct);
@@ -230,6 +263,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       if (path.startsWith(`${SESSION_INFO_PREFIX}/`)) {
         const upstream = routes.match(path.slice(SESSION_INFO_PREFIX.length));
         if (!upstream) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+        draft.upstream = upstream.name;
         if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
         return await serveSessionInfo(request, response, upstream, clientAddress);
       }
@@ -251,6 +285,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       const upstream = routes.match(path);
       const client = upstream ? deps.upstreamClients.get(upstream.name) : undefined;
       if (!upstream || !client) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+      draft.upstream = upstream.name;
       // Nothing the gateway accepts travels in a query string (bearer tokens never do: RFC 6750 §5.3,
       // THREATS T4), and the upstream's URL is configured: a query is refused, never forwarded.
       if (queryAt >= 0) {
@@ -283,11 +318,13 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     } catch (error) {
       return refuse(response, error, { upstream, clientAddress });
     }
+    if (caller !== "anonymous") draftOf(response).principal = caller;
     const presented = request.headersDistinct[SESSION_HEADER];
     if (presented === undefined || presented.length !== 1 || presented[0] === undefined) {
       throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
     }
-    const { session } = await resolveSession(presented[0], caller, upstream);
+    const { session, principal } = await resolveSession(presented[0], caller, upstream);
+    noteSession(response, session, principal);
     sendJson(response, 200, {
       upstream: upstream.name,
       protocolVersion: session.protocolVersion,
@@ -303,6 +340,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
     }
 
+    const draft = draftOf(context.response);
     const supported = supportedByUpstream.get(upstream.name) ?? versionsOf(upstream);
     let era = classifyProtocolVersion(request.headersDistinct[VERSION_HEADER], supported);
     if (
@@ -316,6 +354,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       // an upstream that dropped 2025-03-26 still admits clients that initialize without the header.
       era = { era: "legacy", version: DEFAULT_PROTOCOL_VERSION };
     }
+    draft.era = era.era;
     if (era.era === "unsupported") {
       // A version this upstream does not speak through the gateway (a modern one for a legacy-only
       // upstream, an unknown or future one): -32022 listing what it does speak, newest first, which
@@ -347,6 +386,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     } catch (error) {
       return refuse(context.response, error, { upstream, clientAddress });
     }
+    if (caller !== "anonymous") draft.principal = caller;
 
     if (era.era === "modern") {
       try {
@@ -371,6 +411,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
       }
       const session = await resolveSession(sessionId, caller, upstream);
+      noteSession(context.response, session.session, session.principal);
       checkVersionLock(request, session.session, era.version);
       if (method === "GET") return await serveStream(context, session, sessionId);
       return await endSession(context, session, sessionId);
@@ -443,6 +484,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       return refuse(context.response, error, { upstream, clientAddress: context.clientAddress });
     }
     const id = firstRequestId(payload);
+    draftOf(context.response).mcpMethod = mcpMethodOf(payload);
     const initializes = payload.messages.filter((m) => m.kind === "request" && m.method === "initialize");
 
     try {
@@ -461,6 +503,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
       }
       const resolved = await resolveSession(sessionId, caller, upstream);
+      noteSession(context.response, resolved.session, resolved.principal);
       checkVersionLock(request, resolved.session, version);
       await guardTasks(context, resolved.principal, payload, "legacy");
       // Without the header the body was parsed as 2025-03-26 (batches allowed), but the request speaks
@@ -548,6 +591,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       throw error;
     }
     const { sessionId, session } = created;
+    noteSession(context.response, session, principal);
     events.emit({
       type: "session.created",
       upstream: upstream.name,
@@ -595,6 +639,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       }
       throw error;
     }
+    draftOf(response).mcpMethod = mcpMethodOf(payload);
     const [message] = payload.messages;
     if (!message) throw new GateError("ERR_REQUEST_INVALID", "empty request", { detail: "empty" });
     const id = message.kind === "request" ? message.id : null;
@@ -606,6 +651,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     // Anonymous: a throwaway principal per request; there is no session to keep it in.
     const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
+    draftOf(response).principal = principal;
     // Named tasks: an authenticated caller must own each; an anonymous caller must hold the
     // capability the gateway minted for it, which is translated to the upstream's id here.
     let translated: AnonymousTaskTranslation | undefined;
@@ -1218,11 +1264,20 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   return {
     handle(request, response) {
       inFlight += 1;
+      const tracker = trackRequest(request);
+      drafts.set(response, tracker.draft);
       let counted = true;
       const done = () => {
         if (!counted) return;
         counted = false;
         inFlight -= 1;
+        const record = tracker.finish(response);
+        if (record === undefined || deps.onRequestDone === undefined) return;
+        try {
+          deps.onRequestDone(record);
+        } catch {
+          // An access log or a metric must never turn into a failed or crashed request.
+        }
       };
       response.once("close", done);
       response.once("finish", done);

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { createChainedFileSink } from "../audit/audit-chain.ts";
 import {
@@ -18,6 +18,8 @@ import { createApiKeyAuthenticator } from "../identity/api-key-authenticator.ts"
 import { createAuthenticator } from "../identity/authenticate.ts";
 import { createFailedAuthLimiter } from "../identity/failed-auth-limiter.ts";
 import { createJwtAuthenticator } from "../identity/jwt-authenticator.ts";
+import { accessLogWriter } from "../log/access-log.ts";
+import { createGatewayLogger } from "../log/logger.ts";
 import { createSessionRegistry, type SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
 import { openStore } from "../store/open-store.ts";
@@ -34,7 +36,10 @@ import { discoverUpstreamVersions } from "./upstream-discovery.ts";
 export interface StartGatewayOptions {
   /** Where security events go as JSON lines when `audit.stdout` is on. Default: process.stdout. */
   readonly eventsOut?: NodeJS.WritableStream;
-  /** Operator messages (the exposure warning, start-up lines). Default: process.stderr. */
+  /**
+   * Where the gateway's log lines go, one JSON line per call (access lines and operator messages),
+   * instead of `log.file` or stderr. Tests pass a sink (or `() => undefined` to silence them).
+   */
   readonly log?: (line: string) => void;
   /** Extra sinks (tests collect events through one). */
   readonly sinks?: readonly SecurityEventSink[];
@@ -56,6 +61,11 @@ export interface RunningGateway {
   readonly adminUrl: string | undefined;
   readonly metrics: GatewayMetrics;
   /**
+   * Warnings an operator must see at start (the unauthenticated-exposure warning). They are in the
+   * log too; `tenantgate serve` also prints them as plain lines, wherever the log goes.
+   */
+  readonly warnings: readonly string[];
+  /**
    * Graceful stop: refuse new requests (503), let in-flight POSTs finish for up to `graceMs`, end
    * open streams cleanly, then close every connection and the store. Resolves once all of it is done.
    */
@@ -73,7 +83,6 @@ export async function startGateway(
   configured: GatewayConfig,
   options: StartGatewayOptions = {},
 ): Promise<RunningGateway> {
-  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const cleanup: Array<() => Promise<void>> = [];
   let config = configured;
   try {
@@ -106,6 +115,19 @@ export async function startGateway(
             baseDir: config.configDir,
             ...(options.env ? { env: options.env } : {}),
           });
+    const tagger = createIdentifierTagger(tagKey);
+
+    const logger = await createGatewayLogger({
+      level: config.log.level,
+      ...(options.log !== undefined
+        ? { lines: options.log }
+        : config.log.file !== undefined
+          ? { file: config.log.file }
+          : {}),
+    });
+    // Pushed first, so closed last: every other step's last words are in the log.
+    cleanup.push(() => logger.close());
+    const log = (level: "info" | "warn" | "error", line: string) => logger.operator(level, line);
 
     let handler: ReturnType<typeof createGatewayHandler> | undefined;
     let events: SecurityEvents | undefined;
@@ -123,22 +145,25 @@ export async function startGateway(
         path: config.audit.file,
         keyring,
         onError: (error) =>
-          log(`audit.file: cannot write (${(error as NodeJS.ErrnoException).code ?? "error"}); retrying`),
+          log(
+            "error",
+            `audit.file: cannot write (${(error as NodeJS.ErrnoException).code ?? "error"}); retrying`,
+          ),
       }).catch((error: unknown) => {
         throw isGateError(error)
           ? new GateError(error.code, `audit.file: ${error.message}`, { cause: error })
           : error;
       });
-      // The first cleanup step, so the last to run: the shutdown's own events are in the trail before
-      // its audit.stop.
+      // Closed after everything but the log: the shutdown's own events are in the trail before its
+      // audit.stop.
       cleanup.push(() =>
         file.close().catch((error: unknown) => {
-          log(`audit.file: not closed cleanly (${isGateError(error) ? error.message : "error"})`);
+          log("error", `audit.file: not closed cleanly (${isGateError(error) ? error.message : "error"})`);
         }),
       );
       sinks.push(file);
     }
-    events = createSecurityEvents({ tagger: createIdentifierTagger(tagKey), sinks });
+    events = createSecurityEvents({ tagger, sinks });
     const securityEvents = events;
     const configDigest = digestOfConfig(config);
     securityEvents.emit({ type: "gateway.started", configDigest });
@@ -201,21 +226,11 @@ export async function startGateway(
       },
       (request, response) => {
         trackResponse(request.socket, response);
-        measureRequest(request, response);
         // Between the bind and the exposure check nothing is served.
         if (handler) handler.handle(request, response);
         else response.writeHead(503, { connection: "close" }).end();
       },
     );
-    const upstreamByPath = new Map(config.upstreams.map((upstream) => [upstream.path, upstream.name]));
-    const measureRequest = (request: IncomingMessage, response: ServerResponse): void => {
-      const started = performance.now();
-      response.once("close", () => {
-        const path = (request.url ?? "").split("?", 1)[0] ?? "";
-        const status = response.headersSent ? response.statusCode : 0;
-        metrics.requestDone(upstreamByPath.get(path), status, (performance.now() - started) / 1000);
-      });
-    };
     // Responses still being written, per connection: a parse error on a pipelined request must not
     // write its answer into the middle of one (Node's own clientError handler has the same guard).
     const openResponses = new WeakMap<Socket, number>();
@@ -247,11 +262,13 @@ export async function startGateway(
       },
       allowUnauthenticatedExposure: config.listen.allowUnauthenticatedExposure,
     });
-    if (verdict.warning !== null) log(verdict.warning);
+    const warnings = verdict.warning === null ? [] : [verdict.warning];
+    for (const warning of warnings) log("warn", warning);
     config = withBoundPort(config, address.port);
     const signer = createAssertionSigner({ keyring, issuer: config.publicUrl });
     const upstreamVersions = await discoverUndeclared(config, upstreamClients, signer, log);
     const tasks = createTaskRegistry({ store });
+    const writeAccessLine = accessLogWriter(logger, tagger);
     handler = createGatewayHandler({
       config,
       keyring,
@@ -264,6 +281,13 @@ export async function startGateway(
       upstreamClients,
       upstreamVersions,
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
+      onRequestDone: (record) => {
+        writeAccessLine(record);
+        metrics.requestDone(record.upstream, record.status ?? 0, record.durationMs / 1000);
+        if (record.sessionDigest !== undefined && record.status !== undefined && record.status < 400) {
+          metrics.sessionSeen(tagger.tag(record.sessionDigest));
+        }
+      },
     });
 
     const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
@@ -313,6 +337,7 @@ export async function startGateway(
       sessions,
       adminUrl,
       metrics,
+      warnings: Object.freeze(warnings),
       close({ graceMs = DEFAULT_GRACE_MS } = {}) {
         closing ??= (async () => {
           securityEvents.emit({ type: "gateway.stopped", configDigest });
@@ -348,7 +373,7 @@ async function discoverUndeclared(
   config: GatewayConfig,
   clients: ReadonlyMap<string, UpstreamClient>,
   signer: AssertionSigner,
-  log: (line: string) => void,
+  log: (level: "info" | "warn", line: string) => void,
 ): Promise<Map<string, SupportedVersions>> {
   const found = new Map<string, SupportedVersions>();
   await Promise.all(
@@ -367,7 +392,7 @@ async function discoverUndeclared(
         how === "unreachable"
           ? "did not answer server/discover; serving it as legacy-only (set protocolVersions to declare it)"
           : `speaks ${listed} (${how})`;
-      log(`tenantgate: upstreams[${index}] (${upstream.name}) ${note}`);
+      log(how === "unreachable" ? "warn" : "info", `upstreams[${index}] (${upstream.name}) ${note}`);
       found.set(upstream.name, versions);
     }),
   );

@@ -63,6 +63,7 @@ describe("config defaults", () => {
       maxBatchSize: 50,
     });
     assert.deepEqual(config.audit, { file: undefined, stdout: true });
+    assert.deepEqual(config.log, { level: "info", file: undefined });
     assert.deepEqual(config.admin, {
       enabled: true,
       listen: { host: "127.0.0.1", port: 8788 },
@@ -381,6 +382,7 @@ describe("relative paths", () => {
     auth: { issuers: [{ issuer: "https://login.example.com", jwksFile: "../shared/jwks.json" }] },
     upstreams: [{ name: "demo", path: "/mcp", url: "http://127.0.0.1:9000/mcp" }],
     audit: { file: "audit/trail.jsonl" },
+    log: { level: "debug", file: "logs/gateway.log" },
   });
 
   it("resolves paths written in the file against the file's folder", async () => {
@@ -396,6 +398,7 @@ describe("relative paths", () => {
     assert.equal(config.secrets.tagKey, `file:${join(folder, "keys/tag.key")}`);
     assert.equal(config.auth.issuers[0]?.jwksFile, join(folder, "../shared/jwks.json"));
     assert.equal(config.audit.file, join(folder, "audit/trail.jsonl"));
+    assert.deepEqual(config.log, { level: "debug", file: join(folder, "logs/gateway.log") });
   });
 
   it("applies the default SQLite path beside the config file", async () => {
@@ -421,10 +424,13 @@ describe("relative paths", () => {
         TENANTGATE_STORE: "sqlite:state.db",
         TENANTGATE_AUDIT__FILE: "audit.jsonl",
         TENANTGATE_SECRETS__MASTERKEYS__0__KEY: "file:a.key",
+        TENANTGATE_LOG__FILE: "gateway.log",
+        TENANTGATE_LOG__LEVEL: "warn",
       },
     });
     assert.equal(config.store, "sqlite:/run/gw/state.db");
     assert.equal(config.audit.file, "/run/gw/audit.jsonl");
+    assert.deepEqual(config.log, { level: "warn", file: "/run/gw/gateway.log" });
     assert.equal(config.secrets.masterKeys[0]?.key, "file:/run/gw/a.key");
     // Untouched by the environment: still beside the file.
     assert.equal(config.secrets.tagKey, `file:${join(file, "..", "keys/tag.key")}`);

@@ -498,7 +498,7 @@ const table: Array<[string, string, unknown, string]> = [
     [upstream({ inject: { "X-A": "1", "x-a": "2" } })],
     'upstreams[0].inject["x-a"] repeats a header name',
   ],
-  // sessions, limits, audit, admin
+  // sessions, limits, audit, log, admin
   [
     "an absolute timeout shorter than the idle timeout",
     "sessions",
@@ -559,6 +559,14 @@ const table: Array<[string, string, unknown, string]> = [
   ],
   ["no audit sink", "audit", { stdout: false }, "audit.stdout must keep stdout on when no audit.file is set"],
   ["an empty audit file name", "audit.file", "", "audit.file must be a file path"],
+  [
+    "an unknown log level",
+    "log.level",
+    "verbose",
+    "log.level must be one of fatal, error, warn, info, debug, trace, silent",
+  ],
+  ["an empty log file name", "log.file", "", "log.file must be a file path"],
+  ["an unknown log setting", "log.format", "text", "log.format is not a known setting"],
   [
     "an admin API off loopback without a token",
     "admin.listen.host",

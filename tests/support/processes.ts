@@ -98,6 +98,13 @@ function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
+/** Keeps everything written to a stream (for tests that scan a process's whole output). */
+function everything(stream: NodeJS.ReadableStream): () => string {
+  const chunks: Buffer[] = [];
+  stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+  return () => Buffer.concat(chunks).toString("utf8");
+}
+
 /** Keeps the last `limit` characters written to a stream, for error messages. */
 function tail(stream: NodeJS.ReadableStream, limit = 4_000): () => string {
   let text = "";
@@ -113,8 +120,10 @@ export interface GatewayProcess {
   readonly pid: number;
   /** Security events the gateway printed on stdout (`audit.stdout: true`), parsed, in order. */
   readonly events: ReadonlyArray<Record<string, unknown>>;
-  /** What the gateway wrote on stderr so far. */
+  /** What the gateway wrote on stderr so far (the last few thousand characters). */
   stderr(): string;
+  /** Everything the gateway wrote on stdout and stderr so far, byte for byte. */
+  output(): { readonly stdout: string; readonly stderr: string };
   close(): Promise<void>;
 }
 
@@ -136,6 +145,9 @@ export async function spawnGateway(options: SpawnGatewayOptions): Promise<Gatewa
     stdio: ["ignore", "pipe", "pipe"],
   });
   const stderr = tail(child.stderr!);
+  const allStdout = everything(child.stdout!);
+  const allStderr = everything(child.stderr!);
+  const output = () => ({ stdout: allStdout(), stderr: allStderr() });
   const events: Array<Record<string, unknown>> = [];
   createInterface({ input: child.stdout! }).on("line", (line) => {
     try {
@@ -155,7 +167,7 @@ export async function spawnGateway(options: SpawnGatewayOptions): Promise<Gatewa
       /^tenantgate: serving on (http:\/\/\S+)/,
       () => `gateway stderr: ${stderr()}`,
     );
-    return { url, pid: child.pid ?? 0, events, stderr, close };
+    return { url, pid: child.pid ?? 0, events, stderr, output, close };
   } catch (error) {
     await close();
     throw error;

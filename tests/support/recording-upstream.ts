@@ -20,15 +20,18 @@ export interface RecordingUpstream {
   readonly requests: RecordedRequest[];
   /** Session ids this upstream handed out. */
   readonly sessionIds: string[];
-  /** The next requests (other than initialize, unless `includeInitialize`) get this status and no body. */
-  failWith(status: number | null, options?: { includeInitialize?: boolean }): void;
+  /**
+   * The next requests (other than initialize, unless `includeInitialize`) get this status, with a
+   * small JSON error body, or with `body` as text/plain when given (an upstream's error page).
+   */
+  failWith(status: number | null, options?: { includeInitialize?: boolean; body?: string }): void;
   close(): Promise<void>;
 }
 
 export async function startRecordingUpstream(): Promise<RecordingUpstream> {
   const requests: RecordedRequest[] = [];
   const sessionIds: string[] = [];
-  let failure: { status: number; includeInitialize: boolean } | null = null;
+  let failure: { status: number; includeInitialize: boolean; body: string | undefined } | null = null;
   let eventNumber = 0;
 
   const server: Server = createServer((request, response) => {
@@ -43,6 +46,11 @@ export async function startRecordingUpstream(): Promise<RecordingUpstream> {
       } catch {}
       const isInitialize = message.method === "initialize";
       if (failure && (!isInitialize || failure.includeInitialize)) {
+        if (failure.body !== undefined) {
+          response.writeHead(failure.status, { "content-type": "text/plain" });
+          response.end(failure.body);
+          return;
+        }
         response.writeHead(failure.status, {
           "www-authenticate": 'Bearer realm="upstream", error="invalid_token"',
           "content-type": "application/json",
@@ -107,7 +115,10 @@ export async function startRecordingUpstream(): Promise<RecordingUpstream> {
     requests,
     sessionIds,
     failWith(status, options = {}) {
-      failure = status === null ? null : { status, includeInitialize: options.includeInitialize === true };
+      failure =
+        status === null
+          ? null
+          : { status, includeInitialize: options.includeInitialize === true, body: options.body };
     },
     async close() {
       server.closeAllConnections();
