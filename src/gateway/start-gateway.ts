@@ -17,6 +17,8 @@ import { createApiKeyAuthenticator } from "../identity/api-key-authenticator.ts"
 import { createAuthenticator } from "../identity/authenticate.ts";
 import { createFailedAuthLimiter } from "../identity/failed-auth-limiter.ts";
 import { createJwtAuthenticator } from "../identity/jwt-authenticator.ts";
+import { openRevocationBus } from "../sessions/open-revocation-bus.ts";
+import { createRevocation, type Revocation } from "../sessions/revocation.ts";
 import { createSessionRegistry, type SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
 import { openStore } from "../store/open-store.ts";
@@ -49,6 +51,12 @@ export interface RunningGateway {
   readonly address: AddressInfo;
   readonly events: SecurityEvents;
   readonly sessions: SessionRegistry;
+  /**
+   * Operator revocation, for the admin API: one session, everything a principal owns, or everything
+   * (the kill switch). Each holds on every replica sharing the store, and ends the open streams it
+   * names on every replica (the revocation bus).
+   */
+  readonly revocation: Revocation;
   /**
    * Graceful stop: refuse new requests (503), let in-flight POSTs finish for up to `graceMs`, end
    * open streams cleanly, then close every connection and the store. Resolves once all of it is done.
@@ -129,6 +137,9 @@ export async function startGateway(
 
     const store = options.store ?? (await openStore(config.store));
     if (!options.store) cleanup.push(() => store.close());
+    // Read from the same URL as the store, so it reaches the same replicas; closed before the store.
+    const bus = await openRevocationBus(config.store, { store });
+    cleanup.push(() => bus.close());
 
     const jwt =
       config.auth.issuers.length > 0
@@ -187,6 +198,8 @@ export async function startGateway(
       },
     );
     let handler: ReturnType<typeof createGatewayHandler> | undefined;
+    // Before the handler exists there is no open stream for a notice to end.
+    bus.subscribe((signal) => handler?.applyRevocation(signal));
     // Responses still being written, per connection: a parse error on a pipelined request must not
     // write its answer into the middle of one (Node's own clientError handler has the same guard).
     const openResponses = new WeakMap<Socket, number>();
@@ -222,29 +235,39 @@ export async function startGateway(
     config = withBoundPort(config, address.port);
     const signer = createAssertionSigner({ keyring, issuer: config.publicUrl });
     const upstreamVersions = await discoverUndeclared(config, upstreamClients, signer, log);
+    const tasks = createTaskRegistry({ store });
     handler = createGatewayHandler({
       config,
       keyring,
       authenticator,
       signer,
       sessions,
-      tasks: createTaskRegistry({ store }),
+      tasks,
       store,
       events,
       upstreamClients,
       upstreamVersions,
+      publishRevocation: (notice) => bus.publish(notice),
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
     });
 
     const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
     let closing: Promise<void> | undefined;
     const running = handler;
+    const revocation = createRevocation({
+      sessions,
+      tasks,
+      bus,
+      events,
+      applyLocally: (signal) => running.applyRevocation(signal),
+    });
     return {
       config,
       url: `http://${host}:${address.port}`,
       address,
       events,
       sessions,
+      revocation,
       close({ graceMs = DEFAULT_GRACE_MS } = {}) {
         closing ??= (async () => {
           running.drain();
