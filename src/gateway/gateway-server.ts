@@ -72,6 +72,9 @@ const VERSION_HEADER = "mcp-protocol-version";
 const EVENT_ID_PURPOSE = "sse-event-id";
 /** A JSON answer up to this size is inspected for task ids before it is relayed. */
 const MAX_INSPECTED_JSON_BYTES = 16 * 1024 * 1024;
+/** Re-checking a stream after the bus reconnected: tries, spaced 250, 500, 750… ms, before it ends. */
+const REVALIDATE_ATTEMPTS = 5;
+const REVALIDATE_RETRY_MS = 250;
 /** MCP transports: a session id is visible ASCII; the registry bounds its length. */
 const UPSTREAM_SESSION_ID = /^[\x21-\x7e]{1,1024}$/;
 
@@ -183,28 +186,33 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
 
   /**
    * After the bus lost its connection, notices sent meanwhile are gone: each legacy stream's session is
-   * resolved again and the stream ends unless it still resolves (a store that cannot answer ends it
-   * too: fail closed). A modern stream has no session to re-check, so it ends; its client asks again
-   * and is judged afresh.
+   * resolved again and the stream ends unless it still resolves. The store's own connection may come
+   * back a moment after the bus's, so a store that cannot answer is asked again a few times; one that
+   * still cannot ends the stream (fail closed). A modern stream has no session to re-check, so it
+   * ends; its client asks again and is judged afresh.
    */
   function revalidateStreams(): void {
     for (const [response, stream] of openStreams) {
-      if (stream.stillValid === null) {
+      const check = stream.stillValid;
+      if (check === null) {
         openStreams.delete(response);
         stream.end();
         continue;
       }
-      stream.stillValid().then(
-        (valid) => {
-          if (valid || !openStreams.has(response)) return;
-          openStreams.delete(response);
-          stream.end();
-        },
-        () => {
-          if (!openStreams.delete(response)) return;
-          stream.end();
-        },
-      );
+      const judge = async (): Promise<boolean> => {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            return await check();
+          } catch {
+            if (attempt >= REVALIDATE_ATTEMPTS || !openStreams.has(response)) return false;
+            await new Promise((resolve) => setTimeout(resolve, REVALIDATE_RETRY_MS * attempt));
+          }
+        }
+      };
+      void judge().then((valid) => {
+        if (valid || !openStreams.delete(response)) return;
+        stream.end();
+      });
     }
   }
 
