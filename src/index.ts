@@ -89,6 +89,18 @@ export {
   type Principal,
   samePrincipal,
 } from "./identity/index.ts";
+export { type OpenRevocationBusOptions, openRevocationBus } from "./sessions/open-revocation-bus.ts";
+export { createRevocation, type Revocation, type RevocationOptions } from "./sessions/revocation.ts";
+export {
+  decodeNotice,
+  encodeNotice,
+  openInProcessRevocationBus,
+  principalDigest,
+  type RevocationBus,
+  type RevocationHandler,
+  type RevocationNotice,
+  type RevocationSignal,
+} from "./sessions/revocation-bus.ts";
 export {
   type CreateSessionInput,
   createSessionRegistry,

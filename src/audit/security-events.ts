@@ -68,6 +68,13 @@ const SESSION_END_REASONS = ["client", "upstream-gone"] as const;
 /** Who ended a session: the client's DELETE, or the upstream forgetting its side. */
 export type SessionEndReason = (typeof SESSION_END_REASONS)[number];
 
+const SESSION_REVOCATION_REASONS = ["admin", "principal", "kill-switch"] as const;
+/**
+ * Why an operator revoked sessions: one session by its digest ("admin"), everything a principal owns
+ * ("principal": its sessions and its tasks), or every session there is ("kill-switch").
+ */
+export type SessionRevocationReason = (typeof SESSION_REVOCATION_REASONS)[number];
+
 const UPSTREAM_REFUSAL_REASONS = ["unauthorized", "forbidden"] as const;
 /** The upstream answered the gateway 401 ("unauthorized") or 403 ("forbidden"); never relayed. */
 export type UpstreamRefusalReason = (typeof UPSTREAM_REFUSAL_REASONS)[number];
@@ -150,6 +157,7 @@ const SESSION_DENIAL_REASONS = Object.keys({
   "mapping-invalid": true,
   "mapping-missing": true,
   idle: true,
+  "kill-switch": true,
 } satisfies Record<SessionDenialReason, true>);
 
 type SessionOperation = SessionDenial["operation"];
@@ -205,6 +213,11 @@ export interface SessionEndedEvent extends SecurityEventContext {
   readonly type: "session.ended";
   readonly by: SessionEndReason;
 }
+/** An operator revocation; its effect on open streams reaches every replica through the bus. */
+export interface SessionRevokedEvent extends SecurityEventContext {
+  readonly type: "session.revoked";
+  readonly reason: SessionRevocationReason;
+}
 export interface UpstreamRefusedEvent extends SecurityEventContext {
   readonly type: "upstream.refused";
   readonly reason: UpstreamRefusalReason;
@@ -257,6 +270,7 @@ export type SecurityEvent =
   | SessionDeniedEvent
   | SessionCreatedEvent
   | SessionEndedEvent
+  | SessionRevokedEvent
   | UpstreamRefusedEvent
   | UpstreamUnavailableEvent
   | EventIdRefusedEvent
@@ -280,6 +294,7 @@ const EVENT_TYPES: Readonly<
   "session.denied": { reasons: new Set(SESSION_DENIAL_REASONS), denial: true },
   "session.created": { reasons: null, denial: false },
   "session.ended": { reasons: null, denial: false },
+  "session.revoked": { reasons: new Set(SESSION_REVOCATION_REASONS), denial: false },
   "upstream.refused": { reasons: new Set(UPSTREAM_REFUSAL_REASONS), denial: true },
   "upstream.unavailable": { reasons: new Set(UPSTREAM_FAILURE_REASONS), denial: false },
   "stream.event-id-refused": { reasons: new Set(EVENT_ID_REFUSAL_REASONS), denial: true },

@@ -14,6 +14,7 @@ import { GateError } from "../errors.ts";
 import { ANONYMOUS_TENANT, anonymousPrincipal } from "../identity/anonymous.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
 import { ANONYMOUS_ISSUER, ownerScope, type Principal } from "../identity/principal.ts";
+import { principalDigest, type RevocationNotice, type RevocationSignal } from "../sessions/revocation-bus.ts";
 import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
 import { capabilityOwner, createTaskCapabilities } from "../tasks/task-capabilities.ts";
@@ -72,6 +73,9 @@ const VERSION_HEADER = "mcp-protocol-version";
 const EVENT_ID_PURPOSE = "sse-event-id";
 /** A JSON answer up to this size is inspected for task ids before it is relayed. */
 const MAX_INSPECTED_JSON_BYTES = 16 * 1024 * 1024;
+/** Re-checking a stream after the bus reconnected: tries, spaced 250, 500, 750… ms, before it ends. */
+const REVALIDATE_ATTEMPTS = 5;
+const REVALIDATE_RETRY_MS = 250;
 /** MCP transports: a session id is visible ASCII; the registry bounds its length. */
 const UPSTREAM_SESSION_ID = /^[\x21-\x7e]{1,1024}$/;
 
@@ -89,6 +93,11 @@ export interface GatewayDependencies {
   readonly upstreamClients: ReadonlyMap<string, UpstreamClient>;
   /** Versions per upstream name as discovered at start; upstreams not in it use their declared list. */
   readonly upstreamVersions?: ReadonlyMap<string, SupportedVersions>;
+  /**
+   * Tells every replica that a session ended here (client DELETE, upstream 404), so its streams open
+   * elsewhere end too (the revocation bus). Not awaited; a failure is the bus's to report.
+   */
+  readonly publishRevocation?: (notice: RevocationNotice) => Promise<void>;
   /** The client's address (socket peer, or the nearest untrusted hop behind trusted proxies). */
   readonly clientAddressOf: (
     socketAddress: string | undefined,
@@ -109,10 +118,26 @@ export interface GatewayHandler {
   readonly inFlight: number;
   /** Ends every open GET stream now (shutdown): clients reconnect, with Last-Event-ID, elsewhere. */
   endStreams(): void;
-  /** Legacy session streams open on this replica (for metrics). */
+  /** Open streams on this replica (for metrics). */
   readonly openStreamCount: number;
-  /** Ends this replica's open streams of one session (an operator revoked it). */
-  endSessionStreams(sessionDigest: string): void;
+  /**
+   * Acts on what the revocation bus heard: ends the open streams a notice names (a session's, a
+   * principal's, or, for the kill switch, every stream but those of sessions created after it); on
+   * `resync` re-checks every open stream against the store and ends those it cannot vouch for.
+   */
+  applyRevocation(signal: RevocationSignal): void;
+}
+
+/** An open stream this replica can end when a revocation names it. */
+interface OpenStream {
+  /** Legacy GET streams belong to a session; modern answers streamed as SSE to a principal only. */
+  readonly sessionDigest: string | null;
+  readonly principalDigest: string;
+  /** The session's kill generation (legacy), or null (modern: no session, so nothing to compare). */
+  readonly killGeneration: number | null;
+  /** Whether the stream's session still resolves; null for modern streams, which have no session. */
+  readonly stillValid: (() => Promise<boolean>) | null;
+  readonly end: () => void;
 }
 
 /** Everything one request carries through the pipeline once it has been routed. */
@@ -150,12 +175,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   /** Each request's record while it is in flight, filled in as the pipeline learns. */
   const drafts = new WeakMap<ServerResponse, RequestRecordDraft>();
   const draftOf = (response: ServerResponse): Partial<RequestRecordDraft> => drafts.get(response) ?? {};
-  /** Open GET streams, each with its session's digest and the way to end it cleanly. */
-  const openStreams = new Map<ServerResponse, { sessionDigest: string; end: () => void }>();
+  /** Open streams (legacy GET streams and modern SSE answers), each with the way to end it cleanly. */
+  const openStreams = new Map<ServerResponse, OpenStream>();
 
-  function endStreamsOf(sessionDigest: string): void {
+  function endStreamsWhere(matches: (stream: OpenStream) => boolean): void {
     for (const [response, stream] of openStreams) {
-      if (stream.sessionDigest !== sessionDigest) continue;
+      if (!matches(stream)) continue;
       openStreams.delete(response);
       stream.end();
     }
@@ -179,6 +204,47 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       return routes.match(path.slice(SESSION_INFO_PREFIX.length)) !== undefined;
     }
     return routes.match(path) !== undefined || routes.matchMetadata(path) !== undefined;
+  }
+
+  function endStreamsOf(sessionDigest: string): void {
+    endStreamsWhere((stream) => stream.sessionDigest === sessionDigest);
+  }
+
+  /** The session ended here; its streams on other replicas end through the bus. */
+  function announceSessionEnd(sessionDigest: string): void {
+    deps.publishRevocation?.({ kind: "session", sessionDigest }).catch(() => undefined);
+  }
+
+  /**
+   * After the bus lost its connection, notices sent meanwhile are gone: each legacy stream's session is
+   * resolved again and the stream ends unless it still resolves. The store's own connection may come
+   * back a moment after the bus's, so a store that cannot answer is asked again a few times; one that
+   * still cannot ends the stream (fail closed). A modern stream has no session to re-check, so it
+   * ends; its client asks again and is judged afresh.
+   */
+  function revalidateStreams(): void {
+    for (const [response, stream] of openStreams) {
+      const check = stream.stillValid;
+      if (check === null) {
+        openStreams.delete(response);
+        stream.end();
+        continue;
+      }
+      const judge = async (): Promise<boolean> => {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            return await check();
+          } catch {
+            if (attempt >= REVALIDATE_ATTEMPTS || !openStreams.has(response)) return false;
+            await new Promise((resolve) => setTimeout(resolve, REVALIDATE_RETRY_MS * attempt));
+          }
+        }
+      };
+      void judge().then((valid) => {
+        if (valid || !openStreams.delete(response)) return;
+        stream.end();
+      });
+    }
   }
 
   function refuse(
@@ -729,15 +795,29 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       stream = answer.body.pipe(inspectSse(hook));
       answer.body.once("error", (error) => stream.destroy(error));
       headers["x-accel-buffering"] = "no";
-      // A long-lived answer (subscriptions/listen) ends when the token it was opened with expires.
+      // A long-lived answer (subscriptions/listen) ends when the token it was opened with expires,
+      // and when its principal is revoked or the kill switch fires, on whichever replica that happens.
       const sse = stream;
-      endStreamAt(response, principal.expiresAt ?? Number.POSITIVE_INFINITY, () => {
+      const end = () => {
+        openStreams.delete(response);
         sse.unpipe(response);
         answer.body.destroy();
         response.end();
+      };
+      openStreams.set(response, {
+        sessionDigest: null,
+        principalDigest: principalDigest(ownerScope(principal)),
+        killGeneration: null,
+        stillValid: null,
+        end,
       });
+      endStreamAt(response, principal.expiresAt ?? Number.POSITIVE_INFINITY, end);
     }
-    await pipeToClient(response, answer.status, headers, stream, answer.body, true);
+    try {
+      await pipeToClient(response, answer.status, headers, stream, answer.body, true);
+    } finally {
+      openStreams.delete(response);
+    }
   }
 
   /**
@@ -1108,9 +1188,9 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     const ended = await sessions.end(sessionId, principal, context.upstream.name);
     if (!ended) throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
-    // Streams of the session open on this replica end with it (other replicas: the lifecycle
-    // milestone's revocation broadcast).
+    // Streams of the session end with it: on this replica now, on the others through the bus.
     endStreamsOf(session.sessionDigest);
+    announceSessionEnd(session.sessionDigest);
     events.emit({
       type: "session.ended",
       by: "client",
@@ -1158,6 +1238,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       });
       await sessions.revoke(sessionId).catch(() => undefined);
       endStreamsOf(session.sessionDigest);
+      announceSessionEnd(session.sessionDigest);
       throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
     }
     const contentType = headerText(answer.headers["content-type"]);
@@ -1183,7 +1264,17 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         answer.body.destroy();
         response.end();
       };
-      openStreams.set(response, { sessionDigest: session.sessionDigest, end });
+      const streamPrincipal = options.principal;
+      openStreams.set(response, {
+        sessionDigest: session.sessionDigest,
+        principalDigest: principalDigest(session.owner),
+        killGeneration: session.killGeneration,
+        stillValid:
+          streamPrincipal === undefined || sessionId === undefined
+            ? async () => false
+            : async () => (await sessions.resolve(sessionId, streamPrincipal, upstream.name)) !== null,
+        end,
+      });
       // An open stream is activity: the session does not go idle under it (sessions.idleTimeout).
       const keepAlive = setInterval(
         () => void sessions.keepAlive(session).catch(() => undefined),
@@ -1293,14 +1384,27 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       return inFlight;
     },
     endStreams() {
-      for (const stream of openStreams.values()) stream.end();
-      openStreams.clear();
+      // GET streams only: a modern answer is a request in flight, which shutdown lets finish.
+      endStreamsWhere((stream) => stream.sessionDigest !== null);
+    },
+    applyRevocation(signal) {
+      switch (signal.kind) {
+        case "session":
+          return endStreamsOf(signal.sessionDigest);
+        case "principal":
+          return endStreamsWhere((stream) => stream.principalDigest === signal.principalDigest);
+        case "all":
+          // Streams of sessions created after this kill switch are left alone: a late notice must not
+          // cut them. Every modern stream ends (there is no session to tell its age by).
+          return endStreamsWhere(
+            (stream) => stream.killGeneration === null || stream.killGeneration < signal.generation,
+          );
+        case "resync":
+          return revalidateStreams();
+      }
     },
     get openStreamCount() {
       return openStreams.size;
-    },
-    endSessionStreams(sessionDigest) {
-      endStreamsOf(sessionDigest);
     },
   };
 }

@@ -20,6 +20,8 @@ import { createFailedAuthLimiter } from "../identity/failed-auth-limiter.ts";
 import { createJwtAuthenticator } from "../identity/jwt-authenticator.ts";
 import { accessLogWriter } from "../log/access-log.ts";
 import { createGatewayLogger } from "../log/logger.ts";
+import { openRevocationBus } from "../sessions/open-revocation-bus.ts";
+import { createRevocation, type Revocation } from "../sessions/revocation.ts";
 import { createSessionRegistry, type SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
 import { openStore } from "../store/open-store.ts";
@@ -65,6 +67,12 @@ export interface RunningGateway {
    * log too; `tenantgate serve` also prints them as plain lines, wherever the log goes.
    */
   readonly warnings: readonly string[];
+  /**
+   * Operator revocation, for the admin API: one session, everything a principal owns, or everything
+   * (the kill switch). Each holds on every replica sharing the store, and ends the open streams it
+   * names on every replica (the revocation bus).
+   */
+  readonly revocation: Revocation;
   /**
    * Graceful stop: refuse new requests (503), let in-flight POSTs finish for up to `graceMs`, end
    * open streams cleanly, then close every connection and the store. Resolves once all of it is done.
@@ -171,6 +179,9 @@ export async function startGateway(
     const openedStore = options.store ?? (await openStore(config.store));
     if (!options.store) cleanup.push(() => openedStore.close());
     const store = metrics.instrumentStore(openedStore);
+    // Read from the same URL as the store, so it reaches the same replicas; closed before the store.
+    const bus = await openRevocationBus(config.store, { store: openedStore });
+    cleanup.push(() => bus.close());
 
     const jwt =
       config.auth.issuers.length > 0
@@ -231,6 +242,8 @@ export async function startGateway(
         else response.writeHead(503, { connection: "close" }).end();
       },
     );
+    // Before the handler exists there is no open stream for a notice to end.
+    bus.subscribe((signal) => handler?.applyRevocation(signal));
     // Responses still being written, per connection: a parse error on a pipelined request must not
     // write its answer into the middle of one (Node's own clientError handler has the same guard).
     const openResponses = new WeakMap<Socket, number>();
@@ -280,6 +293,7 @@ export async function startGateway(
       events: securityEvents,
       upstreamClients,
       upstreamVersions,
+      publishRevocation: (notice) => bus.publish(notice),
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
       onRequestDone: (record) => {
         writeAccessLine(record);
@@ -293,26 +307,19 @@ export async function startGateway(
     const host = address.family === "IPv6" ? `[${address.address}]` : address.address;
     let closing: Promise<void> | undefined;
     const running = handler;
+    const revocation = createRevocation({
+      sessions,
+      tasks,
+      bus,
+      events,
+      applyLocally: (signal) => running.applyRevocation(signal),
+    });
 
     const actions: AdminActions = {
       describeSessions: (principal) => sessions.describe(principal),
-      async revokeSession(sessionDigest) {
-        const revoked = await sessions.revokeByDigest(sessionDigest);
-        running.endSessionStreams(sessionDigest);
-        return revoked;
-      },
-      async revokePrincipal(principal) {
-        const digests = await sessions.list(principal);
-        const [removedSessions, removedTasks] = await Promise.all([
-          sessions.revokeAll(principal),
-          tasks.revokeAll(principal),
-        ]);
-        for (const sessionDigest of digests) running.endSessionStreams(sessionDigest);
-        return { sessions: removedSessions, tasks: removedTasks };
-      },
-      async killSwitch() {
-        throw new GateError("ERR_INTERNAL", "kill switch not available");
-      },
+      revokeSession: (sessionDigest) => revocation.revokeSession(sessionDigest),
+      revokePrincipal: (principal) => revocation.revokePrincipal(principal),
+      killSwitch: () => revocation.killSwitch(),
     };
     let adminUrl: string | undefined;
     if (config.admin.enabled) {
@@ -336,6 +343,7 @@ export async function startGateway(
       events: securityEvents,
       sessions,
       adminUrl,
+      revocation,
       metrics,
       warnings: Object.freeze(warnings),
       close({ graceMs = DEFAULT_GRACE_MS } = {}) {

@@ -35,6 +35,12 @@ import {
  * a stranger, an unknown id and a malformed one all cost the same two reads (THREATS S1/S3: the same
  * store operations), and a stranger can never read the owner's mapping.
  *
+ * The kill switch (`killSwitch`) is a store fact too: a numbered record `own/kill-switch/<digest(n)>`
+ * claimed once per generation, never removed. Each session records the generation current when it was
+ * created; one older than the newest generation is refused. `resolve` reads the record after the
+ * newest one this replica knows, in parallel with its other reads, so a kill switch fired through any
+ * replica holds on every replica without a message reaching it, and no clock is compared.
+ *
  * A session created with an upstream id, or with `expectsUpstreamSession`, records that it needs one:
  * `resolve` refuses it while the mapping is missing (not yet set, or removed by an `end` or `revoke`
  * running at the same time), so a missing mapping is never mistaken for an upstream without sessions.
@@ -52,7 +58,9 @@ export type SessionDenialReason =
   /** The session expects an upstream session id and has none (not set yet, or being removed). */
   | "mapping-missing"
   /** Unused for longer than the idle timeout. */
-  | "idle";
+  | "idle"
+  /** Created before the kill switch last fired. */
+  | "kill-switch";
 
 export interface SessionDenial {
   readonly reason: SessionDenialReason;
@@ -118,6 +126,8 @@ export interface Session {
   readonly expiresAt: number;
   /** Whether the session was created needing an upstream session id. */
   readonly expectsUpstreamSession: boolean;
+  /** The kill generation current at creation: a kill switch with a higher one ends the session. */
+  readonly killGeneration: number;
 }
 
 export interface ResolvedSession extends Session {
@@ -177,6 +187,13 @@ export interface SessionRegistry {
   revokeByDigest(sessionDigest: string): Promise<boolean>;
   /** Operator revocation of every session the principal owns; the number removed. */
   revokeAll(principal: Principal): Promise<number>;
+  /**
+   * The kill switch: every session that exists now is refused from now on, by every replica sharing
+   * the store (resolve, end and setUpstreamSessionId answer as for an unknown id, reason
+   * "kill-switch"); sessions created afterwards work. Resolves with the new kill generation, which
+   * only sessions created before it are below. Records are not deleted: they expire as they would.
+   */
+  killSwitch(): Promise<number>;
   /** Digests of the principal's sessions (live, or ended less than a TTL ago by expiry alone). */
   list(principal: Principal): Promise<string[]>;
   /**
@@ -187,6 +204,9 @@ export interface SessionRegistry {
 }
 
 const SESSION_KIND = "session";
+/** One record per kill generation (1, 2, …), claimed once and kept: see killSwitch. */
+const KILL_KIND = "kill-switch";
+const KILL_RECORD_VERSION = 1;
 const MAPPING_KIND = "session-upstream";
 /** The session's activity record: present while the session is not idle (its TTL is the idle timeout). */
 const SEEN_KIND = "session-seen";
@@ -219,6 +239,8 @@ interface SessionRecord {
   readonly createdAt: number;
   readonly expiresAt: number;
   readonly expectsUpstreamSession: boolean;
+  /** Absent in records written before the kill switch existed: read as 0, below every generation. */
+  readonly killGeneration?: number;
 }
 
 /**
@@ -307,7 +329,9 @@ function parseRecord(text: string): SessionRecord | null {
     !isNonEmptyString(r["protocolVersion"]) ||
     !Number.isSafeInteger(r["createdAt"]) ||
     !Number.isSafeInteger(r["expiresAt"]) ||
-    typeof r["expectsUpstreamSession"] !== "boolean"
+    typeof r["expectsUpstreamSession"] !== "boolean" ||
+    (r["killGeneration"] !== undefined &&
+      (!Number.isSafeInteger(r["killGeneration"]) || (r["killGeneration"] as number) < 0))
   ) {
     return null;
   }
@@ -321,6 +345,7 @@ function parseRecord(text: string): SessionRecord | null {
     createdAt: r["createdAt"] as number,
     expiresAt: r["expiresAt"] as number,
     expectsUpstreamSession: r["expectsUpstreamSession"],
+    killGeneration: (r["killGeneration"] as number | undefined) ?? 0,
   };
 }
 
@@ -343,7 +368,12 @@ function sessionOf(record: SessionRecord, sessionDigest: string): Session {
     createdAt: record.createdAt,
     expiresAt: record.expiresAt,
     expectsUpstreamSession: record.expectsUpstreamSession,
+    killGeneration: record.killGeneration ?? 0,
   });
+}
+
+function killKey(generation: number): RecordKey {
+  return ownershipKey(KILL_KIND, String(generation));
 }
 
 export function createSessionRegistry(options: SessionRegistryOptions): SessionRegistry {
@@ -366,6 +396,47 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       ? 0
       : (options.touchIntervalMs ?? Math.min(Math.floor(idleTimeoutMs / 10), 60_000));
   const lastTouch = new Map<string, number>();
+  /**
+   * The newest kill generation this replica has seen in the store. It only grows, and only from what
+   * the store holds (never from a message), so it is never ahead of the store.
+   */
+  let knownGeneration = 0;
+  let learning: Promise<number> | null = null;
+
+  /**
+   * Called once the record of generation `found` was read: reads the ones after it until one is
+   * missing (kill switches are rare, so this is usually one read), and records the newest.
+   */
+  function learnGeneration(found: number): Promise<number> {
+    if (found <= knownGeneration) return Promise.resolve(knownGeneration);
+    const run = async (): Promise<number> => {
+      let newest = Math.max(found, knownGeneration);
+      while ((await store.get(killKey(newest + 1))) !== null) newest += 1;
+      knownGeneration = Math.max(knownGeneration, newest);
+      return knownGeneration;
+    };
+    // One walk at a time; callers that arrive meanwhile wait for it and then walk on if needed.
+    const next = (learning ?? Promise.resolve(0)).catch(() => 0).then(run);
+    learning = next;
+    next.then(
+      () => {
+        if (learning === next) learning = null;
+      },
+      () => {
+        if (learning === next) learning = null;
+      },
+    );
+    return next;
+  }
+
+  /** The newest kill generation in the store: one read when nothing changed. */
+  async function currentGeneration(): Promise<number> {
+    const probe = knownGeneration + 1;
+    if ((await store.get(killKey(probe))) === null) return knownGeneration;
+    return learnGeneration(probe);
+  }
+
+  const killed = (record: SessionRecord): boolean => (record.killGeneration ?? 0) < knownGeneration;
   const seenKey = (owner: OwnerScope, sessionDigest: string): RecordKey =>
     ownedKey(owner, SEEN_KIND, sessionDigest);
 
@@ -426,6 +497,8 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     if (record.expiresAt <= now()) return "expired";
     if (!ownedBy(record, principal)) return "foreign-principal";
     if (record.upstream !== upstream) return "other-upstream";
+    // Against the newest generation this replica knows: resolve reads the store's first.
+    if (killed(record)) return "kill-switch";
     return record;
   }
 
@@ -450,40 +523,59 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
    * principal can pass the check together, so the cap may be exceeded by the number of creates that
    * principal runs at once; it can never touch another principal's sessions (docs/decisions.md).
    */
-  async function makeRoomFor(principal: Principal): Promise<void> {
+  async function makeRoomFor(principal: Principal, generation: Promise<number>): Promise<void> {
     const max = options.maxPerPrincipal;
     if (max === undefined) return;
     const index = ownerIndexKey(ownerScope(principal), SESSION_KIND);
     const members = await store.indexList(index);
     if (members.length < max) return;
-    if (options.onLimit !== "evict-oldest") {
-      throw new GateError("ERR_SESSION_LIMIT", "too many sessions", { detail: "max-per-principal" });
-    }
-    // The oldest of the principal's own sessions, by their records' creation times.
-    const live = await ownedRecords(principal, members);
-    for (const entry of live.slice(0, live.length - max + 1)) await revokeKey(entry.key, principal);
-  }
-
-  /**
-   * The live records behind a principal's index entries that the principal really owns, oldest
-   * first. An index entry is only a hint: its record is read and its owner checked.
-   */
-  async function ownedRecords(
-    principal: Principal,
-    members: readonly string[],
-  ): Promise<Array<{ key: RecordKey; digest: string; record: SessionRecord }>> {
+    // At the cap: the principal's own records decide, by their creation times. Sessions the kill
+    // switch ended stay in the index until they expire; they hold no slot, so they leave it here.
+    await generation;
     const records = await Promise.all(
       members.map(async (member) => {
         try {
           const key = ownershipKeyFromDigest(SESSION_KIND, member);
           const record = parseRecord((await store.get(key)) ?? "");
-          return record && ownedBy(record, principal) ? { key, digest: member, record } : null;
+          return record && ownedBy(record, principal) ? { member, key, record } : null;
         } catch {
           return null;
         }
       }),
     );
-    return records.filter((entry) => entry !== null).sort((a, b) => a.record.createdAt - b.record.createdAt);
+    const live = [];
+    for (const entry of records) {
+      if (entry === null) continue;
+      if (killed(entry.record)) await store.indexRemove(index, entry.member);
+      else live.push(entry);
+    }
+    if (live.length < max) return;
+    if (options.onLimit !== "evict-oldest") {
+      throw new GateError("ERR_SESSION_LIMIT", "too many sessions", { detail: "max-per-principal" });
+    }
+    live.sort((a, b) => a.record.createdAt - b.record.createdAt);
+    for (const entry of live.slice(0, live.length - max + 1)) await revokeKey(entry.key, principal);
+  }
+
+  /**
+   * The live sessions behind a principal's index entries that the principal really owns (an index
+   * entry is only a hint: its record is read and its owner checked), oldest first. Sessions the kill
+   * switch ended are left out.
+   */
+  async function ownedSessions(principal: Principal): Promise<Session[]> {
+    const members = await store.indexList(ownerIndexKey(ownerScope(principal), SESSION_KIND));
+    await currentGeneration();
+    const records = await Promise.all(
+      members.map(async (member) => {
+        try {
+          const record = parseRecord((await store.get(ownershipKeyFromDigest(SESSION_KIND, member))) ?? "");
+          return record && ownedBy(record, principal) && !killed(record) ? sessionOf(record, member) : null;
+        } catch {
+          return null;
+        }
+      }),
+    );
+    return records.filter((entry) => entry !== null).sort((x, y) => x.createdAt - y.createdAt);
   }
 
   /**
@@ -506,7 +598,11 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
   return {
     async create(input) {
       const { principal, upstream, protocolVersion, upstreamSessionId } = input;
-      await makeRoomFor(principal);
+      // The generation is read alongside the cap check: a kill switch that fires after this read has
+      // a higher generation, and so ends this session too.
+      const generation = currentGeneration();
+      generation.catch(() => undefined);
+      const [killGeneration] = await Promise.all([generation, makeRoomFor(principal, generation)]);
       checkLabel("upstream", upstream);
       checkLabel("protocolVersion", protocolVersion);
       if (upstreamSessionId !== undefined) checkUpstreamSessionId(upstreamSessionId);
@@ -524,6 +620,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         createdAt,
         expiresAt: createdAt + absoluteTimeoutMs,
         expectsUpstreamSession,
+        killGeneration,
       };
       const value = JSON.stringify(record);
       const ttl = { ttlMs: absoluteTimeoutMs };
@@ -614,12 +711,17 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       // The two reads are not one snapshot: a resolve racing an end or revoke can see the record and
       // miss the mapping. A session that expects an upstream id is refused then ("mapping-missing");
       // for one that does not, null is the answer (see ResolvedSession.upstreamSessionId).
-      const [recordText, sealedMapping, seen] = await Promise.all([
+      // The kill switch's next generation is read with them, for every caller: present means a kill
+      // switch fired that this replica has not seen yet, and it is learned before judging.
+      const probe = knownGeneration + 1;
+      const [recordText, sealedMapping, seen, nextKill] = await Promise.all([
         store.get(key),
         store.get(mappingKey(caller, sessionDigest)),
         // Read under the caller's own scope, like the mapping: only the owner's read can find it.
         idleTimeoutMs === undefined ? Promise.resolve(null) : store.get(seenKey(caller, sessionDigest)),
+        store.get(killKey(probe)),
       ]);
+      if (nextKill !== null) await learnGeneration(probe);
       const verdict = judge(wellFormed, recordText, principal, upstream);
       if (typeof verdict === "string") {
         return deny({
@@ -672,6 +774,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       const record = parseRecord(text);
       if (record === null) return refuse("record-invalid");
       if (record.expiresAt <= now()) return refuse("expired");
+      if (killed(record)) return refuse("kill-switch");
       // A session someone authenticated for is never reached without their credential (THREATS S1).
       if (record.issuer !== ANONYMOUS_ISSUER) return refuse("foreign-principal");
       return makePrincipal({
@@ -740,10 +843,19 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       return store.indexList(ownerIndexKey(ownerScope(principal), SESSION_KIND));
     },
 
-    async describe(principal) {
-      const members = await store.indexList(ownerIndexKey(ownerScope(principal), SESSION_KIND));
-      const live = await ownedRecords(principal, members);
-      return live.map((entry) => sessionOf(entry.record, entry.digest));
+    describe(principal) {
+      return ownedSessions(principal);
+    },
+
+    async killSwitch() {
+      const newest = await currentGeneration();
+      const generation = newest + 1;
+      const value = JSON.stringify({ v: KILL_RECORD_VERSION, generation, createdAt: Math.floor(now()) });
+      // Claimed, never put: a generation is written once and never goes back, whatever replicas race.
+      // Lost: another kill switch claimed this generation after the read above, so after this call
+      // began; it refuses every session this one would have, and this one adopts it.
+      await store.claim(killKey(generation), value);
+      return learnGeneration(generation);
     },
   };
 }

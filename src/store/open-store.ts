@@ -48,12 +48,37 @@ function parseUrl(url: string): URL {
   }
 }
 
-export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<Store> {
+/** What a store URL names, once checked: the backend and the settings its adapter is opened with. */
+export type StoreLocation =
+  | { readonly backend: "memory"; readonly maxEntries?: number }
+  | { readonly backend: "sqlite"; readonly path: string; readonly busyTimeoutMs?: number }
+  | {
+      readonly backend: "redis";
+      /** Without tenantgate's own parameters; may carry a password: never log it. */
+      readonly url: string;
+      readonly prefix: string;
+      readonly timeoutMs?: number;
+    }
+  | {
+      readonly backend: "postgres";
+      /** Only `sslmode` is left as a parameter; may carry a password: never log it. */
+      readonly url: string;
+      readonly schema: string;
+      readonly timeoutMs?: number;
+      readonly poolSize?: number;
+    };
+
+/**
+ * Parses a store URL into what it names, refusing what `openStore` refuses, without opening
+ * anything. Whatever else connects to the same store (the revocation bus) reads the URL here, so it
+ * reaches exactly the store `openStore` opened.
+ */
+export function parseStoreLocation(url: string, options: OpenStoreOptions = {}): StoreLocation {
   if (url === "memory:" || url.startsWith("memory:?")) {
     const params = new URLSearchParams(url.slice("memory:".length));
     rejectUnknownParams(params, ["maxEntries"]);
     const maxEntries = positiveInteger(params, "maxEntries");
-    return new MemoryStore(maxEntries === undefined ? {} : { maxEntries });
+    return maxEntries === undefined ? { backend: "memory" } : { backend: "memory", maxEntries };
   }
   if (url.startsWith("sqlite:")) {
     // Split at the first "?" only: anything after it is the query, refused if malformed.
@@ -65,9 +90,10 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
     const params = new URLSearchParams(query);
     rejectUnknownParams(params, ["busyTimeoutMs"]);
     const path = isAbsolute(rawPath) ? rawPath : resolve(options.baseDir ?? process.cwd(), rawPath);
-    const { openSqliteStore } = await import("./sqlite-store.ts");
     const busyTimeoutMs = positiveInteger(params, "busyTimeoutMs");
-    return openSqliteStore(busyTimeoutMs === undefined ? { path } : { path, busyTimeoutMs });
+    return busyTimeoutMs === undefined
+      ? { backend: "sqlite", path }
+      : { backend: "sqlite", path, busyTimeoutMs };
   }
   const parsed = parseUrl(url);
   if (parsed.protocol === "redis:" || parsed.protocol === "rediss:") {
@@ -77,12 +103,12 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
       throw invalidUrl("parameter prefix must be 1-64 characters of [A-Za-z0-9:_.-]");
     const timeoutMs = positiveInteger(parsed.searchParams, "timeoutMs");
     parsed.search = "";
-    const { openRedisStore } = await import("./redis-store.ts");
-    return openRedisStore({
+    return {
+      backend: "redis",
       url: parsed.toString(),
       prefix,
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
-    });
+    };
   }
   if (parsed.protocol === "postgres:" || parsed.protocol === "postgresql:") {
     rejectUnknownParams(parsed.searchParams, ["schema", "timeoutMs", "poolSize", "sslmode"]);
@@ -96,13 +122,41 @@ export async function openStore(url: string, options: OpenStoreOptions = {}): Pr
     const poolSize = positiveInteger(parsed.searchParams, "poolSize");
     // Only sslmode goes on to the driver; tenantgate's own parameters are removed.
     parsed.search = sslmode === null ? "" : `?sslmode=${sslmode}`;
-    const { openPostgresStore } = await import("./postgres-store.ts");
-    return openPostgresStore({
+    return {
+      backend: "postgres",
       url: parsed.toString(),
       schema,
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
       ...(poolSize === undefined ? {} : { poolSize }),
-    });
+    };
   }
   throw invalidUrl("must start with memory:, sqlite:, redis://, rediss://, postgres:// or postgresql://");
+}
+
+export async function openStore(url: string, options: OpenStoreOptions = {}): Promise<Store> {
+  const location = parseStoreLocation(url, options);
+  switch (location.backend) {
+    case "memory":
+      return new MemoryStore(location.maxEntries === undefined ? {} : { maxEntries: location.maxEntries });
+    case "sqlite": {
+      const { openSqliteStore } = await import("./sqlite-store.ts");
+      const { path, busyTimeoutMs } = location;
+      return openSqliteStore(busyTimeoutMs === undefined ? { path } : { path, busyTimeoutMs });
+    }
+    case "redis": {
+      const { openRedisStore } = await import("./redis-store.ts");
+      const { url: redisUrl, prefix, timeoutMs } = location;
+      return openRedisStore({ url: redisUrl, prefix, ...(timeoutMs === undefined ? {} : { timeoutMs }) });
+    }
+    case "postgres": {
+      const { openPostgresStore } = await import("./postgres-store.ts");
+      const { url: pgUrl, schema, timeoutMs, poolSize } = location;
+      return openPostgresStore({
+        url: pgUrl,
+        schema,
+        ...(timeoutMs === undefined ? {} : { timeoutMs }),
+        ...(poolSize === undefined ? {} : { poolSize }),
+      });
+    }
+  }
 }

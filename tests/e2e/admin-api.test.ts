@@ -276,6 +276,28 @@ describe("admin API", async () => {
       assert.equal((await adminRequest(admin, "/nothing")).status, 404);
     });
 
+    it("S4 the kill switch through the admin API: every session is 404 for its owner, a new initialize works", async () => {
+      const mcp = `${harness.url}/mcp`;
+      const aliceToken = await harness.token("alice");
+      const bobToken = await harness.token("bob");
+      const a = await initializeSession(mcp, aliceToken);
+      const b = await initializeSession(mcp, bobToken);
+      const stream = await openStream(mcp, bobToken, b);
+      const refused = await adminRequest(admin, "/admin/kill-switch", { body: {} });
+      assert.equal(refused.status, 400, "no confirmation, no kill switch");
+      assert.equal((await toolsList(mcp, aliceToken, a)).status, 200);
+      const answer = await adminRequest(admin, "/admin/kill-switch", {
+        body: { confirm: KILL_SWITCH_CONFIRMATION },
+      });
+      assert.equal(answer.status, 200);
+      assert.equal((await toolsList(mcp, aliceToken, a)).status, 404);
+      assert.equal((await toolsList(mcp, bobToken, b)).status, 404);
+      await within(stream.ended, 5_000, "an open stream ending at the kill switch");
+      const fresh = await initializeSession(mcp, aliceToken);
+      assert.equal((await toolsList(mcp, aliceToken, fresh)).status, 200);
+      assert.ok(harness.events.some((e) => e.type === "admin.action" && e.reason === "kill-switch"));
+    });
+
     it("tenantgate sessions list and revoke through the CLI, with TENANTGATE_ADMIN_URL", async () => {
       const token = await harness.token("carol");
       const sessionId = await initializeSession(`${harness.url}/mcp`, token);

@@ -97,6 +97,7 @@ describe("E1 canaries never reach a log or audit line", () => {
         ],
         audit: { stdout: true, file: auditFile },
         log: { level: "info", file: logFile },
+        admin: { listen: { port: 0 } },
       },
       env: { [MASTER_KEY_VARIABLE]: masterKey },
     });

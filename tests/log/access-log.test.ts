@@ -39,6 +39,7 @@ describe("access log through startGateway", () => {
         auth: { anonymous: true },
         upstreams: [{ name: "recorder", path: "/mcp", url: upstream.url, protocolVersions: ["2025-11-25"] }],
         audit: { stdout: true },
+        admin: { listen: { port: 0 } },
       },
       { env: {} },
     );

@@ -768,7 +768,8 @@ function describeSessionRegistry(backend: Backend): void {
         );
       }
       for (const [label, methods] of operations) {
-        assert.deepEqual(methods, ["get", "get"], label);
+        // The ownership record, the caller's mapping, and the kill switch's next generation.
+        assert.deepEqual(methods, ["get", "get", "get"], label);
       }
 
       const ends: [string, () => Promise<unknown>][] = [
@@ -968,6 +969,102 @@ function describeSessionRegistry(backend: Backend): void {
       });
       assert.equal(without.session.expectsUpstreamSession, false);
       assert.equal((await registry.resolve(without.sessionId, alice, UPSTREAM))?.upstreamSessionId, null);
+    });
+
+    it("S4 the kill switch refuses every existing session on every registry sharing the store; new ones work", async () => {
+      const one = setup();
+      const two = setup();
+      const alice = principal();
+      const bob = principal();
+      const made = await Promise.all(
+        [alice, bob].map((p) =>
+          one.registry.create({
+            principal: p,
+            upstream: UPSTREAM,
+            protocolVersion: VERSION,
+            upstreamSessionId: "u",
+          }),
+        ),
+      );
+      const pending = await one.registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+        expectsUpstreamSession: true,
+      });
+      for (const [index, p] of [alice, bob].entries()) {
+        assert.ok(await two.registry.resolve(made[index]!.sessionId, p, UPSTREAM), "live before");
+      }
+
+      const generation = await one.registry.killSwitch();
+      assert.ok(Number.isSafeInteger(generation) && generation >= 1);
+      assert.ok(made.every(({ session }) => session.killGeneration < generation));
+      for (const { registry, denials } of [two, one]) {
+        denials.length = 0;
+        for (const [index, p] of [alice, bob].entries()) {
+          assert.equal(await registry.resolve(made[index]!.sessionId, p, UPSTREAM), null);
+        }
+        assert.deepEqual(
+          denials.map((d) => d.reason),
+          ["kill-switch", "kill-switch"],
+        );
+      }
+      // The other operations on a session refuse it too, with the reason recorded.
+      two.denials.length = 0;
+      assert.equal(await two.registry.end(made[0]!.sessionId, alice, UPSTREAM), false);
+      assert.equal(
+        await two.registry.setUpstreamSessionId(pending.sessionId, alice, UPSTREAM, "late"),
+        false,
+      );
+      assert.deepEqual(
+        two.denials.map((d) => [d.operation, d.reason]),
+        [
+          ["end", "kill-switch"],
+          ["set-upstream-session", "kill-switch"],
+        ],
+      );
+
+      // A session created afterwards, through either registry, works through both.
+      const fresh = await two.registry.create({
+        principal: alice,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      assert.equal(fresh.session.killGeneration, generation);
+      assert.ok(await one.registry.resolve(fresh.sessionId, alice, UPSTREAM));
+      assert.ok(await two.registry.resolve(fresh.sessionId, alice, UPSTREAM));
+
+      // Kill switches racing through two registries: each gives a generation above every session
+      // created before it was called, and neither brings anything back.
+      const [a, b] = await Promise.all([one.registry.killSwitch(), two.registry.killSwitch()]);
+      assert.ok(a > generation && b > generation);
+      assert.equal(await one.registry.resolve(fresh.sessionId, alice, UPSTREAM), null);
+      assert.equal(await two.registry.resolve(made[1]!.sessionId, bob, UPSTREAM), null);
+      // A registry that starts afterwards (a replica started later) learns every generation.
+      const late = setup();
+      assert.equal(await late.registry.resolve(fresh.sessionId, alice, UPSTREAM), null);
+      const after = await late.registry.create({
+        principal: bob,
+        upstream: UPSTREAM,
+        protocolVersion: VERSION,
+      });
+      assert.equal(after.session.killGeneration, Math.max(a, b));
+      assert.ok(await one.registry.resolve(after.sessionId, bob, UPSTREAM));
+    });
+
+    it("S4 sessions the kill switch ended hold no place under maxPerPrincipal", async () => {
+      const { registry } = setup({ maxPerPrincipal: 1, onLimit: "reject" });
+      const alice = principal();
+      await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      await assert.rejects(
+        registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION }),
+        (error: unknown) => isGateError(error, "ERR_SESSION_LIMIT"),
+      );
+      // Another replica fires the kill switch; this one learns it on the next create.
+      await setup().registry.killSwitch();
+      const again = await registry.create({ principal: alice, upstream: UPSTREAM, protocolVersion: VERSION });
+      assert.ok(await registry.resolve(again.sessionId, alice, UPSTREAM));
+      assert.deepEqual(await registry.list(alice), [again.session.sessionDigest]);
     });
 
     it("rejects with ERR_STORE_UNAVAILABLE when the store cannot answer, never resolving", async () => {
