@@ -544,6 +544,17 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       throw error;
     }
     const { sessionId, session } = created;
+    // Sessions the cap removed are ended like a DELETE ends one: their open streams with them.
+    for (const evicted of created.evicted) {
+      endStreamsOf(evicted.sessionDigest);
+      events.emit({
+        type: "session.ended",
+        by: "evicted",
+        upstream: evicted.upstream,
+        principal: evicted.owner,
+        sessionDigest: evicted.sessionDigest,
+      });
+    }
     events.emit({
       type: "session.created",
       upstream: upstream.name,

@@ -133,7 +133,14 @@ export interface ResolvedSession extends Session {
 }
 
 export interface SessionRegistry {
-  create(input: CreateSessionInput): Promise<{ sessionId: string; session: Session }>;
+  /**
+   * `evicted`: the principal's own sessions this create removed to stay within
+   * `maxPerPrincipal` (its oldest with `evict-oldest`, and any that had gone idle); their open
+   * streams are the caller's to end.
+   */
+  create(
+    input: CreateSessionInput,
+  ): Promise<{ sessionId: string; session: Session; evicted: readonly Session[] }>;
   /**
    * Stores the upstream's id, once; false if the caller does not own a live session at `upstream`
    * (refused through `onDenied`, as resolve and end are), if it is already set, or if the session was
@@ -444,32 +451,56 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
    * and ended ones are removed, so the count heals by itself). Not atomic: concurrent creates by one
    * principal can pass the check together, so the cap may be exceeded by the number of creates that
    * principal runs at once; it can never touch another principal's sessions (docs/decisions.md).
+   * At the cap, only live sessions hold a slot: a session gone idle (404 for its owner already) is
+   * removed, and an entry whose record is gone leaves the index, before the cap is judged. Returns
+   * the principal's sessions it removed.
    */
-  async function makeRoomFor(principal: Principal): Promise<void> {
+  async function makeRoomFor(principal: Principal): Promise<Session[]> {
     const max = options.maxPerPrincipal;
-    if (max === undefined) return;
-    const index = ownerIndexKey(ownerScope(principal), SESSION_KIND);
+    if (max === undefined) return [];
+    const owner = ownerScope(principal);
+    const index = ownerIndexKey(owner, SESSION_KIND);
     const members = await store.indexList(index);
-    if (members.length < max) return;
+    if (members.length < max) return [];
+    // A store failure here rejects the create (fail closed): an unread session is never assumed gone.
+    const entries = await Promise.all(
+      members.map(async (member) => {
+        let key: RecordKey;
+        try {
+          key = ownershipKeyFromDigest(SESSION_KIND, member);
+        } catch {
+          return { member, key: null, record: null, idle: false };
+        }
+        const [text, seen] = await Promise.all([
+          store.get(key),
+          idleTimeoutMs === undefined ? Promise.resolve("") : store.get(seenKey(owner, member)),
+        ]);
+        const parsed = text === null ? null : parseRecord(text);
+        const record = parsed && ownedBy(parsed, principal) && parsed.expiresAt > now() ? parsed : null;
+        return { member, key, record, idle: seen === null };
+      }),
+    );
+    const removed: Session[] = [];
+    const live: { key: RecordKey; record: SessionRecord; member: string }[] = [];
+    for (const { member, key, record, idle } of entries) {
+      if (key === null || record === null) {
+        await store.indexRemove(index, member);
+      } else if (idle) {
+        if (await revokeKey(key, principal)) removed.push(sessionOf(record, member));
+      } else {
+        live.push({ key, record, member });
+      }
+    }
+    if (live.length < max) return removed;
     if (options.onLimit !== "evict-oldest") {
       throw new GateError("ERR_SESSION_LIMIT", "too many sessions", { detail: "max-per-principal" });
     }
-    // The oldest of the principal's own sessions, by their records' creation times.
-    const records = await Promise.all(
-      members.map(async (member) => {
-        try {
-          const key = ownershipKeyFromDigest(SESSION_KIND, member);
-          const record = parseRecord((await store.get(key)) ?? "");
-          return record && ownedBy(record, principal) ? { key, record } : null;
-        } catch {
-          return null;
-        }
-      }),
-    );
-    const live = records
-      .filter((entry) => entry !== null)
-      .sort((a, b) => a.record.createdAt - b.record.createdAt);
-    for (const entry of live.slice(0, live.length - max + 1)) await revokeKey(entry.key, principal);
+    // The oldest of the principal's own live sessions, by their records' creation times.
+    live.sort((a, b) => a.record.createdAt - b.record.createdAt);
+    for (const entry of live.slice(0, live.length - max + 1)) {
+      if (await revokeKey(entry.key, principal)) removed.push(sessionOf(entry.record, entry.member));
+    }
+    return removed;
   }
 
   /**
@@ -492,10 +523,10 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
   return {
     async create(input) {
       const { principal, upstream, protocolVersion, upstreamSessionId } = input;
-      await makeRoomFor(principal);
       checkLabel("upstream", upstream);
       checkLabel("protocolVersion", protocolVersion);
       if (upstreamSessionId !== undefined) checkUpstreamSessionId(upstreamSessionId);
+      const evicted = await makeRoomFor(principal);
       const expectsUpstreamSession = upstreamSessionId !== undefined || input.expectsUpstreamSession === true;
       const owner = ownerScope(principal);
       // Whole milliseconds: records hold integers, and an injected clock need not give one.
@@ -522,8 +553,10 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         if (!outcome.won) continue;
         const sessionDigest = digestOf(key);
         try {
-          await store.indexAdd(ownerIndexKey(owner, SESSION_KIND), sessionDigest, ttl);
+          // Activity first: a member of the index without it would look idle to a concurrent
+          // create's makeRoomFor, which removes idle sessions.
           await touch(owner, sessionDigest, record.expiresAt, true);
+          await store.indexAdd(ownerIndexKey(owner, SESSION_KIND), sessionDigest, ttl);
           if (upstreamSessionId !== undefined) {
             const sealed = seal(keyring, upstreamSessionId, mappingContext(owner, upstream, sessionDigest));
             const mapped = await store.claim(mappingKey(owner, sessionDigest), sealed, ttl);
@@ -540,7 +573,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
           await removeSession(key, record, sessionDigest).catch(() => undefined);
           throw error;
         }
-        return { sessionId, session: sessionOf(record, sessionDigest) };
+        return { sessionId, session: sessionOf(record, sessionDigest), evicted };
       }
       throw new GateError("ERR_INTERNAL", "could not claim a fresh session id", {
         detail: `${MAX_CREATE_ATTEMPTS} claims of freshly minted ids were lost`,
