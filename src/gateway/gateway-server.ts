@@ -227,6 +227,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         const upstream = routes.match(path.slice(SESSION_INFO_PREFIX.length));
         if (!upstream) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
         if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
+        // Authenticated like an MCP path, so refused like one when a query comes along (THREATS T4).
+        if (queryAt >= 0) {
+          throw new GateError("ERR_REQUEST_INVALID", "query string refused", { detail: "query-string" });
+        }
         return await serveSessionInfo(request, response, upstream, clientAddress);
       }
 

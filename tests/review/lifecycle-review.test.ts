@@ -285,4 +285,19 @@ describe("streams of the session lifecycle", () => {
       abort.abort();
     }
   });
+
+  it("T4 the session metadata endpoint refuses a query string, as every MCP path does", async () => {
+    const carol = await harness.token("carol");
+    const sessionId = await initializeSession(url, carol);
+    const answer = await fetch(`${harness.url}/.tenantgate/session/mcp?access_token=${carol}`, {
+      headers: { authorization: `Bearer ${carol}`, "mcp-session-id": sessionId },
+    });
+    const body = await answer.text();
+    assert.equal(answer.status, 400);
+    assert.match(body, /ERR_REQUEST_INVALID/);
+    assert.ok(!body.includes(sessionId));
+    assert.ok(
+      harness.events.some((event) => event.type === "request.refused" && event.reason === "query-string"),
+    );
+  });
 });
