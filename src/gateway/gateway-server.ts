@@ -478,6 +478,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         hook: answerHook(context, resolved.principal, payload),
         // A tasks/list answer must be filtered: one too large to read is refused, never passed.
         mustInspect: payload.messages.some((m) => m.kind === "request" && m.method === "tasks/list"),
+        principal: resolved.principal,
       });
     } catch (error) {
       refuse(context.response, error, { upstream, clientAddress: context.clientAddress, id });
@@ -1139,6 +1140,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       // No proxy buffering between here and the client: events must arrive as they happen.
       headers["x-accel-buffering"] = "no";
     }
+    // A stream never outlives its session's absolute lifetime nor the token it was opened with.
+    const deadline = Math.min(session.expiresAt, options.principal?.expiresAt ?? Number.POSITIVE_INFINITY);
     if (options.cancelOnClientClose) {
       // A GET stream: at shutdown it is ended between events, and the upstream side is dropped.
       const stream = body;
@@ -1156,12 +1159,17 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       );
       keepAlive.unref();
       response.once("close", () => clearInterval(keepAlive));
-      // A stream never outlives its session's absolute lifetime nor the token it was opened with.
-      endStreamAt(
-        response,
-        Math.min(session.expiresAt, options.principal?.expiresAt ?? Number.POSITIVE_INFINITY),
-        end,
-      );
+      endStreamAt(response, deadline, end);
+    } else if (body !== answer.body) {
+      // A POST answered with a stream (a long-running tool) is an open stream too. The client's side
+      // ends at the deadline; the upstream's answer is still read to its end, as when a client leaves
+      // (a disconnect is not a cancellation).
+      const stream = body;
+      endStreamAt(response, deadline, () => {
+        stream.unpipe(response);
+        stream.resume();
+        response.end();
+      });
     }
     await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
     openStreams.delete(response);

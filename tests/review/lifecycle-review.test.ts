@@ -286,6 +286,25 @@ describe("streams of the session lifecycle", () => {
     }
   });
 
+  it("S13 a legacy POST answered with a stream ends at the expiry of the token it was sent with", async () => {
+    const bob = await harness.token("bob", { expiresIn: 2 });
+    const sessionId = await initializeSession(url, bob);
+    const abort = new AbortController();
+    try {
+      const answer = await fetch(url, {
+        method: "POST",
+        headers: sessionHeaders(bob, sessionId),
+        body: JSON.stringify({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow" } }),
+        signal: abort.signal,
+      });
+      assert.equal(answer.status, 200);
+      assert.match(answer.headers.get("content-type") ?? "", /text\/event-stream/);
+      assert.ok(await endsWithin(answer, 5_000), "the stream ended when the token expired");
+    } finally {
+      abort.abort();
+    }
+  });
+
   it("T4 the session metadata endpoint refuses a query string, as every MCP path does", async () => {
     const carol = await harness.token("carol");
     const sessionId = await initializeSession(url, carol);
