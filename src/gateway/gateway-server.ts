@@ -1142,30 +1142,39 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     // A stream never outlives its session's absolute lifetime nor the token it was opened with.
     const deadline = Math.min(session.expiresAt, options.principal?.expiresAt ?? Number.POSITIVE_INFINITY);
+    // An open stream (a GET stream, or a POST answered with one) is activity: the session does not
+    // go idle under it (sessions.idleTimeout). It stops when the stream is ended, even if the client
+    // has not read the end yet.
+    const streamed = options.cancelOnClientClose || body !== answer.body;
+    const keepAlive = streamed
+      ? setInterval(
+          () => void sessions.keepAlive(session).catch(() => undefined),
+          Math.max(100, Math.min(Math.floor(config.sessions.idleTimeoutMs / 10), 60_000)),
+        )
+      : undefined;
+    if (keepAlive !== undefined) {
+      keepAlive.unref();
+      response.once("close", () => clearInterval(keepAlive));
+    }
     if (options.cancelOnClientClose) {
       // A GET stream: at shutdown it is ended between events, and the upstream side is dropped.
       const stream = body;
       const end = () => {
+        clearInterval(keepAlive);
         openStreams.delete(response);
         stream.unpipe(response);
         answer.body.destroy();
         response.end();
       };
       openStreams.set(response, { sessionDigest: session.sessionDigest, end });
-      // An open stream is activity: the session does not go idle under it (sessions.idleTimeout).
-      const keepAlive = setInterval(
-        () => void sessions.keepAlive(session).catch(() => undefined),
-        Math.max(100, Math.min(Math.floor(config.sessions.idleTimeoutMs / 10), 60_000)),
-      );
-      keepAlive.unref();
-      response.once("close", () => clearInterval(keepAlive));
       endStreamAt(response, deadline, end);
-    } else if (body !== answer.body) {
+    } else if (streamed) {
       // A POST answered with a stream (a long-running tool) is an open stream too. The client's side
       // ends at the deadline; the upstream's answer is still read to its end, as when a client leaves
       // (a disconnect is not a cancellation).
       const stream = body;
       endStreamAt(response, deadline, () => {
+        clearInterval(keepAlive);
         stream.unpipe(response);
         stream.resume();
         response.end();

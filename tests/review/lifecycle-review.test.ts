@@ -320,3 +320,47 @@ describe("streams of the session lifecycle", () => {
     );
   });
 });
+
+describe("activity of streamed answers", () => {
+  let upstream: StreamingUpstream;
+  let harness: Harness;
+  let url: string;
+  before(async () => {
+    upstream = await startStreamingUpstream();
+    harness = await startHarness({
+      upstreams: [{ name: "streaming", path: "/mcp", url: upstream.url }],
+      extra: { sessions: { idleTimeout: "1s", absoluteTimeout: "1h" } },
+    });
+    url = `${harness.url}/mcp`;
+  });
+  after(async () => {
+    await upstream.close();
+    await harness.close();
+  });
+
+  it("idle timeout: a POST answered with a stream counts as activity while it is open, as a GET stream does", async () => {
+    const dave = await harness.token("dave");
+    const sessionId = await initializeSession(url, dave);
+    const abort = new AbortController();
+    try {
+      const answer = await fetch(url, {
+        method: "POST",
+        headers: sessionHeaders(dave, sessionId),
+        body: JSON.stringify({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow" } }),
+        signal: abort.signal,
+      });
+      assert.equal(answer.status, 200);
+      // The tool runs longer than the idle timeout; its answer is still streaming.
+      await sleep(2_500);
+      const next = await fetch(url, {
+        method: "POST",
+        headers: sessionHeaders(dave, sessionId),
+        body: JSON.stringify({ jsonrpc: "2.0", id: 8, method: "tools/list" }),
+      });
+      await next.arrayBuffer();
+      assert.equal(next.status, 200, "the session with a streaming answer open did not go idle");
+    } finally {
+      abort.abort();
+    }
+  });
+});
