@@ -364,3 +364,34 @@ describe("activity of streamed answers", () => {
     }
   });
 });
+
+describe("shutdown with an upstream that never ends an answer", () => {
+  it("shutdown: the gateway closes within a bound while an upstream still holds a POST's streamed answer open", async () => {
+    const upstream = await startStreamingUpstream();
+    const harness = await startHarness({
+      upstreams: [{ name: "streaming", path: "/mcp", url: upstream.url }],
+    });
+    try {
+      const url = `${harness.url}/mcp`;
+      const erin = await harness.token("erin");
+      const sessionId = await initializeSession(url, erin);
+      const abort = new AbortController();
+      const answer = await fetch(url, {
+        method: "POST",
+        headers: sessionHeaders(erin, sessionId),
+        body: JSON.stringify({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow" } }),
+        signal: abort.signal,
+      });
+      assert.equal(answer.status, 200);
+      // The client leaves; the gateway keeps reading the upstream's answer (not a cancellation).
+      abort.abort();
+      await sleep(100);
+      const closed = harness.close().then(() => "closed");
+      assert.equal(await Promise.race([closed, sleep(10_000).then(() => "hung")]), "closed");
+      assert.equal(upstream.open.size, 0, "the upstream's side was dropped at shutdown");
+    } finally {
+      await upstream.close();
+      await harness.close();
+    }
+  });
+});
