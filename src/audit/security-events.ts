@@ -64,8 +64,11 @@ const REQUEST_REFUSAL_REASONS = [
 /** Why the edge refused a request before (or instead of) forwarding it. */
 export type RequestRefusalReason = (typeof REQUEST_REFUSAL_REASONS)[number];
 
-const SESSION_END_REASONS = ["client", "upstream-gone"] as const;
-/** Who ended a session: the client's DELETE, or the upstream forgetting its side. */
+const SESSION_END_REASONS = ["client", "upstream-gone", "evicted"] as const;
+/**
+ * Who ended a session: the client's DELETE, the upstream forgetting its side, or the principal's own
+ * new session taking its place under sessions.maxPerPrincipal.
+ */
 export type SessionEndReason = (typeof SESSION_END_REASONS)[number];
 
 const SESSION_REVOCATION_REASONS = ["admin", "principal", "kill-switch"] as const;

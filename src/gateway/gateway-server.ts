@@ -331,6 +331,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         if (!upstream) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
         draft.upstream = upstream.name;
         if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
+        // Authenticated like an MCP path, so refused like one when a query comes along (THREATS T4).
+        if (queryAt >= 0) {
+          throw new GateError("ERR_REQUEST_INVALID", "query string refused", { detail: "query-string" });
+        }
         return await serveSessionInfo(request, response, upstream, clientAddress);
       }
 
@@ -587,6 +591,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         hook: answerHook(context, resolved.principal, payload),
         // A tasks/list answer must be filtered: one too large to read is refused, never passed.
         mustInspect: payload.messages.some((m) => m.kind === "request" && m.method === "tasks/list"),
+        principal: resolved.principal,
       });
     } catch (error) {
       refuse(context.response, error, { upstream, clientAddress: context.clientAddress, id });
@@ -658,6 +663,18 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     const { sessionId, session } = created;
     noteSession(context.response, session, principal);
+    // Sessions the cap removed are ended like a DELETE ends one: their open streams with them.
+    for (const evicted of created.evicted) {
+      endStreamsOf(evicted.sessionDigest);
+      announceSessionEnd(evicted.sessionDigest);
+      events.emit({
+        type: "session.ended",
+        by: "evicted",
+        upstream: evicted.upstream,
+        principal: evicted.owner,
+        sessionDigest: evicted.sessionDigest,
+      });
+    }
     events.emit({
       type: "session.created",
       upstream: upstream.name,
@@ -1255,10 +1272,27 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       // No proxy buffering between here and the client: events must arrive as they happen.
       headers["x-accel-buffering"] = "no";
     }
+    // A stream never outlives its session's absolute lifetime nor the token it was opened with.
+    const deadline = Math.min(session.expiresAt, options.principal?.expiresAt ?? Number.POSITIVE_INFINITY);
+    // An open stream (a GET stream, or a POST answered with one) is activity: the session does not
+    // go idle under it (sessions.idleTimeout). It stops when the stream is ended, even if the client
+    // has not read the end yet.
+    const streamed = options.cancelOnClientClose || body !== answer.body;
+    const keepAlive = streamed
+      ? setInterval(
+          () => void sessions.keepAlive(session).catch(() => undefined),
+          Math.max(100, Math.min(Math.floor(config.sessions.idleTimeoutMs / 10), 60_000)),
+        )
+      : undefined;
+    if (keepAlive !== undefined) {
+      keepAlive.unref();
+      response.once("close", () => clearInterval(keepAlive));
+    }
     if (options.cancelOnClientClose) {
       // A GET stream: at shutdown it is ended between events, and the upstream side is dropped.
       const stream = body;
       const end = () => {
+        clearInterval(keepAlive);
         openStreams.delete(response);
         stream.unpipe(response);
         answer.body.destroy();
@@ -1275,19 +1309,18 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
             : async () => (await sessions.resolve(sessionId, streamPrincipal, upstream.name)) !== null,
         end,
       });
-      // An open stream is activity: the session does not go idle under it (sessions.idleTimeout).
-      const keepAlive = setInterval(
-        () => void sessions.keepAlive(session).catch(() => undefined),
-        Math.max(100, Math.min(Math.floor(config.sessions.idleTimeoutMs / 10), 60_000)),
-      );
-      keepAlive.unref();
-      response.once("close", () => clearInterval(keepAlive));
-      // A stream never outlives its session's absolute lifetime nor the token it was opened with.
-      endStreamAt(
-        response,
-        Math.min(session.expiresAt, options.principal?.expiresAt ?? Number.POSITIVE_INFINITY),
-        end,
-      );
+      endStreamAt(response, deadline, end);
+    } else if (streamed) {
+      // A POST answered with a stream (a long-running tool) is an open stream too. The client's side
+      // ends at the deadline; the upstream's answer is still read to its end, as when a client leaves
+      // (a disconnect is not a cancellation).
+      const stream = body;
+      endStreamAt(response, deadline, () => {
+        clearInterval(keepAlive);
+        stream.unpipe(response);
+        stream.resume();
+        response.end();
+      });
     }
     await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
     openStreams.delete(response);

@@ -71,10 +71,24 @@ export function createUpstreamClient(url: string, options: UpstreamClientOptions
       }
     },
     async close() {
-      await pool.close().catch(() => pool.destroy());
+      // Called once the gateway's grace period is over and its clients are gone: what is still in
+      // flight is an upstream answer read only to let the upstream finish (a client that left), and
+      // an upstream that never ends one must not hold shutdown (and the audit file's close) forever.
+      let timer: NodeJS.Timeout | undefined;
+      const bounded = new Promise<"late">((resolve) => {
+        timer = setTimeout(() => resolve("late"), CLOSE_BOUND_MS);
+      });
+      const outcome = await Promise.race([pool.close().then(() => "closed" as const), bounded]).catch(
+        () => "late" as const,
+      );
+      clearTimeout(timer);
+      if (outcome === "late") await pool.destroy().catch(() => undefined);
     },
   };
 }
+
+/** How long `close` waits for requests still in flight before dropping them. */
+const CLOSE_BOUND_MS = 1_000;
 
 /** A short operator-facing reason (an undici error code), never a URL or header value. */
 function transportFailure(cause: unknown): string {

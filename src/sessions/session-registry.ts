@@ -143,7 +143,14 @@ export interface ResolvedSession extends Session {
 }
 
 export interface SessionRegistry {
-  create(input: CreateSessionInput): Promise<{ sessionId: string; session: Session }>;
+  /**
+   * `evicted`: the principal's own sessions this create removed to stay within
+   * `maxPerPrincipal` (its oldest with `evict-oldest`, and any that had gone idle); their open
+   * streams are the caller's to end.
+   */
+  create(
+    input: CreateSessionInput,
+  ): Promise<{ sessionId: string; session: Session; evicted: readonly Session[] }>;
   /**
    * Stores the upstream's id, once; false if the caller does not own a live session at `upstream`
    * (refused through `onDenied`, as resolve and end are), if it is already set, or if the session was
@@ -522,39 +529,58 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
    * and ended ones are removed, so the count heals by itself). Not atomic: concurrent creates by one
    * principal can pass the check together, so the cap may be exceeded by the number of creates that
    * principal runs at once; it can never touch another principal's sessions (docs/decisions.md).
+   * At the cap, only live sessions hold a slot: a session gone idle (404 for its owner already) is
+   * removed, and an entry whose record is gone leaves the index, before the cap is judged. Returns
+   * the principal's sessions it removed.
    */
-  async function makeRoomFor(principal: Principal, generation: Promise<number>): Promise<void> {
+  async function makeRoomFor(principal: Principal, generation: Promise<number>): Promise<Session[]> {
     const max = options.maxPerPrincipal;
-    if (max === undefined) return;
-    const index = ownerIndexKey(ownerScope(principal), SESSION_KIND);
+    if (max === undefined) return [];
+    const owner = ownerScope(principal);
+    const index = ownerIndexKey(owner, SESSION_KIND);
     const members = await store.indexList(index);
-    if (members.length < max) return;
-    // At the cap: the principal's own records decide, by their creation times. Sessions the kill
-    // switch ended stay in the index until they expire; they hold no slot, so they leave it here.
-    await generation;
-    const records = await Promise.all(
+    if (members.length < max) return [];
+    // A store failure here rejects the create (fail closed): an unread session is never assumed gone.
+    const entries = await Promise.all(
       members.map(async (member) => {
+        let key: RecordKey;
         try {
-          const key = ownershipKeyFromDigest(SESSION_KIND, member);
-          const record = parseRecord((await store.get(key)) ?? "");
-          return record && ownedBy(record, principal) ? { member, key, record } : null;
+          key = ownershipKeyFromDigest(SESSION_KIND, member);
         } catch {
-          return null;
+          return { member, key: null, record: null, idle: false };
         }
+        const [text, seen] = await Promise.all([
+          store.get(key),
+          idleTimeoutMs === undefined ? Promise.resolve("") : store.get(seenKey(owner, member)),
+        ]);
+        const parsed = text === null ? null : parseRecord(text);
+        const record = parsed && ownedBy(parsed, principal) && parsed.expiresAt > now() ? parsed : null;
+        return { member, key, record, idle: seen === null };
       }),
     );
-    const live = [];
-    for (const entry of records) {
-      if (entry === null) continue;
-      if (killed(entry.record)) await store.indexRemove(index, entry.member);
-      else live.push(entry);
+    // Sessions the kill switch ended stay in the index until they expire; they hold no slot.
+    await generation;
+    const removed: Session[] = [];
+    const live: { key: RecordKey; record: SessionRecord; member: string }[] = [];
+    for (const { member, key, record, idle } of entries) {
+      if (key === null || record === null || killed(record)) {
+        await store.indexRemove(index, member);
+      } else if (idle) {
+        if (await revokeKey(key, principal)) removed.push(sessionOf(record, member));
+      } else {
+        live.push({ key, record, member });
+      }
     }
-    if (live.length < max) return;
+    if (live.length < max) return removed;
     if (options.onLimit !== "evict-oldest") {
       throw new GateError("ERR_SESSION_LIMIT", "too many sessions", { detail: "max-per-principal" });
     }
+    // The oldest of the principal's own live sessions, by their records' creation times.
     live.sort((a, b) => a.record.createdAt - b.record.createdAt);
-    for (const entry of live.slice(0, live.length - max + 1)) await revokeKey(entry.key, principal);
+    for (const entry of live.slice(0, live.length - max + 1)) {
+      if (await revokeKey(entry.key, principal)) removed.push(sessionOf(entry.record, entry.member));
+    }
+    return removed;
   }
 
   /**
@@ -563,16 +589,30 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
    * switch ended are left out.
    */
   async function ownedSessions(principal: Principal): Promise<Session[]> {
-    const members = await store.indexList(ownerIndexKey(ownerScope(principal), SESSION_KIND));
+    const owner = ownerScope(principal);
+    const members = await store.indexList(ownerIndexKey(owner, SESSION_KIND));
     await currentGeneration();
     const records = await Promise.all(
       members.map(async (member) => {
+        let key: RecordKey;
         try {
-          const record = parseRecord((await store.get(ownershipKeyFromDigest(SESSION_KIND, member))) ?? "");
-          return record && ownedBy(record, principal) && !killed(record) ? sessionOf(record, member) : null;
+          key = ownershipKeyFromDigest(SESSION_KIND, member);
         } catch {
           return null;
         }
+        const [text, seen] = await Promise.all([
+          store.get(key),
+          idleTimeoutMs === undefined ? Promise.resolve("") : store.get(seenKey(owner, member)),
+        ]);
+        const record = text === null ? null : parseRecord(text);
+        // Idle, expired or killed sessions already answer 404: they are not listed as live.
+        const live =
+          record !== null &&
+          ownedBy(record, principal) &&
+          !killed(record) &&
+          seen !== null &&
+          record.expiresAt > now();
+        return live ? sessionOf(record, member) : null;
       }),
     );
     return records.filter((entry) => entry !== null).sort((x, y) => x.createdAt - y.createdAt);
@@ -602,10 +642,10 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       // a higher generation, and so ends this session too.
       const generation = currentGeneration();
       generation.catch(() => undefined);
-      const [killGeneration] = await Promise.all([generation, makeRoomFor(principal, generation)]);
       checkLabel("upstream", upstream);
       checkLabel("protocolVersion", protocolVersion);
       if (upstreamSessionId !== undefined) checkUpstreamSessionId(upstreamSessionId);
+      const [killGeneration, evicted] = await Promise.all([generation, makeRoomFor(principal, generation)]);
       const expectsUpstreamSession = upstreamSessionId !== undefined || input.expectsUpstreamSession === true;
       const owner = ownerScope(principal);
       // Whole milliseconds: records hold integers, and an injected clock need not give one.
@@ -633,8 +673,10 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         if (!outcome.won) continue;
         const sessionDigest = digestOf(key);
         try {
-          await store.indexAdd(ownerIndexKey(owner, SESSION_KIND), sessionDigest, ttl);
+          // Activity first: a member of the index without it would look idle to a concurrent
+          // create's makeRoomFor, which removes idle sessions.
           await touch(owner, sessionDigest, record.expiresAt, true);
+          await store.indexAdd(ownerIndexKey(owner, SESSION_KIND), sessionDigest, ttl);
           if (upstreamSessionId !== undefined) {
             const sealed = seal(keyring, upstreamSessionId, mappingContext(owner, upstream, sessionDigest));
             const mapped = await store.claim(mappingKey(owner, sessionDigest), sealed, ttl);
@@ -651,7 +693,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
           await removeSession(key, record, sessionDigest).catch(() => undefined);
           throw error;
         }
-        return { sessionId, session: sessionOf(record, sessionDigest) };
+        return { sessionId, session: sessionOf(record, sessionDigest), evicted };
       }
       throw new GateError("ERR_INTERNAL", "could not claim a fresh session id", {
         detail: `${MAX_CREATE_ATTEMPTS} claims of freshly minted ids were lost`,
