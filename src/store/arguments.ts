@@ -100,7 +100,8 @@ export function checkBucket(bucket: TokenBucket): BucketParameters {
   if ((capacity / refillPerSecond) * 1000 > MAX_TTL_MS) {
     throw invalidArgument("refillPerSecond", "must refill an empty bucket within 30 days");
   }
-  const cost = bucket.cost === undefined ? 1 : positiveFinite("cost", bucket.cost, capacity);
+  // Checked when defaulted too: a bucket smaller than its cost would refuse every take forever.
+  const cost = positiveFinite("cost", bucket.cost ?? 1, capacity);
   return { capacity, refillPerMs: refillPerSecond / 1000, cost };
 }
 

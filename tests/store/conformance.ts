@@ -681,6 +681,7 @@ export const conformanceCases: readonly ConformanceCase[] = [
           ["refill slower than 30 days", { capacity: 100, refillPerSecond: 0.00001 }],
           ["cost over capacity", { capacity: 2, refillPerSecond: 1, cost: 3 }],
           ["cost 0", { capacity: 2, refillPerSecond: 1, cost: 0 }],
+          ["capacity below the default cost of 1", { capacity: 0.5, refillPerSecond: 1 }],
           ["string capacity", { capacity: "5", refillPerSecond: 1 }],
           ["no bucket", null],
         ];
