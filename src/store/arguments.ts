@@ -1,5 +1,5 @@
 import { GateError, invalidArgument } from "../errors.ts";
-import type { CounterOptions, StoreBackend, TtlOptions } from "./contract.ts";
+import type { CounterOptions, StoreBackend, TokenBucket, TtlOptions } from "./contract.ts";
 
 /**
  * Argument checks shared by every adapter, so that each backend refuses exactly the same inputs and
@@ -68,4 +68,66 @@ export function storeClosed(backend: StoreBackend): GateError {
   return new GateError("ERR_STORE_UNAVAILABLE", "store unavailable", {
     detail: `${backend} store is closed`,
   });
+}
+
+/** Bounds on a token bucket, far inside what doubles hold exactly enough on every backend. */
+export const MAX_BUCKET_CAPACITY = 1e9;
+export const MAX_BUCKET_REFILL_PER_SECOND = 1e6;
+
+/** A bucket as every adapter computes it: rates per millisecond, cost resolved. */
+export interface BucketParameters {
+  readonly capacity: number;
+  readonly refillPerMs: number;
+  readonly cost: number;
+}
+
+function positiveFinite(name: string, value: unknown, max: number): number {
+  if (typeof value !== "number" || !Number.isFinite(value) || value <= 0 || value > max) {
+    throw invalidArgument(name, `must be a positive finite number of at most ${max}`);
+  }
+  return value;
+}
+
+export function checkBucket(bucket: TokenBucket): BucketParameters {
+  if (typeof bucket !== "object" || bucket === null) throw invalidArgument("bucket", "must be an object");
+  const capacity = positiveFinite("capacity", bucket.capacity, MAX_BUCKET_CAPACITY);
+  const refillPerSecond = positiveFinite(
+    "refillPerSecond",
+    bucket.refillPerSecond,
+    MAX_BUCKET_REFILL_PER_SECOND,
+  );
+  // The entry lives until the bucket is full again, and nothing a store holds outlives MAX_TTL_MS.
+  if ((capacity / refillPerSecond) * 1000 > MAX_TTL_MS) {
+    throw invalidArgument("refillPerSecond", "must refill an empty bucket within 30 days");
+  }
+  // Checked when defaulted too: a bucket smaller than its cost would refuse every take forever.
+  const cost = positiveFinite("cost", bucket.cost ?? 1, capacity);
+  return { capacity, refillPerMs: refillPerSecond / 1000, cost };
+}
+
+/** Members a lease set may be asked to admit at once; also the most `leaseRenew` takes a call. */
+export const MAX_LEASE_LIMIT = 2 ** 32;
+export const MAX_LEASE_RENEW_MEMBERS = 10_000;
+
+export function checkLease(limit: number, ttlMs: number): { limit: number; ttlMs: number } {
+  if (!Number.isSafeInteger(limit) || limit < 0 || limit > MAX_LEASE_LIMIT) {
+    throw invalidArgument("limit", `must be an integer from 0 to ${MAX_LEASE_LIMIT}`);
+  }
+  return { limit, ttlMs: checkLeaseTtl(ttlMs) };
+}
+
+export function checkLeaseTtl(ttlMs: number): number {
+  // A lease always expires: that is what frees the slot of a replica that died.
+  if (ttlMs === undefined) throw invalidArgument("ttlMs", "is required");
+  return checkTtl({ ttlMs }) as number;
+}
+
+/** The distinct members of a renewal, each checked like any member. */
+export function checkLeaseMembers(members: readonly string[]): string[] {
+  if (!Array.isArray(members)) throw invalidArgument("members", "must be an array");
+  if (members.length > MAX_LEASE_RENEW_MEMBERS) {
+    throw invalidArgument("members", `must hold at most ${MAX_LEASE_RENEW_MEMBERS} members`);
+  }
+  for (const member of members) checkMember(member);
+  return [...new Set(members)];
 }

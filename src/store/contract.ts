@@ -1,4 +1,4 @@
-import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
+import type { BucketKey, CounterKey, IndexKey, LeaseKey, RecordKey } from "./keys.ts";
 
 /**
  * The storage contract every backend implements: only the atomic primitives the rest of tenantgate
@@ -45,6 +45,27 @@ export interface CounterOutcome {
   readonly applied: boolean;
   /** The counter's value after the operation (the unchanged value when refused). */
   readonly value: number;
+}
+
+export interface TokenBucket {
+  /** Most tokens the bucket holds (a positive finite number, at most 1e9). */
+  readonly capacity: number;
+  /**
+   * Tokens added per second (a positive finite number, at most 1e6). An empty bucket must refill
+   * within the store's longest TTL (30 days): capacity / refillPerSecond <= 2,592,000.
+   */
+  readonly refillPerSecond: number;
+  /** Tokens this call takes: a positive finite number, at most `capacity`. Default 1. */
+  readonly cost?: number;
+}
+
+export interface TokenOutcome {
+  /** True if `cost` tokens were taken. A refused call takes nothing. */
+  readonly allowed: boolean;
+  /** Whole tokens left after this call (rounded down). */
+  readonly remaining: number;
+  /** 0 when allowed; otherwise ms until `cost` tokens will be there (>= 1). */
+  readonly retryAfterMs: number;
 }
 
 export interface Store {
@@ -96,6 +117,44 @@ export interface Store {
 
   /** Unexpired members, in no particular order. */
   indexList(key: IndexKey): Promise<string[]>;
+
+  /**
+   * Token bucket: refills continuously at refillPerSecond up to capacity (a bucket starts full);
+   * takes `cost` tokens if that many are available. Atomic; time is the store's own clock on
+   * networked backends so replicas with skewed clocks share one bucket. The entry expires once it
+   * would be full again (it takes no space when idle).
+   * - Concurrent takes on every connection and process never take more than the bucket holds.
+   * - A bucket read under other parameters than it was filled with keeps its time to full: the
+   *   tokens it lacks are re-read at the new refill rate, capped at the new capacity.
+   * - On a bounded memory store, a take that must create the entry (the bucket was full) rejects
+   *   with `ERR_STORE_FULL` when the store is full; a refused take never needs a new entry.
+   */
+  takeTokens(key: BucketKey, bucket: TokenBucket): Promise<TokenOutcome>;
+
+  /**
+   * Lease set: adds `member` with expiry now+ttlMs only if fewer than `limit` unexpired members
+   * exist (a member already present is refreshed and counts as acquired). Expired members are
+   * dropped first. Atomic: concurrent acquirers on any connection or process never exceed limit.
+   * `limit` is an integer from 0 to 2^32; `ttlMs` as for TTLs; `member` as for index members. A
+   * refused acquire writes nothing but the removal of expired members.
+   */
+  leaseAcquire(key: LeaseKey, member: string, limit: number, ttlMs: number): Promise<boolean>;
+
+  /**
+   * Refreshes the expiry of those members that still exist (never re-adds an expired one);
+   * returns how many were refreshed. At most 10,000 members a call; duplicates count once. Never
+   * refused by a full store (it adds nothing).
+   */
+  leaseRenew(key: LeaseKey, members: readonly string[], ttlMs: number): Promise<number>;
+
+  /**
+   * Removes a member; true if it was present and unexpired. Never refused by a full store, so a
+   * slot is always given back. An ill-formed `member` was never added: false.
+   */
+  leaseRelease(key: LeaseKey, member: string): Promise<boolean>;
+
+  /** Unexpired member count. */
+  leaseCount(key: LeaseKey): Promise<number>;
 
   /** Resolves when the backend answers (readiness). */
   ping(): Promise<void>;

@@ -8,7 +8,8 @@ import { invalidArgument } from "../errors.ts";
  *   value, so a race for one id has exactly one winner whoever the racers are.
  * - Owned data (`data/…`) and per-owner indexes (`index/…`) live under (tenant, issuer, subject),
  *   every segment escaped, so no id can forge another tenant's or principal's prefix.
- * - Counters (`count/…`) are named by kind and segments, also escaped.
+ * - Counters (`count/…`), token buckets (`bucket/…`) and lease sets (`lease/…`) are named by kind and
+ *   segments, also escaped.
  *
  * The key types are branded: a store method accepts only keys made here, and each kind of key only
  * where it belongs (a counter key cannot be read as a record). Adapters store `encoded` and must not
@@ -18,8 +19,12 @@ import { invalidArgument } from "../errors.ts";
 declare const recordBrand: unique symbol;
 declare const counterBrand: unique symbol;
 declare const indexBrand: unique symbol;
+declare const bucketBrand: unique symbol;
+declare const leaseBrand: unique symbol;
 
-export type KeyNamespace = "own" | "data" | "count" | "index";
+export type KeyNamespace = "own" | "data" | "count" | "index" | "bucket" | "lease";
+
+const NAMESPACES: readonly KeyNamespace[] = ["own", "data", "count", "index", "bucket", "lease"];
 
 interface KeyShape {
   readonly namespace: KeyNamespace;
@@ -32,6 +37,8 @@ interface KeyShape {
 export type RecordKey = KeyShape & { readonly [recordBrand]: true };
 export type CounterKey = KeyShape & { readonly [counterBrand]: true };
 export type IndexKey = KeyShape & { readonly [indexBrand]: true };
+export type BucketKey = KeyShape & { readonly [bucketBrand]: true };
+export type LeaseKey = KeyShape & { readonly [leaseBrand]: true };
 
 /** Who owns scoped data: the tenant and the principal (issuer, subject) inside it. */
 export interface OwnerScope {
@@ -137,11 +144,29 @@ export function counterKey(kind: string, ...parts: string[]): CounterKey {
 }
 
 /**
+ * A token bucket, e.g. `bucketKey("rate", digest)`. As with counters, a bucket shared by a tenant must
+ * name the issuer too.
+ */
+export function bucketKey(kind: string, ...parts: string[]): BucketKey {
+  checkKind(kind);
+  return build("bucket", [kind, ...parts]) as BucketKey;
+}
+
+/**
+ * A lease set (members that each expire unless renewed), e.g. `leaseKey("connections", upstream)`
+ * for a cap that holds across replicas.
+ */
+export function leaseKey(kind: string, ...parts: string[]): LeaseKey {
+  checkKind(kind);
+  return build("lease", [kind, ...parts]) as LeaseKey;
+}
+
+/**
  * Rebuilds a key from its namespace and raw segments, e.g. one sent to a store running in another
  * process. Not exported from the package: application code uses the builders above.
  */
 export function restoreKey(namespace: KeyNamespace, segments: readonly string[]): KeyShape {
-  if (!["own", "data", "count", "index"].includes(namespace)) {
+  if (!NAMESPACES.includes(namespace)) {
     throw invalidArgument("namespace", "is not a key namespace");
   }
   return build(namespace, segments);

@@ -1,7 +1,26 @@
 import { GateError, invalidArgument } from "../errors.ts";
-import { checkCounter, checkMember, checkTtl, checkValue, storeClosed } from "./arguments.ts";
-import type { ClaimOutcome, CounterOptions, CounterOutcome, Store, TtlOptions } from "./contract.ts";
-import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
+import {
+  checkBucket,
+  checkCounter,
+  checkLease,
+  checkLeaseMembers,
+  checkLeaseTtl,
+  checkMember,
+  checkTtl,
+  checkValue,
+  storeClosed,
+} from "./arguments.ts";
+import type {
+  ClaimOutcome,
+  CounterOptions,
+  CounterOutcome,
+  Store,
+  TokenBucket,
+  TokenOutcome,
+  TtlOptions,
+} from "./contract.ts";
+import type { BucketKey, CounterKey, IndexKey, LeaseKey, RecordKey } from "./keys.ts";
+import { stepBucket, tokenOutcome } from "./token-bucket.ts";
 
 /**
  * An in-process store for single-replica deployments and tests.
@@ -15,7 +34,10 @@ import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
  */
 
 export interface MemoryStoreOptions {
-  /** Live entries (records + counters + index members) allowed. Default 100,000. */
+  /**
+   * Live entries (records + counters + index members + token buckets + lease members) allowed.
+   * Default 100,000.
+   */
   readonly maxEntries?: number;
   /** Approximate bytes of keys and values allowed. Default 256 MiB. */
   readonly maxBytes?: number;
@@ -54,6 +76,9 @@ export class MemoryStore implements Store {
   readonly #records = new Map<string, Entry<string>>();
   readonly #counters = new Map<string, Entry<number>>();
   readonly #indexes = new Map<string, Map<string, number>>();
+  /** Token buckets: the value is the instant the bucket is full again, which is also its expiry. */
+  readonly #buckets = new Map<string, Entry<number>>();
+  readonly #leases = new Map<string, Map<string, number>>();
   readonly #maxEntries: number;
   readonly #maxBytes: number;
   readonly #now: () => number;
@@ -76,7 +101,7 @@ export class MemoryStore implements Store {
     this.#sweepTimer.unref();
   }
 
-  /** Live entries (records, counters and index members), for metrics and tests. */
+  /** Live entries (records, counters, index members, buckets and lease members), for metrics and tests. */
   get size(): number {
     this.#sweep(this.#now());
     return this.#entries;
@@ -212,6 +237,82 @@ export class MemoryStore implements Store {
     return live;
   }
 
+  async takeTokens(key: BucketKey, bucket: TokenBucket): Promise<TokenOutcome> {
+    this.#open();
+    const parameters = checkBucket(bucket);
+    const now = this.#now();
+    const existing = this.#live(this.#buckets, key.encoded, now);
+    const step = stepBucket(existing?.value ?? null, now, parameters);
+    if (step.allowed) {
+      if (existing) {
+        existing.value = step.fullAt;
+        existing.expiresAt = step.fullAt;
+      } else {
+        // Only a take from a full (absent) bucket needs a slot; a full store refuses it, which is
+        // the rate limiter's concern, never a reason to evict another principal's state.
+        this.#reserve(recordBytes(key.encoded, ""), true, now);
+        this.#buckets.set(key.encoded, { value: step.fullAt, expiresAt: step.fullAt });
+      }
+      this.#noteExpiry(step.fullAt);
+    }
+    return tokenOutcome(step.allowed, step.remaining, step.waitMs);
+  }
+
+  async leaseAcquire(key: LeaseKey, member: string, limit: number, ttlMs: number): Promise<boolean> {
+    this.#open();
+    const checked = checkLease(limit, ttlMs);
+    checkMember(member);
+    const now = this.#now();
+    const expiresAt = now + checked.ttlMs;
+    const members = this.#liveLeases(key.encoded, now);
+    if (members?.has(member)) {
+      members.set(member, expiresAt);
+      this.#noteExpiry(expiresAt);
+      return true;
+    }
+    if ((members?.size ?? 0) >= checked.limit) return false;
+    this.#reserve(recordBytes(key.encoded, member), true, now);
+    // Looked up again after #reserve, whose sweep drops a lease set left empty (as in indexAdd).
+    const current = this.#leases.get(key.encoded);
+    if (current) current.set(member, expiresAt);
+    else this.#leases.set(key.encoded, new Map([[member, expiresAt]]));
+    this.#noteExpiry(expiresAt);
+    return true;
+  }
+
+  async leaseRenew(key: LeaseKey, members: readonly string[], ttlMs: number): Promise<number> {
+    this.#open();
+    const ttl = checkLeaseTtl(ttlMs);
+    const distinct = checkLeaseMembers(members);
+    const now = this.#now();
+    const live = this.#liveLeases(key.encoded, now);
+    if (!live) return 0;
+    let renewed = 0;
+    for (const member of distinct) {
+      if (!live.has(member)) continue;
+      live.set(member, now + ttl);
+      renewed++;
+    }
+    if (renewed > 0) this.#noteExpiry(now + ttl);
+    return renewed;
+  }
+
+  async leaseRelease(key: LeaseKey, member: string): Promise<boolean> {
+    this.#open();
+    if (typeof member !== "string" || !member.isWellFormed()) return false;
+    const live = this.#liveLeases(key.encoded, this.#now());
+    if (!live?.has(member)) return false;
+    live.delete(member);
+    this.#release(recordBytes(key.encoded, member));
+    if (live.size === 0) this.#leases.delete(key.encoded);
+    return true;
+  }
+
+  async leaseCount(key: LeaseKey): Promise<number> {
+    this.#open();
+    return this.#liveLeases(key.encoded, this.#now())?.size ?? 0;
+  }
+
   async ping(): Promise<void> {
     this.#open();
   }
@@ -222,6 +323,8 @@ export class MemoryStore implements Store {
     this.#records.clear();
     this.#counters.clear();
     this.#indexes.clear();
+    this.#buckets.clear();
+    this.#leases.clear();
     this.#entries = 0;
     this.#bytes = 0;
   }
@@ -252,6 +355,20 @@ export class MemoryStore implements Store {
     if (entry.expiresAt > now) return entry;
     map.delete(encoded);
     this.#release(recordBytes(encoded, typeof entry.value === "string" ? entry.value : ""));
+    return undefined;
+  }
+
+  /** The unexpired members of a lease set, after dropping (and releasing) the expired ones. */
+  #liveLeases(encoded: string, now: number): Map<string, number> | undefined {
+    const members = this.#leases.get(encoded);
+    if (!members) return undefined;
+    for (const [member, expiresAt] of members) {
+      if (expiresAt > now) continue;
+      members.delete(member);
+      this.#release(recordBytes(encoded, member));
+    }
+    if (members.size > 0) return members;
+    this.#leases.delete(encoded);
     return undefined;
   }
 
@@ -289,14 +406,22 @@ export class MemoryStore implements Store {
         this.#release(recordBytes(encoded, ""));
       } else earliest = Math.min(earliest, entry.expiresAt);
     }
-    for (const [encoded, members] of this.#indexes) {
-      for (const [member, expiresAt] of members) {
-        if (expiresAt <= now) {
-          members.delete(member);
-          this.#release(recordBytes(encoded, member));
-        } else earliest = Math.min(earliest, expiresAt);
+    for (const [encoded, entry] of this.#buckets) {
+      if (entry.expiresAt <= now) {
+        this.#buckets.delete(encoded);
+        this.#release(recordBytes(encoded, ""));
+      } else earliest = Math.min(earliest, entry.expiresAt);
+    }
+    for (const sets of [this.#indexes, this.#leases]) {
+      for (const [encoded, members] of sets) {
+        for (const [member, expiresAt] of members) {
+          if (expiresAt <= now) {
+            members.delete(member);
+            this.#release(recordBytes(encoded, member));
+          } else earliest = Math.min(earliest, expiresAt);
+        }
+        if (members.size === 0) sets.delete(encoded);
       }
-      if (members.size === 0) this.#indexes.delete(encoded);
     }
     this.#earliestExpiry = earliest;
   }

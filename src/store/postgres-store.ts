@@ -2,22 +2,37 @@ import { Socket } from "node:net";
 import pg from "pg";
 import { GateError, invalidArgument } from "../errors.ts";
 import {
+  checkBucket,
   checkCounter,
+  checkLease,
+  checkLeaseMembers,
+  checkLeaseTtl,
   checkMember,
   checkTtl,
   checkValue,
   storeClosed,
   storeUnavailable,
 } from "./arguments.ts";
-import type { ClaimOutcome, CounterOptions, CounterOutcome, Store, TtlOptions } from "./contract.ts";
-import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
+import type {
+  ClaimOutcome,
+  CounterOptions,
+  CounterOutcome,
+  Store,
+  TokenBucket,
+  TokenOutcome,
+  TtlOptions,
+} from "./contract.ts";
+import type { BucketKey, CounterKey, IndexKey, LeaseKey, RecordKey } from "./keys.ts";
+import { BUCKET_EPSILON, tokenOutcome } from "./token-bucket.ts";
 
 /**
  * The PostgreSQL backend, for deployments with several replicas.
  *
  * Every operation is one SQL statement (atomic on its own, one round trip); the argument for each
- * is written beside its SQL below. Time comes from the database (`now()`), so replicas with skewed
- * clocks agree on what has expired. docs/storage-schema.md describes the tables.
+ * is written beside its SQL below (`leaseAcquire` calls a function the migration creates, whose
+ * statements run under a per-key lock). Time comes from the database (`now()`,
+ * `clock_timestamp()`), so replicas with skewed clocks agree on what has expired.
+ * docs/storage-schema.md describes the tables.
  */
 
 export interface PostgresStoreOptions {
@@ -82,6 +97,59 @@ const MIGRATIONS: readonly ((schema: string) => string)[] = [
     );
     CREATE INDEX index_members_expires_at ON ${s}.index_members (expires_at)
       WHERE expires_at IS NOT NULL;
+  `,
+  // Token buckets: `expires_at` is the instant the bucket is full again (token-bucket.ts), which is
+  // also when the row stops mattering; the `last_*` columns hold the outcome of the statement that
+  // last wrote the row, read back by `takeTokens` from its own RETURNING, as `last_claim_won` is.
+  //
+  // Lease members: one row per member. A count-then-insert cannot be one statement under READ
+  // COMMITTED (its snapshot predates any lock it takes), so `lease_acquire` is a function: it takes
+  // a transaction-scoped advisory lock on the lease key, and each statement after it, in a VOLATILE
+  // function, reads a fresh snapshot that includes every insert of the previous lock holder (which
+  // committed before its lock was released). Only acquires insert, and each holds the lock, so the
+  // count it checks cannot change under it but by a release, renewal or sweep, none of which adds a
+  // live member. Two keys whose hashes collide only wait for each other. The search_path is pinned
+  // and every name qualified, so no object in another schema can stand in for these.
+  (s) => `
+    CREATE TABLE ${s}.buckets (
+      key text COLLATE "C" PRIMARY KEY,
+      expires_at timestamptz NOT NULL,
+      last_allowed boolean NOT NULL DEFAULT true,
+      last_remaining double precision NOT NULL DEFAULT 0,
+      last_wait_ms double precision NOT NULL DEFAULT 0
+    );
+    CREATE INDEX buckets_expires_at ON ${s}.buckets (expires_at);
+    CREATE TABLE ${s}.lease_members (
+      lease_key text COLLATE "C" NOT NULL,
+      member bytea NOT NULL,
+      expires_at timestamptz NOT NULL,
+      PRIMARY KEY (lease_key, member)
+    );
+    CREATE INDEX lease_members_expires_at ON ${s}.lease_members (expires_at);
+    CREATE FUNCTION ${s}.lease_acquire(p_key text, p_member bytea, p_limit bigint, p_ttl_ms bigint)
+      RETURNS boolean LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+    AS $fn$
+    DECLARE
+      t timestamptz;
+      live bigint;
+    BEGIN
+      PERFORM pg_advisory_xact_lock(hashtextextended('tenantgate/lease/' || p_key, 0));
+      t := clock_timestamp();
+      DELETE FROM ${s}.lease_members WHERE lease_key = p_key AND expires_at <= t;
+      UPDATE ${s}.lease_members SET expires_at = t + p_ttl_ms * interval '1 millisecond'
+        WHERE lease_key = p_key AND member = p_member;
+      IF FOUND THEN
+        RETURN true;
+      END IF;
+      SELECT count(*) INTO live FROM ${s}.lease_members WHERE lease_key = p_key;
+      IF live >= p_limit THEN
+        RETURN false;
+      END IF;
+      INSERT INTO ${s}.lease_members (lease_key, member, expires_at)
+        VALUES (p_key, p_member, t + p_ttl_ms * interval '1 millisecond');
+      RETURN true;
+    END
+    $fn$;
   `,
 ];
 
@@ -160,6 +228,11 @@ interface Statements {
   readonly indexAdd: string;
   readonly indexRemove: string;
   readonly indexList: string;
+  readonly takeTokens: string;
+  readonly leaseAcquire: string;
+  readonly leaseRenew: string;
+  readonly leaseRelease: string;
+  readonly leaseCount: string;
   readonly sweep: readonly string[];
 }
 
@@ -293,7 +366,90 @@ function statements(schema: string): Statements {
 
     indexList: `SELECT member FROM ${s}.index_members WHERE index_key = $1 AND ${LIVE}`,
 
-    sweep: [sweep("records", "key"), sweep("counters", "key"), sweep("index_members", "index_key, member")],
+    // The token bucket of token-bucket.ts (stepBucket), with $2 capacity, $3 refill per ms, $4 cost,
+    // timed by the database's clock so every replica shares one bucket.
+    //
+    // Atomicity, first path: `seen` reads the statement's snapshot at `clock_timestamp()`. Commits
+    // after the snapshot can only have moved the full instant later and time only refills, so the
+    // tokens the snapshot shows lacking are at most what is really lacking: a refusal there is right
+    // at that instant, and costs no row lock and no WAL flush (refusals are what an abusive caller
+    // produces in bulk). Its retry time may come out early under concurrency, never late.
+    //
+    // Second path: the ON CONFLICT argument of claim and increment. Takes of one key run one at a
+    // time on the row lock, and the multi-column SET is one sub-SELECT, evaluated after the lock is
+    // taken, against the latest committed version, with one reading of `clock_timestamp()` (the time
+    // of the write, not of the statement's start: a take that waited on the lock must not be credited
+    // with refill it did not wait for, nor charged from a stale clock). A refused take writes the row
+    // back with its expiry unchanged. A row past its instant is a full bucket (greatest(…, 0)), so an
+    // expired row needs no special case. A new row is a full bucket with `cost` taken.
+    takeTokens: `WITH seen AS (
+                   SELECT least(
+                     greatest(extract(epoch FROM expires_at - clock_timestamp())::float8 * 1000, 0)
+                       * $3::float8,
+                     $2::float8) AS lacking
+                   FROM ${s}.buckets WHERE key = $1::text
+                 ), refused AS (
+                   SELECT lacking FROM seen WHERE lacking + $4::float8 > $2::float8 + ${BUCKET_EPSILON}
+                 ), written AS (
+                   INSERT INTO ${s}.buckets AS b
+                     (key, expires_at, last_allowed, last_remaining, last_wait_ms)
+                   SELECT $1::text, clock_timestamp() + $4::float8 / $3::float8 * interval '1 millisecond',
+                          true, $2::float8 - $4::float8, 0
+                   WHERE NOT EXISTS (SELECT 1 FROM refused)
+                   ON CONFLICT (key) DO UPDATE SET
+                     (expires_at, last_allowed, last_remaining, last_wait_ms) = (
+                       SELECT CASE WHEN o.ok
+                                THEN clock.at + (d.lacking + $4::float8) / $3::float8 * interval '1 millisecond'
+                                ELSE b.expires_at END,
+                              o.ok,
+                              CASE WHEN o.ok THEN $2::float8 - d.lacking - $4::float8
+                                ELSE $2::float8 - d.lacking END,
+                              CASE WHEN o.ok THEN 0
+                                ELSE (d.lacking + $4::float8 - $2::float8) / $3::float8 END
+                       FROM (SELECT clock_timestamp() AS at) AS clock
+                       CROSS JOIN LATERAL (
+                         SELECT least(
+                           greatest(extract(epoch FROM b.expires_at - clock.at)::float8 * 1000, 0)
+                             * $3::float8,
+                           $2::float8) AS lacking
+                       ) AS d
+                       CROSS JOIN LATERAL (
+                         SELECT d.lacking + $4::float8 <= $2::float8 + ${BUCKET_EPSILON} AS ok
+                       ) AS o
+                     )
+                   RETURNING last_allowed, last_remaining, last_wait_ms
+                 )
+                 SELECT false AS allowed, $2::float8 - lacking AS remaining,
+                        (lacking + $4::float8 - $2::float8) / $3::float8 AS wait_ms
+                 FROM refused
+                 UNION ALL
+                 SELECT last_allowed, last_remaining, last_wait_ms FROM written`,
+
+    // See the migration: the count and the insert run under the lease key's advisory lock.
+    leaseAcquire: `SELECT ${s}.lease_acquire($1::text, $2::bytea, $3::bigint, $4::bigint) AS acquired`,
+
+    // Atomicity: one UPDATE; each row it changes is locked and its WHERE re-checked on the latest
+    // version (with the clock read again), so a member that an acquirer deleted as expired, or that
+    // expired meanwhile, is never brought back, and a member renewed here is one an acquirer that
+    // waits on its row lock then counts as live. Never adds a row, so it cannot pass a limit.
+    leaseRenew: `UPDATE ${s}.lease_members
+                 SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+                 WHERE lease_key = $1::text AND member = ANY($2::bytea[]) AND expires_at > clock_timestamp()`,
+
+    // Atomicity: as take. A release only lowers the count, so it needs no lease lock.
+    leaseRelease: `DELETE FROM ${s}.lease_members WHERE lease_key = $1 AND member = $2
+                   RETURNING expires_at > clock_timestamp() AS live`,
+
+    leaseCount: `SELECT count(*) AS live FROM ${s}.lease_members
+                 WHERE lease_key = $1 AND expires_at > clock_timestamp()`,
+
+    sweep: [
+      sweep("records", "key"),
+      sweep("counters", "key"),
+      sweep("index_members", "index_key, member"),
+      sweep("buckets", "key"),
+      sweep("lease_members", "lease_key, member"),
+    ],
   };
 }
 
@@ -620,6 +776,56 @@ class PostgresStore implements Store {
   async indexList(key: IndexKey): Promise<string[]> {
     const { rows } = await this.#query<{ member: Buffer }>(this.#sql.indexList, [key.encoded]);
     return rows.map((row) => decode(row.member));
+  }
+
+  async takeTokens(key: BucketKey, bucket: TokenBucket): Promise<TokenOutcome> {
+    this.#open();
+    const { capacity, refillPerMs, cost } = checkBucket(bucket);
+    const { rows } = await this.#query<{ allowed: boolean; remaining: number; wait_ms: number }>(
+      this.#sql.takeTokens,
+      [key.encoded, capacity, refillPerMs, cost],
+    );
+    const row = rows[0];
+    if (!row) throw unavailable(new Error("takeTokens returned no row"));
+    return tokenOutcome(row.allowed, Number(row.remaining), Number(row.wait_ms));
+  }
+
+  async leaseAcquire(key: LeaseKey, member: string, limit: number, ttlMs: number): Promise<boolean> {
+    this.#open();
+    const checked = checkLease(limit, ttlMs);
+    checkMember(member);
+    const { rows } = await this.#query<{ acquired: boolean }>(this.#sql.leaseAcquire, [
+      key.encoded,
+      encode(member),
+      checked.limit,
+      checked.ttlMs,
+    ]);
+    return rows[0]?.acquired === true;
+  }
+
+  async leaseRenew(key: LeaseKey, members: readonly string[], ttlMs: number): Promise<number> {
+    this.#open();
+    const ttl = checkLeaseTtl(ttlMs);
+    const distinct = checkLeaseMembers(members);
+    if (distinct.length === 0) return 0;
+    const { rowCount } = await this.#query(this.#sql.leaseRenew, [key.encoded, distinct.map(encode), ttl]);
+    return rowCount ?? 0;
+  }
+
+  async leaseRelease(key: LeaseKey, member: string): Promise<boolean> {
+    this.#open();
+    // As in indexRemove: a member that could never have been added is not there.
+    if (typeof member !== "string" || !member.isWellFormed()) return false;
+    const { rows } = await this.#query<{ live: boolean }>(this.#sql.leaseRelease, [
+      key.encoded,
+      encode(member),
+    ]);
+    return rows[0]?.live === true;
+  }
+
+  async leaseCount(key: LeaseKey): Promise<number> {
+    const { rows } = await this.#query<{ live: string }>(this.#sql.leaseCount, [key.encoded]);
+    return Number(rows[0]?.live ?? 0);
   }
 
   async ping(): Promise<void> {

@@ -1,21 +1,35 @@
 import { Redis, type RedisOptions } from "ioredis";
 import { GateError } from "../errors.ts";
 import {
+  checkBucket,
   checkCounter,
+  checkLease,
+  checkLeaseMembers,
+  checkLeaseTtl,
   checkMember,
   checkTtl,
   checkValue,
   storeClosed,
   storeUnavailable,
 } from "./arguments.ts";
-import type { ClaimOutcome, CounterOptions, CounterOutcome, Store, TtlOptions } from "./contract.ts";
-import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
+import type {
+  ClaimOutcome,
+  CounterOptions,
+  CounterOutcome,
+  Store,
+  TokenBucket,
+  TokenOutcome,
+  TtlOptions,
+} from "./contract.ts";
+import type { BucketKey, CounterKey, IndexKey, LeaseKey, RecordKey } from "./keys.ts";
+import { BUCKET_EPSILON, tokenOutcome } from "./token-bucket.ts";
 
 /**
  * A store on Redis (>= 7.0: GETDEL, and script flags so releases work at maxmemory), shared by every gateway replica.
  *
- * Layout under the prefix (see docs/storage-schema.md): records and counters are plain strings,
- * indexes are sorted sets scored by expiry time in ms on the server's clock (+inf for no expiry).
+ * Layout under the prefix (see docs/storage-schema.md): records, counters and token buckets are
+ * plain strings, indexes and lease sets are sorted sets scored by expiry time in ms on the server's
+ * clock (+inf for no expiry).
  * Every operation is one command or one Lua script, so each is atomic on the server whatever the
  * number of clients, connections and processes.
  *
@@ -156,6 +170,89 @@ const INDEX_LIST = `${INDEX_PRELUDE}
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 `;
 
+/**
+ * A token bucket (token-bucket.ts, stepBucket, step for step) in one script, on the server's clock
+ * (TIME, to the microsecond), so replicas with skewed clocks share one bucket. The key is a string
+ * holding the instant, in ms, at which the bucket is full again (printed with 17 significant digits,
+ * so the double round-trips exactly); the key expires at that instant (PXAT), so an idle bucket takes
+ * no space. A refused take writes nothing. Numbers go back as strings: Redis truncates Lua numbers in
+ * replies to integers. ARGV: capacity, refill per ms, cost.
+ */
+const TAKE_TOKENS = `
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local stored = redis.call('GET', KEYS[1])
+local ahead = 0
+if stored then ahead = math.max(0, tonumber(stored) - now) end
+local lacking = math.min(ahead * rate, capacity)
+local after = lacking + cost
+if after <= capacity + ${BUCKET_EPSILON} then
+  local full_at = now + after / rate
+  redis.call('SET', KEYS[1], string.format('%.17g', full_at), 'PXAT', string.format('%d', math.ceil(full_at)))
+  return {1, string.format('%.17g', capacity - after), '0'}
+end
+return {0, string.format('%.17g', capacity - lacking), string.format('%.17g', (after - capacity) / rate)}
+`;
+
+/**
+ * Lease sets are sorted sets scored by expiry in ms on the server's clock, like indexes, and share
+ * their prelude (expired members dropped first) and cover (the set expires with its latest member).
+ * The count, the check against the limit and the add are one script, so concurrent acquirers on any
+ * connection never pass the limit. ARGV: member, limit, ttl ms.
+ *
+ * Declared with a shebang and no flags, so Redis checks maxmemory before the script runs: a script
+ * without one is checked only at its first write, and here that is the prelude's removal (never
+ * refused), after which the ZADD of a new member would go through at maxmemory.
+ */
+const LEASE_ACQUIRE = `#!lua
+${INDEX_PRELUDE}
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+${INDEX_COVER}
+  return 1
+end
+return 0
+`;
+
+/**
+ * Renewal, release and count never add a member, so they are flagged `allow-oom` like counter
+ * releases: at maxmemory a replica can still keep its leases alive and give slots back. The prelude
+ * runs first, so an expired member is gone before ZSCORE asks, and is never re-added (ZADD XX).
+ * ARGV: ttl ms, then the members.
+ */
+const LEASE_RENEW = `#!lua flags=allow-oom
+${INDEX_PRELUDE}
+local score = now + tonumber(ARGV[1])
+local renewed = 0
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', score, ARGV[i])
+    renewed = renewed + 1
+  end
+end
+if renewed > 0 then
+${INDEX_COVER}
+end
+return renewed
+`;
+
+const LEASE_RELEASE = `#!lua flags=allow-oom
+${INDEX_PRELUDE}
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then
+${INDEX_COVER}
+end
+return removed
+`;
+
+const LEASE_COUNT = `#!lua flags=allow-oom
+${INDEX_PRELUDE}
+return redis.call('ZCARD', KEYS[1])
+`;
+
 /** The scripts as ioredis custom commands: EVALSHA, falling back to EVAL on NOSCRIPT. */
 const scripts = {
   tenantgateClaim: { lua: CLAIM, numberOfKeys: 1 },
@@ -165,6 +262,11 @@ const scripts = {
   tenantgateIndexAdd: { lua: INDEX_ADD, numberOfKeys: 1 },
   tenantgateIndexRemove: { lua: INDEX_REMOVE, numberOfKeys: 1 },
   tenantgateIndexList: { lua: INDEX_LIST, numberOfKeys: 1 },
+  tenantgateTakeTokens: { lua: TAKE_TOKENS, numberOfKeys: 1 },
+  tenantgateLeaseAcquire: { lua: LEASE_ACQUIRE, numberOfKeys: 1 },
+  tenantgateLeaseRenew: { lua: LEASE_RENEW, numberOfKeys: 1 },
+  tenantgateLeaseRelease: { lua: LEASE_RELEASE, numberOfKeys: 1 },
+  tenantgateLeaseCount: { lua: LEASE_COUNT, numberOfKeys: 1 },
 } as const;
 
 interface ScriptedRedis extends Redis {
@@ -175,6 +277,16 @@ interface ScriptedRedis extends Redis {
   tenantgateIndexAdd(key: string, member: string, ttlMs: string): Promise<number>;
   tenantgateIndexRemove(key: string, member: string): Promise<number>;
   tenantgateIndexList(key: string): Promise<string[]>;
+  tenantgateTakeTokens(
+    key: string,
+    capacity: string,
+    refillPerMs: string,
+    cost: string,
+  ): Promise<[number, string, string]>;
+  tenantgateLeaseAcquire(key: string, member: string, limit: string, ttlMs: string): Promise<number>;
+  tenantgateLeaseRenew(key: string, ttlMs: string, ...members: string[]): Promise<number>;
+  tenantgateLeaseRelease(key: string, member: string): Promise<number>;
+  tenantgateLeaseCount(key: string): Promise<number>;
 }
 
 /** Optional numbers travel to scripts as strings, '' for absent. */
@@ -340,6 +452,51 @@ class RedisStore implements Store {
     return this.#call(() => this.#client.tenantgateIndexList(this.#name(key)));
   }
 
+  async takeTokens(key: BucketKey, bucket: TokenBucket): Promise<TokenOutcome> {
+    this.#open();
+    const { capacity, refillPerMs, cost } = checkBucket(bucket);
+    const [allowed, remaining, waitMs] = await this.#call(() =>
+      this.#client.tenantgateTakeTokens(this.#name(key), String(capacity), String(refillPerMs), String(cost)),
+    );
+    return tokenOutcome(allowed === 1, Number(remaining), Number(waitMs));
+  }
+
+  async leaseAcquire(key: LeaseKey, member: string, limit: number, ttlMs: number): Promise<boolean> {
+    this.#open();
+    const checked = checkLease(limit, ttlMs);
+    checkMember(member);
+    const acquired = await this.#call(() =>
+      this.#client.tenantgateLeaseAcquire(
+        this.#name(key),
+        member,
+        String(checked.limit),
+        String(checked.ttlMs),
+      ),
+    );
+    return acquired === 1;
+  }
+
+  async leaseRenew(key: LeaseKey, members: readonly string[], ttlMs: number): Promise<number> {
+    this.#open();
+    const ttl = checkLeaseTtl(ttlMs);
+    const distinct = checkLeaseMembers(members);
+    if (distinct.length === 0) return 0;
+    return this.#call(() => this.#client.tenantgateLeaseRenew(this.#name(key), String(ttl), ...distinct));
+  }
+
+  async leaseRelease(key: LeaseKey, member: string): Promise<boolean> {
+    this.#open();
+    // As in indexRemove: an ill-formed member was never added (checkMember), so it is not there.
+    if (typeof member !== "string" || !member.isWellFormed()) return false;
+    const removed = await this.#call(() => this.#client.tenantgateLeaseRelease(this.#name(key), member));
+    return removed === 1;
+  }
+
+  async leaseCount(key: LeaseKey): Promise<number> {
+    this.#open();
+    return this.#call(() => this.#client.tenantgateLeaseCount(this.#name(key)));
+  }
+
   async ping(): Promise<void> {
     this.#open();
     await this.#call(() => this.#client.ping());
@@ -365,7 +522,7 @@ class RedisStore implements Store {
     if (this.#closing) throw storeClosed(this.backend);
   }
 
-  #name(key: RecordKey | CounterKey | IndexKey): string {
+  #name(key: RecordKey | CounterKey | IndexKey | BucketKey | LeaseKey): string {
     return this.#prefix + key.encoded;
   }
 

@@ -3,15 +3,28 @@ import { dirname } from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { GateError, invalidArgument } from "../errors.ts";
 import {
+  checkBucket,
   checkCounter,
+  checkLease,
+  checkLeaseMembers,
+  checkLeaseTtl,
   checkMember,
   checkTtl,
   checkValue,
   storeClosed,
   storeUnavailable,
 } from "./arguments.ts";
-import type { ClaimOutcome, CounterOptions, CounterOutcome, Store, TtlOptions } from "./contract.ts";
-import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
+import type {
+  ClaimOutcome,
+  CounterOptions,
+  CounterOutcome,
+  Store,
+  TokenBucket,
+  TokenOutcome,
+  TtlOptions,
+} from "./contract.ts";
+import type { BucketKey, CounterKey, IndexKey, LeaseKey, RecordKey } from "./keys.ts";
+import { stepBucket, tokenOutcome } from "./token-bucket.ts";
 
 /**
  * A store in one SQLite file (node:sqlite), shared by every process that opens the same path.
@@ -24,7 +37,8 @@ import type { CounterKey, IndexKey, RecordKey } from "./keys.ts";
  *   write lock before it reads a row and holds it until it commits, so its check and its change see
  *   the same row.
  * - claim and increment must report what they found when they do not write (the winner; the unchanged
- *   value under a limit), which one statement cannot do unambiguously, so they run as
+ *   value under a limit), which one statement cannot do unambiguously, and takeTokens, leaseAcquire
+ *   and leaseRenew read, decide and write over several statements, so they run as
  *   `BEGIN IMMEDIATE` transactions: IMMEDIATE takes the write lock at BEGIN, before the SELECT, so no
  *   other process can write between the read and the write. (A deferred transaction would read first
  *   and could fail its upgrade with SQLITE_BUSY_SNAPSHOT, which the busy timeout does not retry.)
@@ -83,6 +97,22 @@ const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX index_members_expiry ON index_members (expires_at) WHERE expires_at IS NOT NULL;
   `,
+  // Token buckets store the instant (epoch ms, fractional) they are full again, which is also their
+  // expiry (token-bucket.ts). Lease members always expire: that frees a dead replica's slots.
+  `
+  CREATE TABLE buckets (
+    key TEXT PRIMARY KEY NOT NULL,
+    expires_at REAL NOT NULL
+  ) STRICT;
+  CREATE INDEX buckets_expiry ON buckets (expires_at);
+  CREATE TABLE lease_members (
+    lease_key TEXT NOT NULL,
+    member TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (lease_key, member)
+  ) STRICT;
+  CREATE INDEX lease_members_expiry ON lease_members (expires_at);
+  `,
 ];
 
 const LIVE = "(expires_at IS NULL OR expires_at > :now)";
@@ -99,6 +129,13 @@ interface Statements {
   readonly indexAdd: StatementSync;
   readonly indexRemove: StatementSync;
   readonly indexList: StatementSync;
+  readonly bucketGet: StatementSync;
+  readonly bucketPut: StatementSync;
+  readonly leaseDropExpired: StatementSync;
+  readonly leaseRefresh: StatementSync;
+  readonly leaseCount: StatementSync;
+  readonly leaseInsert: StatementSync;
+  readonly leaseRelease: StatementSync;
   readonly ping: StatementSync;
   readonly sweep: readonly StatementSync[];
 }
@@ -131,9 +168,31 @@ function prepareStatements(db: DatabaseSync): Statements {
       "DELETE FROM index_members WHERE index_key = :key AND member = :member RETURNING expires_at",
     ),
     indexList: db.prepare(`SELECT member FROM index_members WHERE index_key = :key AND ${LIVE}`),
+    // A row past its instant is a full bucket, as an absent one is: stepBucket reads both alike.
+    bucketGet: db.prepare("SELECT expires_at FROM buckets WHERE key = :key"),
+    bucketPut: db.prepare(
+      `INSERT INTO buckets (key, expires_at) VALUES (:key, :fullAt)
+       ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at`,
+    ),
+    leaseDropExpired: db.prepare("DELETE FROM lease_members WHERE lease_key = :key AND expires_at <= :now"),
+    // Only a live member is refreshed: an expired one is never brought back.
+    leaseRefresh: db.prepare(
+      `UPDATE lease_members SET expires_at = :expiresAt
+       WHERE lease_key = :key AND member = :member AND expires_at > :now`,
+    ),
+    leaseCount: db.prepare(
+      "SELECT count(*) AS live FROM lease_members WHERE lease_key = :key AND expires_at > :now",
+    ),
+    leaseInsert: db.prepare(
+      `INSERT INTO lease_members (lease_key, member, expires_at) VALUES (:key, :member, :expiresAt)
+       ON CONFLICT (lease_key, member) DO UPDATE SET expires_at = excluded.expires_at`,
+    ),
+    leaseRelease: db.prepare(
+      "DELETE FROM lease_members WHERE lease_key = :key AND member = :member RETURNING expires_at",
+    ),
     // Reads the file header inside a read transaction, so it fails if the file cannot be read.
     ping: db.prepare("PRAGMA user_version"),
-    sweep: ["records", "counters", "index_members"].map((table) =>
+    sweep: ["records", "counters", "index_members", "buckets", "lease_members"].map((table) =>
       db.prepare(
         `DELETE FROM ${table} WHERE rowid IN
          (SELECT rowid FROM ${table} WHERE expires_at <= :now LIMIT ${SWEEP_BATCH})`,
@@ -304,6 +363,74 @@ class SqliteStore implements Store {
       this.#statements.indexList
         .all({ key: key.encoded, now: Date.now() })
         .map((row) => String(row["member"])),
+    );
+  }
+
+  async takeTokens(key: BucketKey, bucket: TokenBucket): Promise<TokenOutcome> {
+    this.#open();
+    const parameters = checkBucket(bucket);
+    const step = this.#immediate(() => {
+      // Read inside the transaction, after the write lock: no other process moves the bucket between.
+      const now = Date.now();
+      const row = this.#statements.bucketGet.get({ key: key.encoded });
+      const result = stepBucket(row ? Number(row["expires_at"]) : null, now, parameters);
+      // A refused take writes nothing.
+      if (result.allowed) this.#statements.bucketPut.run({ key: key.encoded, fullAt: result.fullAt });
+      return result;
+    });
+    return tokenOutcome(step.allowed, step.remaining, step.waitMs);
+  }
+
+  async leaseAcquire(key: LeaseKey, member: string, limit: number, ttlMs: number): Promise<boolean> {
+    this.#open();
+    const checked = checkLease(limit, ttlMs);
+    checkMember(member);
+    return this.#immediate(() => {
+      const now = Date.now();
+      const expiresAt = now + checked.ttlMs;
+      this.#statements.leaseDropExpired.run({ key: key.encoded, now });
+      if (this.#statements.leaseRefresh.run({ key: key.encoded, member, expiresAt, now }).changes === 1) {
+        return true;
+      }
+      const live = Number(this.#statements.leaseCount.get({ key: key.encoded, now })?.["live"] ?? 0);
+      if (live >= checked.limit) return false;
+      this.#statements.leaseInsert.run({ key: key.encoded, member, expiresAt });
+      return true;
+    });
+  }
+
+  async leaseRenew(key: LeaseKey, members: readonly string[], ttlMs: number): Promise<number> {
+    this.#open();
+    const ttl = checkLeaseTtl(ttlMs);
+    const distinct = checkLeaseMembers(members);
+    if (distinct.length === 0) return 0;
+    return this.#immediate(() => {
+      const now = Date.now();
+      let renewed = 0;
+      for (const member of distinct) {
+        renewed += Number(
+          this.#statements.leaseRefresh.run({ key: key.encoded, member, expiresAt: now + ttl, now }).changes,
+        );
+      }
+      return renewed;
+    });
+  }
+
+  async leaseRelease(key: LeaseKey, member: string): Promise<boolean> {
+    this.#open();
+    // As in indexRemove: an ill-formed member was never added.
+    if (typeof member !== "string" || !member.isWellFormed()) return false;
+    return guarded(() => {
+      const now = Date.now();
+      const row = this.#statements.leaseRelease.get({ key: key.encoded, member });
+      return row !== undefined && isLive(row["expires_at"], now);
+    });
+  }
+
+  async leaseCount(key: LeaseKey): Promise<number> {
+    this.#open();
+    return guarded(() =>
+      Number(this.#statements.leaseCount.get({ key: key.encoded, now: Date.now() })?.["live"] ?? 0),
     );
   }
 

@@ -10,7 +10,15 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import { isGateError } from "../../src/errors.ts";
 import type { Store } from "../../src/store/contract.ts";
-import { counterKey, type OwnerScope, ownedKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
+import {
+  bucketKey,
+  counterKey,
+  leaseKey,
+  type OwnerScope,
+  ownedKey,
+  ownerIndexKey,
+  ownershipKey,
+} from "../../src/store/keys.ts";
 import { fastCheckParameters } from "../support/fast-check.ts";
 import { FaultProxy } from "../support/fault-proxy.ts";
 
@@ -468,6 +476,261 @@ export const conformanceCases: readonly ConformanceCase[] = [
           "empty member",
         );
         assert.equal(await store.get(key), null, "nothing was written by a refused call");
+      });
+    },
+  },
+  {
+    name: "token buckets: start full, refuse when empty with a retry time that is honoured, and refill up to capacity",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        // 2 tokens a second: one every 500 ms.
+        const bucket = { capacity: 3, refillPerSecond: 2 };
+        const key = bucketKey("test-rate", unique("b"));
+        const drainedAt = Date.now();
+        for (const left of [2, 1, 0]) {
+          assert.deepEqual(await store.takeTokens(key, bucket), {
+            allowed: true,
+            remaining: left,
+            retryAfterMs: 0,
+          });
+        }
+        const refused = await store.takeTokens(key, bucket);
+        const sinceDrain = Date.now() - drainedAt;
+        assert.equal(refused.allowed, false);
+        assert.equal(refused.remaining, 0);
+        assert.ok(refused.retryAfterMs >= 1 && refused.retryAfterMs <= 500, `retry ${refused.retryAfterMs}`);
+        // Not early either: a token takes 500 ms, less what has passed since the bucket ran dry.
+        assert.ok(
+          refused.retryAfterMs >= 500 - sinceDrain - 20,
+          `retry ${refused.retryAfterMs} ms, ${sinceDrain} ms after draining`,
+        );
+        const two = await store.takeTokens(key, { ...bucket, cost: 2 });
+        assert.equal(two.allowed, false);
+        assert.ok(two.retryAfterMs > refused.retryAfterMs, "two tokens take longer than one");
+        await sleep(refused.retryAfterMs + 30);
+        const honoured = await store.takeTokens(key, bucket);
+        assert.equal(honoured.allowed, true, "allowed once the retry time has passed");
+        assert.equal((await store.takeTokens(key, bucket)).allowed, false, "and that token was taken");
+        // Refill stops at capacity: 3 tokens take 1,500 ms; waiting longer gives no fourth.
+        await sleep(2_000);
+        for (const left of [2, 1, 0]) assert.equal((await store.takeTokens(key, bucket)).remaining, left);
+        assert.equal((await store.takeTokens(key, bucket)).allowed, false);
+      });
+    },
+  },
+  {
+    name: "token buckets: cost, exact retry times on a slow bucket, and keys that never share tokens",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        // One token every 1,000 s: nothing refills during the test, so every number is exact.
+        const bucket = { capacity: 5, refillPerSecond: 0.001 };
+        const key = bucketKey("test-rate", unique("b"));
+        assert.deepEqual(await store.takeTokens(key, { ...bucket, cost: 3 }), {
+          allowed: true,
+          remaining: 2,
+          retryAfterMs: 0,
+        });
+        const refused = await store.takeTokens(key, { ...bucket, cost: 3 });
+        assert.equal(refused.allowed, false);
+        assert.equal(refused.remaining, 2, "a refused take takes nothing");
+        assert.ok(
+          refused.retryAfterMs > 990_000 && refused.retryAfterMs <= 1_000_000,
+          `one token short: about 1,000 s, got ${refused.retryAfterMs} ms`,
+        );
+        assert.deepEqual(await store.takeTokens(key, { ...bucket, cost: 2 }), {
+          allowed: true,
+          remaining: 0,
+          retryAfterMs: 0,
+        });
+        // Another key (another tenant's bucket, another kind) is full whatever this one holds.
+        const other = bucketKey("test-rate", unique("b"));
+        assert.deepEqual(await store.takeTokens(other, bucket), {
+          allowed: true,
+          remaining: 4,
+          retryAfterMs: 0,
+        });
+        const otherKind = bucketKey("test-other", ...key.segments.slice(1));
+        assert.equal((await store.takeTokens(otherKind, bucket)).remaining, 4);
+        // A fractional cost and capacity are honoured as such.
+        const fractional = bucketKey("test-rate", unique("b"));
+        const half = { capacity: 1.5, refillPerSecond: 0.001, cost: 0.5 };
+        for (const left of [1, 0, 0])
+          assert.equal((await store.takeTokens(fractional, half)).remaining, left);
+        assert.equal((await store.takeTokens(fractional, half)).allowed, false);
+      });
+    },
+  },
+  {
+    name: "token bucket race: concurrent takes over two handles on a bucket of capacity K allow exactly K",
+    async run(fixture, harness) {
+      await withRacers(fixture, async (racers) => {
+        for (let round = 0; round < Math.max(2, Math.floor((harness.raceRounds ?? 10) / 3)); round++) {
+          const key = bucketKey("test-race", unique(`bucket-${round}`));
+          const bucket = { capacity: 100, refillPerSecond: 0.001 };
+          const outcomes = await Promise.all(
+            Array.from({ length: 500 }, (_, i) => racers[i % 2]!.takeTokens(key, bucket)),
+          );
+          const allowed = outcomes.filter((outcome) => outcome.allowed);
+          assert.equal(allowed.length, 100, `round ${round}: ${allowed.length} takes allowed`);
+          assert.deepEqual(
+            allowed.map((outcome) => outcome.remaining).sort((a, b) => a - b),
+            Array.from({ length: 100 }, (_, i) => i),
+            `round ${round}: each allowed take saw its own bucket state`,
+          );
+          for (const outcome of outcomes.filter((o) => !o.allowed)) {
+            assert.ok(outcome.retryAfterMs >= 1, `round ${round}: a refusal without a retry time`);
+          }
+          assert.equal((await racers[1]!.takeTokens(key, bucket)).allowed, false);
+        }
+      });
+    },
+  },
+  {
+    name: "leases: acquire up to the limit, a present member is refreshed, release frees a slot, count",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = leaseKey("test-lease", unique("l"));
+        assert.equal(await store.leaseCount(key), 0);
+        assert.equal(await store.leaseAcquire(key, "a", 2, 60_000), true);
+        assert.equal(await store.leaseAcquire(key, "b", 2, 60_000), true);
+        assert.equal(await store.leaseAcquire(key, "c", 2, 60_000), false, "over the limit");
+        assert.equal(await store.leaseAcquire(key, "a", 2, 60_000), true, "already present");
+        assert.equal(await store.leaseCount(key), 2);
+        assert.equal(await store.leaseRelease(key, "b"), true);
+        assert.equal(await store.leaseRelease(key, "b"), false, "released once");
+        assert.equal(await store.leaseRelease(key, "never"), false);
+        assert.equal(await store.leaseAcquire(key, "c", 2, 60_000), true, "the freed slot");
+        assert.equal(await store.leaseCount(key), 2);
+        assert.equal(await store.leaseAcquire(key, "d", 0, 60_000), false, "limit 0 admits no one new");
+        assert.equal(await store.leaseAcquire(key, "a", 1, 60_000), true, "a present member stays acquired");
+        assert.equal(await store.leaseCount(key), 2, "a lowered limit evicts no one");
+        assert.equal(await store.leaseAcquire(key, "member\u0000🙂", 3, 60_000), true);
+        assert.equal(await store.leaseRenew(key, ["member\u0000🙂", "a", "a", "never"], 60_000), 2);
+        assert.equal(await store.leaseRenew(key, [], 60_000), 0);
+        const other = leaseKey("test-lease", unique("l"));
+        assert.equal(await store.leaseCount(other), 0, "lease sets are per key");
+        assert.equal(await store.leaseAcquire(other, "a", 1, 60_000), true);
+        assert.equal(await store.leaseRelease(key, "\udc00"), false, "an ill-formed member is not there");
+      });
+    },
+  },
+  {
+    name: "leases expire unless renewed; an expired member is never renewed and its slot is free",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = leaseKey("test-lease", unique("l"));
+        assert.equal(await store.leaseAcquire(key, "kept", 2, 300), true);
+        assert.equal(await store.leaseAcquire(key, "lapsed", 2, 300), true);
+        assert.equal(await store.leaseAcquire(key, "late", 2, 300), false);
+        assert.equal(await store.leaseRenew(key, ["kept"], 60_000), 1);
+        await sleep(700);
+        assert.equal(await store.leaseCount(key), 1, "the member not renewed has expired");
+        assert.equal(await store.leaseRenew(key, ["kept", "lapsed"], 60_000), 1, "only the live one");
+        assert.equal(await store.leaseCount(key), 1, "renewal did not bring the expired member back");
+        assert.equal(await store.leaseRelease(key, "lapsed"), false, "an expired member is not there");
+        assert.equal(await store.leaseAcquire(key, "late", 2, 60_000), true, "its slot is free");
+        assert.equal(await store.leaseAcquire(key, "lapsed", 2, 60_000), false, "and taken");
+        assert.equal(await store.leaseCount(key), 2);
+        // A dead holder's slot frees itself: nobody releases it.
+        const solo = leaseKey("test-lease", unique("l"));
+        assert.equal(await store.leaseAcquire(solo, "crashed-replica", 1, 300), true);
+        assert.equal(await store.leaseAcquire(solo, "survivor", 1, 60_000), false);
+        await sleep(700);
+        assert.equal(await store.leaseAcquire(solo, "survivor", 1, 60_000), true);
+      });
+    },
+  },
+  {
+    name: "lease race: concurrent acquires of distinct members over two handles admit exactly the limit",
+    async run(fixture, harness) {
+      await withRacers(fixture, async (racers) => {
+        for (let round = 0; round < Math.max(2, Math.floor((harness.raceRounds ?? 10) / 3)); round++) {
+          const key = leaseKey("test-race", unique(`lease-${round}`));
+          const outcomes = await Promise.all(
+            Array.from({ length: 300 }, (_, i) => racers[i % 2]!.leaseAcquire(key, `m-${i}`, 10, 60_000)),
+          );
+          assert.equal(outcomes.filter(Boolean).length, 10, `round ${round}`);
+          assert.equal(await racers[0]!.leaseCount(key), 10);
+          // Releases and acquires racing: the count never passes the limit.
+          const winners = outcomes.flatMap((won, i) => (won ? [`m-${i}`] : []));
+          const mixed = await Promise.all([
+            ...winners.slice(0, 5).map((member, i) => racers[i % 2]!.leaseRelease(key, member)),
+            ...Array.from({ length: 100 }, (_, i) => racers[i % 2]!.leaseAcquire(key, `n-${i}`, 10, 60_000)),
+          ]);
+          assert.ok(mixed.slice(0, 5).every(Boolean), `round ${round}: every release found its member`);
+          const admitted = mixed.slice(5).filter(Boolean).length;
+          assert.ok(admitted <= 5, `round ${round}: ${admitted} admitted into 5 free slots`);
+          assert.equal(await racers[1]!.leaseCount(key), 5 + admitted);
+        }
+      });
+    },
+  },
+  {
+    name: "token bucket and lease arguments are refused alike on every backend",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const bucket = bucketKey("test-args", unique("b"));
+        const invalidBuckets: [string, unknown][] = [
+          ["capacity 0", { capacity: 0, refillPerSecond: 1 }],
+          ["negative capacity", { capacity: -1, refillPerSecond: 1 }],
+          ["NaN capacity", { capacity: Number.NaN, refillPerSecond: 1 }],
+          ["infinite capacity", { capacity: Number.POSITIVE_INFINITY, refillPerSecond: 1 }],
+          ["capacity past 1e9", { capacity: 2e9, refillPerSecond: 1e6 }],
+          ["refill 0", { capacity: 1, refillPerSecond: 0 }],
+          ["refill past 1e6", { capacity: 10, refillPerSecond: 2e6 }],
+          ["refill slower than 30 days", { capacity: 100, refillPerSecond: 0.00001 }],
+          ["cost over capacity", { capacity: 2, refillPerSecond: 1, cost: 3 }],
+          ["cost 0", { capacity: 2, refillPerSecond: 1, cost: 0 }],
+          ["capacity below the default cost of 1", { capacity: 0.5, refillPerSecond: 1 }],
+          ["string capacity", { capacity: "5", refillPerSecond: 1 }],
+          ["no bucket", null],
+        ];
+        for (const [what, options] of invalidBuckets) {
+          await expectCode(
+            store.takeTokens(bucket, options as { capacity: number; refillPerSecond: number }),
+            "ERR_ARGUMENT_INVALID",
+            what,
+          );
+        }
+        assert.equal(
+          (await store.takeTokens(bucket, { capacity: 1, refillPerSecond: 1 })).remaining,
+          0,
+          "no refused call took a token",
+        );
+        const lease = leaseKey("test-args", unique("l"));
+        for (const limit of [-1, 1.5, Number.NaN, 2 ** 32 + 1]) {
+          await expectCode(
+            store.leaseAcquire(lease, "m", limit, 1_000),
+            "ERR_ARGUMENT_INVALID",
+            `limit ${limit}`,
+          );
+        }
+        for (const ttlMs of [0, -1, 1.5, Number.NaN, 31 * 24 * 3_600_000, undefined]) {
+          await expectCode(
+            store.leaseAcquire(lease, "m", 1, ttlMs as number),
+            "ERR_ARGUMENT_INVALID",
+            `acquire ttlMs ${ttlMs}`,
+          );
+          await expectCode(
+            store.leaseRenew(lease, ["m"], ttlMs as number),
+            "ERR_ARGUMENT_INVALID",
+            `renew ttlMs ${ttlMs}`,
+          );
+        }
+        for (const member of ["", "x".repeat(1_025), "\ud800"]) {
+          await expectCode(store.leaseAcquire(lease, member, 1, 1_000), "ERR_ARGUMENT_INVALID", "bad member");
+          await expectCode(store.leaseRenew(lease, [member], 1_000), "ERR_ARGUMENT_INVALID", "bad renewal");
+        }
+        await expectCode(
+          store.leaseRenew(
+            lease,
+            Array.from({ length: 10_001 }, (_, i) => `m-${i}`),
+            1_000,
+          ),
+          "ERR_ARGUMENT_INVALID",
+          "too many members",
+        );
+        assert.equal(await store.leaseCount(lease), 0, "nothing was acquired by a refused call");
       });
     },
   },

@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { isGateError } from "../../src/errors.ts";
-import { counterKey, ownedKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
+import {
+  bucketKey,
+  counterKey,
+  leaseKey,
+  ownedKey,
+  ownerIndexKey,
+  ownershipKey,
+} from "../../src/store/keys.ts";
 import { MemoryStore } from "../../src/store/memory-store.ts";
 import { openStore } from "../../src/store/open-store.ts";
 import { sharedHandle } from "../support/shared-handle.ts";
@@ -99,6 +106,53 @@ describe("memory store bounds (L6)", () => {
     await assert.rejects(store.put(ownedKey(scope, "note", "b"), "b"), (e) =>
       isGateError(e, "ERR_STORE_FULL"),
     );
+    await store.close();
+  });
+});
+
+describe("memory store buckets and leases under its bounds", () => {
+  it("L6 a full store refuses a new bucket or lease member, evicts nothing, and still renews and releases", async () => {
+    const store = new MemoryStore({ maxEntries: 3 });
+    const slow = { capacity: 5, refillPerSecond: 0.01 };
+    await store.put(ownedKey(scope, "note", "victim"), "victim-data");
+    assert.equal((await store.takeTokens(bucketKey("rate", "a"), slow)).allowed, true);
+    assert.equal(await store.leaseAcquire(leaseKey("connections", "k"), "held", 5, 60_000), true);
+    await assert.rejects(store.takeTokens(bucketKey("rate", "b"), slow), (e) =>
+      isGateError(e, "ERR_STORE_FULL"),
+    );
+    await assert.rejects(store.leaseAcquire(leaseKey("connections", "k"), "new", 5, 60_000), (e) =>
+      isGateError(e, "ERR_STORE_FULL"),
+    );
+    // What exists goes on working: a take from an existing bucket, a renewal, a refresh.
+    assert.equal((await store.takeTokens(bucketKey("rate", "a"), slow)).remaining, 3);
+    assert.equal(await store.leaseRenew(leaseKey("connections", "k"), ["held"], 60_000), 1);
+    assert.equal(await store.leaseAcquire(leaseKey("connections", "k"), "held", 5, 60_000), true);
+    assert.equal(await store.get(ownedKey(scope, "note", "victim")), "victim-data");
+    assert.equal(await store.leaseRelease(leaseKey("connections", "k"), "held"), true);
+    assert.equal(
+      await store.leaseAcquire(leaseKey("connections", "k"), "new", 5, 60_000),
+      true,
+      "room again",
+    );
+    await store.close();
+  });
+
+  it("a bucket takes an entry only until it is full again; expired lease members free theirs", async () => {
+    let now = 1_000;
+    const store = new MemoryStore({ now: () => now });
+    // 10 tokens a second: 3 taken are back in 300 ms.
+    await store.takeTokens(bucketKey("rate", "a"), { capacity: 5, refillPerSecond: 10, cost: 3 });
+    await store.leaseAcquire(leaseKey("connections", "k"), "m", 5, 100);
+    assert.equal(store.size, 2);
+    now += 100;
+    assert.equal(store.size, 1, "the lease member expired");
+    now += 200;
+    assert.equal(store.size, 0, "the bucket is full again and gone");
+    assert.deepEqual(await store.takeTokens(bucketKey("rate", "a"), { capacity: 5, refillPerSecond: 10 }), {
+      allowed: true,
+      remaining: 4,
+      retryAfterMs: 0,
+    });
     await store.close();
   });
 });

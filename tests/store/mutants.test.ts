@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { CounterOptions, Store, TtlOptions } from "../../src/store/contract.ts";
-import type { CounterKey, IndexKey, RecordKey } from "../../src/store/keys.ts";
+import type { CounterKey, IndexKey, LeaseKey, RecordKey } from "../../src/store/keys.ts";
 import { MemoryStore } from "../../src/store/memory-store.ts";
 import { sharedHandle } from "../support/shared-handle.ts";
 import { failingCases, type StoreHarness } from "./conformance.ts";
@@ -52,6 +52,14 @@ const limitCheckedBeforeAdd: Mutation = (inner) => ({
   },
 });
 
+// juniper-canopy again, for connection caps across replicas: the count and the add separated.
+const leaseCountedBeforeAdd: Mutation = (inner) => ({
+  async leaseAcquire(key: LeaseKey, member: string, limit: number, ttlMs: number) {
+    if ((await inner.leaseCount(key)) >= limit) return false;
+    return inner.leaseAcquire(key, member, 2 ** 32, ttlMs);
+  },
+});
+
 // everyrow: keys built by string concatenation, without escaping the segments.
 const keyWithoutBuilder: Mutation = (inner) => {
   const naive = <K extends { namespace: string; segments: readonly string[] }>(key: K): K =>
@@ -82,6 +90,7 @@ const mutants: Record<string, { mutation: Mutation; caughtBy: string }> = {
   },
   "TTL ignored": { mutation: ttlIgnored, caughtBy: "records expire after their TTL" },
   "limit checked before the add": { mutation: limitCheckedBeforeAdd, caughtBy: "counter race" },
+  "lease counted before the add": { mutation: leaseCountedBeforeAdd, caughtBy: "lease race" },
   "key built without the builder": { mutation: keyWithoutBuilder, caughtBy: "property: distinct" },
 };
 

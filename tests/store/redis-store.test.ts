@@ -7,7 +7,14 @@ import { inspect } from "node:util";
 import { Redis } from "ioredis";
 import { isGateError } from "../../src/errors.ts";
 import type { Store } from "../../src/store/contract.ts";
-import { counterKey, ownedKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
+import {
+  bucketKey,
+  counterKey,
+  leaseKey,
+  ownedKey,
+  ownerIndexKey,
+  ownershipKey,
+} from "../../src/store/keys.ts";
 import { openStore } from "../../src/store/open-store.ts";
 import { redisBackend } from "../support/backends.ts";
 import { FaultProxy } from "../support/fault-proxy.ts";
@@ -452,6 +459,32 @@ describe("redis store", { skip: backend.skip }, () => {
     }
   });
 
+  it("a token bucket is a string that expires when it is full again; a lease set expires with its last member", async () => {
+    await withPrefixedStore(async (store, prefix) => {
+      const bucket = bucketKey("rate", "k");
+      // 10 tokens a second: taking 3 leaves the bucket 300 ms from full.
+      await store.takeTokens(bucket, { capacity: 5, refillPerSecond: 10, cost: 3 });
+      const raw = `${prefix}${bucket.encoded}`;
+      assert.equal(await adminClient().type(raw), "string");
+      const bucketTtl = await adminClient().pttl(raw);
+      assert.ok(bucketTtl > 200 && bucketTtl <= 301, `bucket expires in ${bucketTtl} ms`);
+      await sleep(400);
+      assert.equal(await adminClient().exists(raw), 0, "a full bucket takes no space");
+
+      const lease = leaseKey("connections", "k");
+      await store.leaseAcquire(lease, "short", 5, 300);
+      await store.leaseAcquire(lease, "long", 5, 5_000);
+      const rawLease = `${prefix}${lease.encoded}`;
+      assert.equal(await adminClient().type(rawLease), "zset");
+      const leaseTtl = await adminClient().pttl(rawLease);
+      assert.ok(leaseTtl > 4_000 && leaseTtl <= 5_000, `lease set expires in ${leaseTtl} ms`);
+      assert.equal(await store.leaseRelease(lease, "long"), true);
+      assert.ok((await adminClient().pttl(rawLease)) <= 300, "the set now expires with its last member");
+      await sleep(400);
+      assert.equal(await adminClient().exists(rawLease), 0);
+    });
+  });
+
   it("at maxmemory (noeviction) an increase is refused as full, but a release still goes through", async (t) => {
     // A private redis-server on a free port, so the shared one is never filled or reconfigured.
     if (spawnSync("redis-server", ["--version"]).status !== 0) {
@@ -495,6 +528,8 @@ describe("redis store", { skip: backend.skip }, () => {
       try {
         const slots = counterKey("slots", "k");
         await store.increment(slots, 5, { ttlMs: 60_000 });
+        const leases = leaseKey("connections", "k");
+        assert.equal(await store.leaseAcquire(leases, "held", 5, 60_000), true);
         const used = Number(/used_memory:(\d+)/.exec(await admin.info("memory"))?.[1]);
         await admin.config("SET", "maxmemory", String(Math.max(1, used - 1_000_000)));
         const refused = await rejection(store.increment(slots, 1));
@@ -502,6 +537,17 @@ describe("redis store", { skip: backend.skip }, () => {
         assert.deepEqual(await store.increment(slots, -1), { applied: true, value: 4 });
         assert.deepEqual(await store.increment(slots, 0), { applied: true, value: 4 });
         assert.deepEqual(await store.increment(slots, -4), { applied: true, value: 0 });
+        // Leases: a new member is refused as full; keeping one alive, counting and giving one back
+        // never are, so a full Redis cannot strand a slot.
+        const lease = await rejection(store.leaseAcquire(leases, "new", 5, 60_000));
+        assert.ok(isGateError(lease, "ERR_STORE_FULL"), String(lease));
+        assert.equal(await store.leaseRenew(leases, ["held"], 60_000), 1);
+        assert.equal(await store.leaseCount(leases), 1);
+        assert.equal(await store.leaseRelease(leases, "held"), true);
+        const bucket = await rejection(
+          store.takeTokens(bucketKey("rate", "k"), { capacity: 2, refillPerSecond: 1 }),
+        );
+        assert.ok(isGateError(bucket, "ERR_STORE_FULL"), String(bucket));
         assert.ok(
           (await admin.pttl(`tgtest:${process.pid}:oom:${slots.encoded}`)) < 0,
           "a counter at zero is gone",

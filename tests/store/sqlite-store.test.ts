@@ -279,7 +279,7 @@ describe("sqlite store", () => {
       await first.close();
       const raw = rawConnection(file);
       const schemaBefore = scalar(raw, "SELECT group_concat(sql, ';') FROM sqlite_schema");
-      assert.equal(scalar(raw, "PRAGMA user_version"), 1);
+      assert.equal(scalar(raw, "PRAGMA user_version"), 2);
       const [second, third] = await Promise.all([
         openSqliteStore({ path: file }),
         openSqliteStore({ path: file }),
@@ -288,7 +288,7 @@ describe("sqlite store", () => {
       assert.equal(await third.get(ownedKey(scope, "note", "k")), "kept");
       await Promise.all([second.close(), third.close()]);
       assert.equal(scalar(raw, "SELECT group_concat(sql, ';') FROM sqlite_schema"), schemaBefore);
-      assert.equal(scalar(raw, "PRAGMA user_version"), 1);
+      assert.equal(scalar(raw, "PRAGMA user_version"), 2);
       raw.close();
     });
 
@@ -309,8 +309,8 @@ describe("sqlite store", () => {
           await Promise.all(stores.map((store) => store.close()));
         }
         const raw = rawConnection(file);
-        assert.equal(scalar(raw, "PRAGMA user_version"), 1);
-        assert.equal(scalar(raw, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 3);
+        assert.equal(scalar(raw, "PRAGMA user_version"), 2);
+        assert.equal(scalar(raw, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 5);
         raw.close();
       }
     });

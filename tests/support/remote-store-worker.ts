@@ -5,13 +5,13 @@
  */
 import { createInterface } from "node:readline";
 import { isGateError } from "../../src/errors.ts";
-import { restoreKey } from "../../src/store/keys.ts";
+import { type KeyNamespace, restoreKey } from "../../src/store/keys.ts";
 import { openStore } from "../../src/store/open-store.ts";
 
 interface Request {
   id: number;
   method: string;
-  key?: { namespace: "own" | "data" | "count" | "index"; segments: string[] };
+  key?: { namespace: KeyNamespace; segments: string[] };
   args: unknown[];
 }
 

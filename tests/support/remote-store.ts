@@ -76,6 +76,11 @@ export async function openRemoteStore(url: string, backend: StoreBackend): Promi
     indexAdd: keyed("indexAdd"),
     indexRemove: keyed("indexRemove"),
     indexList: keyed("indexList"),
+    takeTokens: keyed("takeTokens"),
+    leaseAcquire: keyed("leaseAcquire"),
+    leaseRenew: keyed("leaseRenew"),
+    leaseRelease: keyed("leaseRelease"),
+    leaseCount: keyed("leaseCount"),
     ping: () => call("ping", null, []),
     close: async () => {
       child.stdin!.end();

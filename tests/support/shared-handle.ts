@@ -25,6 +25,11 @@ export function sharedHandle(store: Store): Store {
     indexAdd: guard(store.indexAdd),
     indexRemove: guard(store.indexRemove),
     indexList: guard(store.indexList),
+    takeTokens: guard(store.takeTokens),
+    leaseAcquire: guard(store.leaseAcquire),
+    leaseRenew: guard(store.leaseRenew),
+    leaseRelease: guard(store.leaseRelease),
+    leaseCount: guard(store.leaseCount),
     ping: guard(store.ping),
     close: async () => {
       closed = true;

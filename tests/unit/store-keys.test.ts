@@ -3,8 +3,10 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import { isGateError } from "../../src/errors.ts";
 import {
+  bucketKey,
   counterKey,
   escapeSegment,
+  leaseKey,
   ownedKey,
   ownerIndexKey,
   ownershipKey,
@@ -70,14 +72,16 @@ describe("store key builder", () => {
     invalid(() => ownershipKeyFromDigest("Session", idDigest));
   });
 
-  it("namespaces keep records, counters and indexes apart", () => {
+  it("namespaces keep records, counters, indexes, buckets and leases apart", () => {
     const encodings = [
       ownedKey(scope, "session", "x").encoded,
       ownerIndexKey(scope, "session").encoded,
       counterKey("session", "x").encoded,
       ownershipKey("session", "x").encoded,
+      bucketKey("session", "x").encoded,
+      leaseKey("session", "x").encoded,
     ];
-    assert.equal(new Set(encodings.map((e) => e.split("/")[0])).size, 4);
+    assert.equal(new Set(encodings.map((e) => e.split("/")[0])).size, 6);
   });
 
   it("refuses empty, oversized and ill-formed segments and bad kinds", () => {
@@ -89,6 +93,8 @@ describe("store key builder", () => {
     invalid(() => ownedKey(scope, "note"));
     invalid(() => ownedKey(scope, "Note", "x"));
     invalid(() => counterKey("a/b"));
+    invalid(() => bucketKey("Rate", "x"));
+    invalid(() => leaseKey("connections", ""));
     invalid(() => ownershipKey("task", "upstream", ""));
     invalid(() => ownershipKey("task", "x".repeat(1025)));
   });
