@@ -25,6 +25,7 @@ export {
   type ClusterLedgerOptions,
   createClusterLedger,
   type LeaseKeyBuilder,
+  type LeaseOperation,
   type LeaseRenewalReport,
   type LeaseStore,
 } from "./cluster-cap-ledger.ts";
@@ -355,7 +356,9 @@ export function createConnectionCaps(options: ConnectionCapsOptions): Connection
       signal.addEventListener("abort", onAbort, { once: true });
       return result.then((outcome) => {
         signal.removeEventListener("abort", onAbort);
-        return outcome === true ? reservation : outcome;
+        if (outcome !== true) return outcome;
+        // An abort between the stage completing and this callback has already released it.
+        return reservation.released ? plan.refusals.released : reservation;
       });
     },
     occupancy: () => ledger.occupancy(),
