@@ -214,10 +214,19 @@ class CapReservation implements Reservation {
   /** Resolves the pending stage's promise early when the reservation ends. */
   #abortStage: ((result: StageResult) => void) | undefined;
 
-  constructor(plan: PoolPlan, ipSlot: CapSlot | undefined) {
+  private constructor(plan: PoolPlan, ipSlot: CapSlot | undefined) {
     this.pool = plan.pool;
     this.#plan = plan;
     this.#slots = { global: plan.globalSlot, ip: ipSlot, principal: undefined, session: undefined };
+  }
+
+  /** A new reservation with its edge stage started; the only way a stage is run from outside. */
+  static startEdge(
+    plan: PoolPlan,
+    ipSlot: CapSlot | undefined,
+  ): [CapReservation, StageResult | Promise<StageResult>] {
+    const reservation = new CapReservation(plan, ipSlot);
+    return [reservation, reservation.#runStage(EDGE_LEVELS, 0)];
   }
 
   get released(): boolean {
@@ -256,13 +265,13 @@ class CapReservation implements Reservation {
     if (this.#released) return Promise.resolve(this.#plan.refusals.released);
     this.#slots.principal = principalSlot;
     this.#slots.session = sessionSlot;
-    const result = this.runStage(OWNER_LEVELS, 0);
+    const result = this.#runStage(OWNER_LEVELS, 0);
     if (result === true) return RESOLVED_TRUE;
     return isPromiseLike(result) ? result : Promise.resolve(result);
   }
 
   /** Acquires `levels[from..]` in order; synchronous for as long as the ledger answers synchronously. */
-  runStage(levels: readonly CapLevel[], from: number): StageResult | Promise<StageResult> {
+  #runStage(levels: readonly CapLevel[], from: number): StageResult | Promise<StageResult> {
     const { ledger, limits } = this.#plan;
     for (let i = from; i < levels.length; i++) {
       const level = levels[i]!;
@@ -299,7 +308,7 @@ class CapReservation implements Reservation {
         .then((outcome) => {
           const refusal = this.#settle(levels[index]!, outcome);
           if (refusal !== undefined) return finish(refusal);
-          const next = this.runStage(levels, index + 1);
+          const next = this.#runStage(levels, index + 1);
           if (isPromiseLike(next)) {
             // The next level registered its own abort; this stage resolves with it.
             next.then(resolve);
@@ -348,8 +357,7 @@ export function createConnectionCaps(options: ConnectionCapsOptions): Connection
       const ipSlot = plan.limits.ip === undefined ? undefined : capSlot(pool, "ip", keys.ip);
       const { signal } = keys;
       if (signal?.aborted) return Promise.resolve(plan.refusals.released);
-      const reservation = new CapReservation(plan, ipSlot);
-      const result = reservation.runStage(EDGE_LEVELS, 0);
+      const [reservation, result] = CapReservation.startEdge(plan, ipSlot);
       if (!isPromiseLike(result)) return Promise.resolve(result === true ? reservation : result);
       if (signal === undefined) return result.then((outcome) => (outcome === true ? reservation : outcome));
       const onAbort = (): void => reservation.release();
