@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { describe, it, mock } from "node:test";
+import { describe, it } from "node:test";
 import { isGateError } from "../../src/errors.ts";
 import {
   type CapRefusal,
@@ -267,6 +267,5 @@ describe("cluster cap ledger", () => {
         (error) => isGateError(error, "ERR_ARGUMENT_INVALID"),
       );
     }
-    mock.restoreAll();
   });
 });
