@@ -122,6 +122,7 @@ export async function startGateway(
       const file = await createChainedFileSink({
         path: config.audit.file,
         keyring,
+        maxFileBytes: config.audit.maxFileBytes,
         onError: (error) =>
           log(`audit.file: cannot write (${(error as NodeJS.ErrnoException).code ?? "error"}); retrying`),
       }).catch((error: unknown) => {

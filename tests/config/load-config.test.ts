@@ -62,7 +62,7 @@ describe("config defaults", () => {
       maxHeaderBytes: 16 * 1024,
       maxBatchSize: 50,
     });
-    assert.deepEqual(config.audit, { file: undefined, stdout: true });
+    assert.deepEqual(config.audit, { file: undefined, stdout: true, maxFileBytes: 128 * 1024 * 1024 });
     assert.deepEqual(config.admin, {
       enabled: true,
       listen: { host: "127.0.0.1", port: 8788 },
@@ -420,9 +420,11 @@ describe("relative paths", () => {
       env: {
         TENANTGATE_STORE: "sqlite:state.db",
         TENANTGATE_AUDIT__FILE: "audit.jsonl",
+        TENANTGATE_AUDIT__MAXFILEBYTES: "1048576",
         TENANTGATE_SECRETS__MASTERKEYS__0__KEY: "file:a.key",
       },
     });
+    assert.equal(config.audit.maxFileBytes, 1_048_576, "a number from the environment");
     assert.equal(config.store, "sqlite:/run/gw/state.db");
     assert.equal(config.audit.file, "/run/gw/audit.jsonl");
     assert.equal(config.secrets.masterKeys[0]?.key, "file:/run/gw/a.key");
