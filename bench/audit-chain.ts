@@ -5,7 +5,9 @@
  *
  *   node bench/audit-chain.ts [--events N] [--seconds S] [--dir DIR]
  *
- * - sink only: N records (built beforehand) written straight to the sink, then flushed.
+ * - sink only: N records (built beforehand) written straight to the sink, then flushed. `write`
+ *   only queues the record's JSON; the writer chains (HMAC) each batch, so the disk figure is the
+ *   one to compare. The default maxFileBytes (128 MiB) is not reached: no rotation is timed.
  * - burst: N events emitted as fast as possible with a queue large enough to hold them all, then
  *   flushed: the sink's end-to-end ceiling.
  * - sustained: for S seconds, 500 events per turn of the event loop with the default queue (10,000):
@@ -67,7 +69,7 @@ try {
     const ms = performance.now() - started;
     console.log(
       `sink only: ${EVENTS.toLocaleString("en")} records, ${perSecond(EVENTS, ms)} records/s to disk ` +
-        `(${perSecond(EVENTS, queued - started)}/s chained into the queue)`,
+        `(${perSecond(EVENTS, queued - started)}/s into the queue; the writer chains them)`,
     );
   }
   {

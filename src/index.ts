@@ -14,6 +14,7 @@ export {
   parseHead,
   type VerifyAuditFileOptions,
   verifyAuditFile,
+  verifyAuditSeries,
 } from "./audit/audit-chain.ts";
 export {
   type AuthDenialReason,

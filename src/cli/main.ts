@@ -4,7 +4,7 @@
  * the setting at fault (never a secret) and exit non-zero.
  */
 import { writeFile } from "node:fs/promises";
-import { verifyAuditFile } from "../audit/audit-chain.ts";
+import { CHECKPOINT_SUFFIX, verifyAuditSeries } from "../audit/audit-chain.ts";
 import { loadConfig } from "../config/load-config.ts";
 import { digest, mintId } from "../crypto/ids.ts";
 import { generateMasterKey, loadKeyring } from "../crypto/keyring.ts";
@@ -24,9 +24,10 @@ const USAGE = `usage: tenantgate <command>
   demo [--port N]              the gateway on its embedded default: loopback (127.0.0.1:8787), SQLite
                                under ./.tenantgate/, a demo upstream, a development issuer and tokens
                                for two users
-  audit verify FILE --config CONFIG [--expect-head H]
-                               check an audit file's chain with the master keys CONFIG names; prints
-                               "ok: N lines, head H", or names the first bad line and exits 1
+  audit verify FILE... --config CONFIG [--expect-head H]
+                               check an audit file's chain with the master keys CONFIG names (several
+                               files: a rotated series, oldest first, the current file last); prints
+                               "ok: N lines, head H", or names the file and first bad line and exits 1
 ${SESSIONS_USAGE}  help                         this text
 `;
 
@@ -122,23 +123,35 @@ async function demoCommand(args: string[]): Promise<number> {
 }
 
 async function auditCommand(args: string[]): Promise<number> {
-  const [action, file, ...rest] = args;
-  if (action !== "verify" || file === undefined || file.startsWith("--")) {
+  const [action, ...rest] = args;
+  if (action !== "verify") {
     process.stderr.write(USAGE);
     return 2;
   }
+  const files: string[] = [];
   let configFile: string | undefined;
   let expectHead: string | undefined;
-  for (let index = 0; index < rest.length; index += 2) {
-    const [flag, value] = [rest[index], rest[index + 1]];
-    if (flag === "--config" && value !== undefined && configFile === undefined) configFile = value;
-    else if (flag === "--expect-head" && value !== undefined && expectHead === undefined) expectHead = value;
+  for (let index = 0; index < rest.length; index += 1) {
+    const argument = rest[index] as string;
+    if (!argument.startsWith("--")) {
+      files.push(argument);
+      continue;
+    }
+    const value = rest[index + 1];
+    index += 1;
+    if (argument === "--config" && value !== undefined && configFile === undefined) configFile = value;
+    else if (argument === "--expect-head" && value !== undefined && expectHead === undefined)
+      expectHead = value;
     else {
       throw new GateError(
         "ERR_ARGUMENT_INVALID",
-        "audit verify takes FILE, --config CONFIG and optionally --expect-head SEQ:MAC",
+        "audit verify takes FILE..., --config CONFIG and optionally --expect-head SEQ:MAC",
       );
     }
+  }
+  if (files.length === 0) {
+    process.stderr.write(USAGE);
+    return 2;
   }
   if (configFile === undefined) {
     // The keys come from the gateway's own configuration, loaded the way serve loads them, so a
@@ -150,18 +163,27 @@ async function auditCommand(args: string[]): Promise<number> {
   }
   const config = await loadConfig({ file: configFile });
   const keyring = await loadKeyring(config.secrets, { baseDir: config.configDir });
-  const result = await verifyAuditFile(file, {
+  const result = await verifyAuditSeries(files, {
     keyring,
     ...(expectHead === undefined ? {} : { expectHead }),
   });
   if (!result.ok) {
-    process.stdout.write(`not ok: line ${result.line}: ${result.reason}\n`);
+    process.stdout.write(`not ok: ${result.file}: line ${result.line}: ${result.reason}\n`);
     return 1;
   }
-  process.stdout.write(`ok: ${result.lines} lines, head ${result.head}\n`);
+  const count = files.length === 1 ? "" : `${files.length} files, `;
+  process.stdout.write(`ok: ${count}${result.lines} lines, head ${result.head}\n`);
+  const last = files.at(-1) as string;
   if (result.checkedAgainst === "nothing") {
     process.stderr.write(
-      "tenantgate: no checkpoint (FILE.head) and no --expect-head: truncation was not checked\n",
+      `tenantgate: warning: ${last} has no checkpoint (${last}${CHECKPOINT_SUFFIX}) and no --expect-head was given: truncation was not checked\n`,
+    );
+  }
+  if (result.lastKeyId !== keyring.activeKeyId) {
+    // Not a verdict: a file last written before a key rotation ends under the old key. But a
+    // retired key's holder could have appended that segment; the decision log (86) explains.
+    process.stderr.write(
+      `tenantgate: warning: the last segment of ${last} is under key id ${result.lastKeyId}, not the active key ${keyring.activeKeyId}\n`,
     );
   }
   return 0;

@@ -121,6 +121,8 @@ export interface AuditConfig {
   /** Absolute. */
   readonly file: string | undefined;
   readonly stdout: boolean;
+  /** The size at which `file` is rotated (sealed, moved beside it, continued in a fresh file). */
+  readonly maxFileBytes: number;
 }
 
 export interface LogConfig {

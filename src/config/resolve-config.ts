@@ -188,6 +188,7 @@ export function resolveConfig(
     audit: {
       file: parsed.audit.file === undefined ? undefined : absolutePath(["audit", "file"], parsed.audit.file),
       stdout: parsed.audit.stdout,
+      maxFileBytes: parsed.audit.maxFileBytes,
     },
     log: {
       level: parsed.log.level,

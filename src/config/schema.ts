@@ -385,6 +385,9 @@ const auditSchema = z
   .strictObject({
     file: filePath.optional(),
     stdout: z.boolean().default(true),
+    // Past this the file is sealed, moved aside and continued in a fresh one (decision 85). At
+    // least 1 MiB: each rotation costs three fsyncs and a rename, and a file must hold a line.
+    maxFileBytes: integer(1_048_576, 1_099_511_627_776).default(134_217_728),
   })
   .prefault({})
   .superRefine((audit, ctx) => {

@@ -152,6 +152,7 @@ export async function startGateway(
       const file = await createChainedFileSink({
         path: config.audit.file,
         keyring,
+        maxFileBytes: config.audit.maxFileBytes,
         onError: (error) =>
           log(
             "error",

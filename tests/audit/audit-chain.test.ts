@@ -84,9 +84,11 @@ describe("audit chain: the format", () => {
     const last = parsed(written.at(-1) as string);
     assert.deepEqual(result, {
       ok: true,
+      files: 1,
       lines: 7,
       head: formatHead({ seq: 6, mac: last.mac }),
       checkedAgainst: "checkpoint",
+      lastKeyId: "default",
     });
     assert.deepEqual(parseHead(result.ok ? result.head : ""), { seq: 6, mac: last.mac });
     assert.deepEqual(JSON.parse(await readFile(`${path}${CHECKPOINT_SUFFIX}`, "utf8")), {
@@ -266,7 +268,7 @@ describe("audit chain: the sink", () => {
       emitted,
       "one line per event, in the order emitted",
     );
-    assert.deepEqual(sink.stats(), { written: 5002, dropped: 0, errors: 0 });
+    assert.deepEqual(sink.stats(), { written: 5002, dropped: 0, errors: 0, rotations: 0 });
     assert.throws(
       () => sink.write(record(1)),
       (error) => isGateError(error, "ERR_SHUTTING_DOWN"),
@@ -480,12 +482,15 @@ describe("tenantgate audit verify", () => {
     assert.equal(stdout, `ok: 7 lines, head ${good.head}\n`);
 
     await writeLines(path, written.with(2, (written[2] as string).replace('"u1"', '"u6"')));
-    await failure([], /^not ok: line 3: mac does not verify/);
+    await failure([], /^not ok: .*audit\.jsonl: line 3: mac does not verify/);
 
     await writeLines(path, written.slice(0, 5));
     await rm(`${path}${CHECKPOINT_SUFFIX}`);
     const unchecked = await tenantgate();
-    assert.match(unchecked.stderr, /truncation was not checked/);
-    await failure(["--expect-head", good.head], /^not ok: line 6: truncated/);
+    assert.match(
+      unchecked.stderr,
+      /^tenantgate: warning: .*audit\.jsonl has no checkpoint .* truncation was not checked$/m,
+    );
+    await failure(["--expect-head", good.head], /^not ok: .*audit\.jsonl: line 6: truncated/);
   });
 });

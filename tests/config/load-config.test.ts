@@ -62,7 +62,7 @@ describe("config defaults", () => {
       maxHeaderBytes: 16 * 1024,
       maxBatchSize: 50,
     });
-    assert.deepEqual(config.audit, { file: undefined, stdout: true });
+    assert.deepEqual(config.audit, { file: undefined, stdout: true, maxFileBytes: 128 * 1024 * 1024 });
     assert.deepEqual(config.log, { level: "info", file: undefined });
     assert.deepEqual(config.admin, {
       enabled: true,
@@ -423,11 +423,13 @@ describe("relative paths", () => {
       env: {
         TENANTGATE_STORE: "sqlite:state.db",
         TENANTGATE_AUDIT__FILE: "audit.jsonl",
+        TENANTGATE_AUDIT__MAXFILEBYTES: "1048576",
         TENANTGATE_SECRETS__MASTERKEYS__0__KEY: "file:a.key",
         TENANTGATE_LOG__FILE: "gateway.log",
         TENANTGATE_LOG__LEVEL: "warn",
       },
     });
+    assert.equal(config.audit.maxFileBytes, 1_048_576, "a number from the environment");
     assert.equal(config.store, "sqlite:/run/gw/state.db");
     assert.equal(config.audit.file, "/run/gw/audit.jsonl");
     assert.deepEqual(config.log, { level: "warn", file: "/run/gw/gateway.log" });

@@ -568,6 +568,24 @@ const table: Array<[string, string, unknown, string]> = [
   ["an empty log file name", "log.file", "", "log.file must be a file path"],
   ["an unknown log setting", "log.format", "text", "log.format is not a known setting"],
   [
+    "an audit rotation size under 1 MiB",
+    "audit.maxFileBytes",
+    65_536,
+    "audit.maxFileBytes must be a whole number from 1048576 to 1099511627776",
+  ],
+  [
+    "an audit rotation size over 1 TiB",
+    "audit.maxFileBytes",
+    2 ** 41,
+    "audit.maxFileBytes must be a whole number from 1048576 to 1099511627776",
+  ],
+  [
+    "a fractional audit rotation size",
+    "audit.maxFileBytes",
+    1_048_576.5,
+    "audit.maxFileBytes must be a whole number from 1048576 to 1099511627776",
+  ],
+  [
     "an admin API off loopback without a token",
     "admin.listen.host",
     "0.0.0.0",
