@@ -42,6 +42,9 @@ export type GateErrorCode =
   | "ERR_UPSTREAM_REFUSED"
   | "ERR_SHUTTING_DOWN"
   | "ERR_SESSION_LIMIT"
+  | "ERR_CONNECTION_LIMIT"
+  | "ERR_RATE_LIMITED"
+  | "ERR_OVERLOADED"
   | "ERR_INTERNAL";
 
 export interface WireError {
@@ -111,6 +114,12 @@ const wireForm = {
   ERR_SHUTTING_DOWN: { status: 503, message: "service temporarily unavailable" },
   // sessions.maxPerPrincipal with onLimit "reject": the principal must end a session first.
   ERR_SESSION_LIMIT: { status: 429, message: "too many sessions" },
+  // A per-IP, per-principal or per-session cap on open streams or requests in flight (limits.*).
+  ERR_CONNECTION_LIMIT: { status: 429, message: "too many requests" },
+  // The principal's token bucket is empty (limits.rate); answered with Retry-After.
+  ERR_RATE_LIMITED: { status: 429, message: "too many requests" },
+  // The gateway-wide cap (limits.*.global): nothing the client did, so 503, not 429.
+  ERR_OVERLOADED: { status: 503, message: "service temporarily unavailable" },
   ERR_INTERNAL: { status: 500, message: "internal error" },
 } as const satisfies Record<GateErrorCode, { status: number; message: string }>;
 

@@ -115,6 +115,28 @@ export interface LimitsConfig {
   readonly maxBodyBytes: number;
   readonly maxHeaderBytes: number;
   readonly maxBatchSize: number;
+  readonly streams: ConnectionCapsConfig;
+  readonly inflight: ConnectionCapsConfig;
+  readonly rate: RateLimitConfig;
+}
+
+/** Caps of one pool (open streams, or requests in flight), at each level. */
+export interface ConnectionCapsConfig {
+  readonly global: number;
+  readonly perIp: number;
+  readonly perPrincipal: number;
+  readonly perSession: number;
+}
+
+/** The per-principal token bucket. */
+export interface RateLimitConfig {
+  readonly enabled: boolean;
+  /** Refill rate, requests per second. */
+  readonly perSecond: number;
+  /** Bucket capacity: requests a principal may make at once after being idle. */
+  readonly burst: number;
+  /** Share of the rate each replica allows alone while the shared store does not answer. */
+  readonly fallbackFactor: number;
 }
 
 export interface AuditConfig {

@@ -372,12 +372,44 @@ const sessionsSchema = z
     }
   });
 
+/** Connection caps of one pool, at each level. */
+function capsSchema(defaults: { global: number; perIp: number; perPrincipal: number; perSession: number }) {
+  return z
+    .strictObject({
+      global: integer(1, 10_000_000).default(defaults.global),
+      perIp: integer(1, 10_000_000).default(defaults.perIp),
+      perPrincipal: integer(1, 10_000_000).default(defaults.perPrincipal),
+      perSession: integer(1, 10_000_000).default(defaults.perSession),
+    })
+    .prefault({});
+}
+
+function positiveNumber(max: number) {
+  return z.number().superRefine((value, ctx) => {
+    if (!Number.isFinite(value) || value <= 0 || value > max) {
+      ctx.addIssue({ code: "custom", message: `must be a number above 0 and at most ${max}` });
+    }
+  });
+}
+
+const rateSchema = z
+  .strictObject({
+    enabled: z.boolean().default(true),
+    perSecond: positiveNumber(1_000_000).default(20),
+    burst: integer(1, 1_000_000_000).default(100),
+    fallbackFactor: positiveNumber(1).default(0.25),
+  })
+  .prefault({});
+
 const limitsSchema = z
   .strictObject({
     scope: z.enum(["local", "cluster"]).default("local"),
     maxBodyBytes: integer(1, 1_073_741_824).default(4 * 1024 * 1024),
     maxHeaderBytes: integer(1024, 1_048_576).default(16 * 1024),
     maxBatchSize: integer(1, 1000).default(50),
+    streams: capsSchema({ global: 10_000, perIp: 200, perPrincipal: 50, perSession: 8 }),
+    inflight: capsSchema({ global: 4_000, perIp: 400, perPrincipal: 100, perSession: 32 }),
+    rate: rateSchema,
   })
   .prefault({});
 

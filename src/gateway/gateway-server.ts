@@ -26,6 +26,7 @@ import {
   tasksNamedBy,
 } from "../tasks/task-policy.ts";
 import { isPoliceableTaskId, type TaskRegistry } from "../tasks/task-registry.ts";
+import { type Admission, type AdmissionTicket, RETRY_AFTER_DETAIL_PREFIX } from "./admission.ts";
 import { challengeHeaders } from "./auth-challenge.ts";
 import { clientResponseHeaders, upstreamRequestHeaders } from "./forward-headers.ts";
 import { createHostOriginPolicy } from "./host-origin-policy.ts";
@@ -108,6 +109,8 @@ export interface GatewayDependencies {
    * with what the pipeline learned about it (the access log, metrics). A throw is ignored.
    */
   readonly onRequestDone?: (record: RequestRecord) => void;
+  /** Connection caps and rate limits (limits.*); absent: none. */
+  readonly admission?: Admission;
 }
 
 export interface GatewayHandler {
@@ -172,6 +175,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
 
   let draining = false;
   let inFlight = 0;
+  /** Each request's admission ticket: its cap slots, and the owner stage still to pass. */
+  const tickets = new WeakMap<ServerResponse, AdmissionTicket>();
   /** Each request's record while it is in flight, filled in as the pipeline learns. */
   const drafts = new WeakMap<ServerResponse, RequestRecordDraft>();
   const draftOf = (response: ServerResponse): Partial<RequestRecordDraft> => drafts.get(response) ?? {};
@@ -195,6 +200,27 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const draft = draftOf(response);
     draft.sessionDigest = session.sessionDigest;
     draft.principal = principal;
+  }
+
+  /**
+   * The owner stage of admission: per-session and per-principal caps, then the rate limit. Pass
+   * null where there is no principal beyond the request (an anonymous initialize or modern request):
+   * the client's address stands in. An anonymous session's own throwaway principal does count.
+   */
+  async function admitOwner(
+    context: McpContext,
+    principal: Principal | null,
+    sessionDigest?: string,
+    exempt = false,
+  ): Promise<void> {
+    const ticket = tickets.get(context.response);
+    if (ticket === undefined) return;
+    await ticket.admitOwner({
+      principal,
+      sessionDigest,
+      clientAddress: context.clientAddress,
+      exempt,
+    });
   }
 
   /** Whether a path names an endpoint of this gateway (any other path is client text, never logged). */
@@ -295,6 +321,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     if (gateError.code === "ERR_METHOD_NOT_ALLOWED") headers = { ...headers, allow: "GET, POST, DELETE" };
     if (gateError.code === "ERR_SHUTTING_DOWN") headers = { ...headers, connection: "close" };
+    if (gateError.code === "ERR_RATE_LIMITED" && gateError.detail?.startsWith(RETRY_AFTER_DETAIL_PREFIX)) {
+      // RFC 6585 §4: how long to wait, in seconds.
+      headers = { ...headers, "retry-after": gateError.detail.slice(RETRY_AFTER_DETAIL_PREFIX.length) };
+    }
     sendError(response, gateError, { id: context.id ?? null, headers });
   }
 
@@ -314,6 +344,14 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       }
       const queryAt = target.indexOf("?");
       const path = queryAt < 0 ? target : target.slice(0, queryAt);
+
+      if (deps.admission !== undefined) {
+        // Global and per-IP caps come before any other work (DESIGN invariant 7). A GET at an MCP
+        // path is a stream; anything else a request in flight.
+        const pool = request.method === "GET" && routes.match(path) !== undefined ? "streams" : "inflight";
+        const closed = new Promise<void>((resolve) => response.once("close", () => resolve()));
+        tickets.set(response, await deps.admission.enter(pool, clientAddress, closed));
+      }
       if (servesPath(path)) draft.path = path;
 
       // Before anything is routed, so every endpoint (metadata and keys too) is behind the allowlists.
@@ -483,6 +521,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       const session = await resolveSession(sessionId, caller, upstream);
       noteSession(context.response, session.session, session.principal);
       checkVersionLock(request, session.session, era.version);
+      await admitOwner(context, session.principal, session.session.sessionDigest, method === "DELETE");
       if (method === "GET") return await serveStream(context, session, sessionId);
       return await endSession(context, session, sessionId);
     } catch (error) {
@@ -575,6 +614,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       const resolved = await resolveSession(sessionId, caller, upstream);
       noteSession(context.response, resolved.session, resolved.principal);
       checkVersionLock(request, resolved.session, version);
+      await admitOwner(context, resolved.principal, resolved.session.sessionDigest);
       await guardTasks(context, resolved.principal, payload, "legacy");
       // Without the header the body was parsed as 2025-03-26 (batches allowed), but the request speaks
       // the session's version: a batch is refused unless that version is 2025-03-26 too.
@@ -607,6 +647,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const { upstream } = context;
     // Anonymous mode: every new session gets its own throwaway principal (DESIGN invariant 2).
     const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
+    await admitOwner(context, caller === "anonymous" ? null : principal);
     const answer = await context.client.request({
       method: "POST",
       body,
@@ -735,6 +776,11 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     // Anonymous: a throwaway principal per request; there is no session to keep it in.
     const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
     draftOf(response).principal = principal;
+    try {
+      await admitOwner(context, caller === "anonymous" ? null : principal);
+    } catch (error) {
+      return refuse(response, error, { upstream, clientAddress: context.clientAddress, id });
+    }
     // Named tasks: an authenticated caller must own each; an anonymous caller must hold the
     // capability the gateway minted for it, which is translated to the upstream's id here.
     let translated: AnonymousTaskTranslation | undefined;
@@ -1592,6 +1638,12 @@ function refusalReason(error: GateError): RequestRefusalReason {
       return "request-state";
     case "ERR_SESSION_LIMIT":
       return "session-limit";
+    case "ERR_RATE_LIMITED":
+      return "rate-limited";
+    case "ERR_OVERLOADED":
+      return "cap-global";
+    case "ERR_CONNECTION_LIMIT":
+      return error.detail === "cap-principal" || error.detail === "cap-session" ? error.detail : "cap-ip";
     case "ERR_SESSION_REQUIRED":
       return "session-required";
     case "ERR_NOT_FOUND":

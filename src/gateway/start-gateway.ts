@@ -1,6 +1,7 @@
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createServer, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { hostname } from "node:os";
 import { createChainedFileSink } from "../audit/audit-chain.ts";
 import {
   createSecurityEvents,
@@ -9,7 +10,7 @@ import {
   type SecurityEvents,
   sessionDeniedEvent,
 } from "../audit/security-events.ts";
-import type { GatewayConfig } from "../config/gateway-config.ts";
+import type { ConnectionCapsConfig, GatewayConfig } from "../config/gateway-config.ts";
 import { type AssertionSigner, createAssertionSigner } from "../crypto/assertion-signer.ts";
 import { createIdentifierTagger } from "../crypto/identifier-tag.ts";
 import { loadKeyring, loadMasterKey } from "../crypto/keyring.ts";
@@ -18,15 +19,25 @@ import { createApiKeyAuthenticator } from "../identity/api-key-authenticator.ts"
 import { createAuthenticator } from "../identity/authenticate.ts";
 import { createFailedAuthLimiter } from "../identity/failed-auth-limiter.ts";
 import { createJwtAuthenticator } from "../identity/jwt-authenticator.ts";
+import { type CapLedger, createLocalLedger } from "../limits/cap-ledger.ts";
+import { createClusterLedger } from "../limits/cluster-cap-ledger.ts";
+import {
+  type ConnectionCapLimits,
+  type ConnectionCaps,
+  createConnectionCaps,
+} from "../limits/connection-caps.ts";
+import { createRateLimiter } from "../limits/rate-limiter.ts";
 import { accessLogWriter } from "../log/access-log.ts";
 import { createGatewayLogger } from "../log/logger.ts";
 import { openRevocationBus } from "../sessions/open-revocation-bus.ts";
 import { createRevocation, type Revocation } from "../sessions/revocation.ts";
 import { createSessionRegistry, type SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
+import { leaseKey } from "../store/keys.ts";
 import { openStore } from "../store/open-store.ts";
 import { createTaskRegistry } from "../tasks/task-registry.ts";
 import { type AdminActions, createAdminHandler } from "./admin-server.ts";
+import { createAdmission } from "./admission.ts";
 import { createClientAddressResolver } from "./client-address.ts";
 import { checkExposure } from "./exposure-guard.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./gateway-metrics.ts";
@@ -139,10 +150,15 @@ export async function startGateway(
 
     let handler: ReturnType<typeof createGatewayHandler> | undefined;
     let events: SecurityEvents | undefined;
+    let caps: ConnectionCaps | undefined;
     const metrics = createGatewayMetrics({
       events: () => events,
       idleTimeoutMs: config.sessions.idleTimeoutMs,
       openStreams: () => handler?.openStreamCount ?? 0,
+      capOccupancy: () =>
+        (caps?.occupancy() ?? []).map(
+          (entry) => [{ pool: entry.pool, level: entry.level }, entry.held] as const,
+        ),
     });
     const sinks: SecurityEventSink[] = [metrics.sink, ...(options.sinks ?? [])];
     if (config.audit.stdout) sinks.push(jsonLinesSink(options.eventsOut ?? process.stdout));
@@ -283,7 +299,25 @@ export async function startGateway(
     const upstreamVersions = await discoverUndeclared(config, upstreamClients, signer, log);
     const tasks = createTaskRegistry({ store });
     const writeAccessLine = accessLogWriter(logger, tagger);
+    const ledger = createCapLedger(config, store, log);
+    cleanup.push(() => ledger.close());
+    caps = createConnectionCaps({ ledger, limits: capLimits(config) });
+    const rate = config.limits.rate;
+    const rateLimiter = rate.enabled
+      ? createRateLimiter({
+          store,
+          capacity: rate.burst,
+          refillPerSecond: rate.perSecond,
+          fallbackFactor: rate.fallbackFactor,
+          onFallback: () =>
+            log(
+              "warn",
+              "limits.rate: the store does not answer; each replica limits alone at the reduced rate",
+            ),
+        })
+      : undefined;
     handler = createGatewayHandler({
+      admission: createAdmission({ caps, rateLimiter }),
       config,
       keyring,
       authenticator,
@@ -569,4 +603,47 @@ async function startAdminListener(
     events: options.events,
   });
   return { server, url: `http://${host}:${address.port}` };
+}
+
+/** The cap limits of both pools from `limits.streams` and `limits.inflight`. */
+function capLimits(config: GatewayConfig): ConnectionCapLimits {
+  const pool = (caps: ConnectionCapsConfig) => ({
+    global: caps.global,
+    perIp: caps.perIp,
+    perPrincipal: caps.perPrincipal,
+    perSession: caps.perSession,
+  });
+  return { streams: pool(config.limits.streams), inflight: pool(config.limits.inflight) };
+}
+
+/**
+ * `limits.scope: local` counts in this process; `cluster` holds leases in the shared store, so caps
+ * hold across replicas while the store answers and a dead replica's slots come back after the lease
+ * TTL. The replica id is unique per process start (a restart never reuses a previous life's members).
+ */
+function createCapLedger(
+  config: GatewayConfig,
+  store: Store,
+  log: (level: "warn" | "error", message: string) => void,
+): CapLedger {
+  if (config.limits.scope === "local") return createLocalLedger();
+  let warned = false;
+  return createClusterLedger({
+    store,
+    leaseKey,
+    replicaId: `${
+      hostname()
+        .replace(/[^A-Za-z0-9._-]/g, "-")
+        .slice(0, 64) || "replica"
+    }-${process.pid}-${randomBytes(6).toString("hex")}`,
+    onRenewal: (report) => {
+      if (report.missing > 0 && !warned) {
+        warned = true;
+        log(
+          "warn",
+          "limits: connection-cap leases expired while the store did not answer; caps undercount until those streams end",
+        );
+      }
+    },
+  });
 }

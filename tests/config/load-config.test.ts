@@ -61,6 +61,9 @@ describe("config defaults", () => {
       maxBodyBytes: 4 * 1024 * 1024,
       maxHeaderBytes: 16 * 1024,
       maxBatchSize: 50,
+      streams: { global: 10_000, perIp: 200, perPrincipal: 50, perSession: 8 },
+      inflight: { global: 4_000, perIp: 400, perPrincipal: 100, perSession: 32 },
+      rate: { enabled: true, perSecond: 20, burst: 100, fallbackFactor: 0.25 },
     });
     assert.deepEqual(config.audit, { file: undefined, stdout: true, maxFileBytes: 128 * 1024 * 1024 });
     assert.deepEqual(config.log, { level: "info", file: undefined });

@@ -557,6 +557,26 @@ const table: Array<[string, string, unknown, string]> = [
     0,
     "limits.maxBatchSize must be a whole number from 1 to 1000",
   ],
+  [
+    "a zero per-IP stream cap",
+    "limits.streams.perIp",
+    0,
+    "limits.streams.perIp must be a whole number from 1 to 10000000",
+  ],
+  [
+    "a fractional in-flight cap",
+    "limits.inflight.global",
+    1.5,
+    "limits.inflight.global must be a whole number from 1 to 10000000",
+  ],
+  ["a negative rate", "limits.rate.perSecond", -1, "limits.rate.perSecond must be a number above 0"],
+  [
+    "a fallback share above one",
+    "limits.rate.fallbackFactor",
+    2,
+    "limits.rate.fallbackFactor must be a number above 0",
+  ],
+  ["an unknown cap level", "limits.streams.perTenant", 5, "limits.streams.perTenant is not a known setting"],
   ["no audit sink", "audit", { stdout: false }, "audit.stdout must keep stdout on when no audit.file is set"],
   ["an empty audit file name", "audit.file", "", "audit.file must be a file path"],
   [

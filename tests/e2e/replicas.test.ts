@@ -151,6 +151,57 @@ function postgresStore(backend: Backend): StoreFixture {
   };
 }
 
+/** A GET stream on `replica`; `ended` resolves when the gateway ends it. */
+async function openStream(
+  replica: GatewayProcess,
+  token: string,
+  sessionId: string,
+): Promise<{ status: number; ended: Promise<void>; abort(): void }> {
+  const controller = new AbortController();
+  const response = await fetch(`${replica.url}/mcp`, {
+    method: "GET",
+    headers: {
+      authorization: `Bearer ${token}`,
+      "mcp-session-id": sessionId,
+      "mcp-protocol-version": PROTOCOL_VERSION,
+      accept: "text/event-stream",
+    },
+    signal: controller.signal,
+  });
+  if (response.status !== 200) {
+    await response.arrayBuffer();
+    return { status: response.status, ended: Promise.resolve(), abort: () => undefined };
+  }
+  const reader = response.body?.getReader();
+  const ended = (async () => {
+    try {
+      while (reader && !(await reader.read()).done) {
+        // read until the gateway ends the stream
+      }
+    } catch {
+      // a reset or an abort is an end too
+    }
+  })();
+  return { status: response.status, ended, abort: () => controller.abort() };
+}
+
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  return Promise.race([
+    promise,
+    new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms)),
+  ]);
+}
+
+async function admin(replica: GatewayProcess, path: string, body: unknown): Promise<Record<string, unknown>> {
+  const response = await fetch(`${replica.adminUrl}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  assert.equal(response.status, 200);
+  return (await response.json()) as Record<string, unknown>;
+}
+
 function describeReplicas(label: string, backend: Backend, makeStore: (backend: Backend) => StoreFixture) {
   describe(`two gateway replicas sharing ${label}`, { skip: backend.skip }, () => {
     let store: StoreFixture | undefined;
@@ -217,6 +268,8 @@ function describeReplicas(label: string, backend: Backend, makeStore: (backend: 
         ],
         audit: { stdout: true },
         admin: { listen: { port: 0 } },
+        // Stream caps held across both processes through the store's leases.
+        limits: { scope: "cluster", streams: { perPrincipal: 2 } },
       });
       const env = { [MASTER_KEY_VARIABLE]: randomBytes(32).toString("base64url") };
       // Started together: both open (and on PostgreSQL migrate) the one shared store at once.
@@ -294,6 +347,72 @@ function describeReplicas(label: string, backend: Backend, makeStore: (backend: 
       // The owner's session is untouched by the refusals.
       const owner = await rpc(replica2, alice, sessionId, callTool("list_notes", {}));
       assert.equal(owner.status, 200, owner.text);
+    });
+
+    it("S13 replicas: revoked through replica 1's admin API, a session's stream open at replica 2 ends at once", async () => {
+      const dave = await token("dave");
+      const sessionId = await initialize(replica1, dave);
+      const stream = await openStream(replica2, dave, sessionId);
+      assert.equal(stream.status, 200);
+      const listed = await admin(replica1, "/admin/sessions/list", {
+        principal: { issuer: TEST_ISSUER, subject: "dave", tenant: "t-dave" },
+      });
+      const [only] = listed["sessions"] as Array<{ session: string }>;
+      assert.ok(only);
+      assert.deepEqual(await admin(replica1, "/admin/sessions/revoke", { session: only.session }), {
+        sessions: 1,
+        tasks: 0,
+      });
+      await within(stream.ended, 5_000, "the stream at replica 2 ending");
+      assert.equal((await rpc(replica2, dave, sessionId, callTool("list_notes", {}))).status, 404);
+    });
+
+    it("S13 replicas: the kill switch through replica 2's admin API ends a stream open at replica 1", async () => {
+      const erin = await token("erin");
+      const sessionId = await initialize(replica2, erin);
+      const stream = await openStream(replica1, erin, sessionId);
+      assert.equal(stream.status, 200);
+      assert.deepEqual(await admin(replica2, "/admin/kill-switch", { confirm: "end-every-session" }), {
+        done: true,
+      });
+      await within(stream.ended, 5_000, "the stream at replica 1 ending");
+      assert.equal((await rpc(replica1, erin, sessionId, callTool("list_notes", {}))).status, 404);
+      // Every client initializes again, and that works at once.
+      const fresh = await initialize(replica1, erin);
+      assert.equal((await rpc(replica2, erin, fresh, callTool("list_notes", {}))).status, 200);
+    });
+
+    it("L1 replicas: the per-principal stream cap holds across both processes under concurrent connects", async () => {
+      const frank = await token("frank");
+      const sessions = await Promise.all([
+        initialize(replica1, frank),
+        initialize(replica1, frank),
+        initialize(replica2, frank),
+        initialize(replica2, frank),
+      ]);
+      const streams = await Promise.all(
+        sessions.map((sessionId, index) => openStream(index < 2 ? replica1 : replica2, frank, sessionId)),
+      );
+      assert.equal(streams.filter((stream) => stream.status === 200).length, 2);
+      assert.equal(streams.filter((stream) => stream.status === 429).length, 2);
+      for (const stream of streams) stream.abort();
+      // The slots come back cluster-wide once the clients leave.
+      const deadline = Date.now() + 10_000;
+      let again = await Promise.all(
+        sessions.slice(2).map((sessionId) => openStream(replica2, frank, sessionId)),
+      );
+      while (again.some((stream) => stream.status !== 200) && Date.now() < deadline) {
+        for (const stream of again) stream.abort();
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        again = await Promise.all(
+          sessions.slice(2).map((sessionId) => openStream(replica2, frank, sessionId)),
+        );
+      }
+      assert.deepEqual(
+        again.map((stream) => stream.status),
+        [200, 200],
+      );
+      for (const stream of again) stream.abort();
     });
 
     it("S4 replicas: a session DELETEd through replica 1 is gone at replica 2", async () => {

@@ -117,6 +117,8 @@ function tail(stream: NodeJS.ReadableStream, limit = 4_000): () => string {
 export interface GatewayProcess {
   /** `http://127.0.0.1:PORT`, the bound socket (not publicUrl). */
   readonly url: string;
+  /** The admin listener's `http://host:port`, unless `admin.enabled` is false. */
+  readonly adminUrl: string | undefined;
   readonly pid: number;
   /** Security events the gateway printed on stdout (`audit.stdout: true`), parsed, in order. */
   readonly events: ReadonlyArray<Record<string, unknown>>;
@@ -161,13 +163,18 @@ export async function spawnGateway(options: SpawnGatewayOptions): Promise<Gatewa
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    const [, url = ""] = await waitForLine(
+    // serve prints the admin listener's address right after its own, when there is one.
+    const admin = options.config["admin"] as { enabled?: unknown } | undefined;
+    const adminEnabled = admin?.enabled !== false;
+    const [, last = ""] = await waitForLine(
       child,
       child.stderr!,
-      /^tenantgate: serving on (http:\/\/\S+)/,
+      adminEnabled ? /^tenantgate: admin API on (http:\/\/\S+)/ : /^tenantgate: serving on (http:\/\/\S+)/,
       () => `gateway stderr: ${stderr()}`,
     );
-    return { url, pid: child.pid ?? 0, events, stderr, output, close };
+    const url = /tenantgate: serving on (http:\/\/\S+)/.exec(allStderr())?.[1] ?? "";
+    const adminUrl = adminEnabled ? last : undefined;
+    return { url, adminUrl, pid: child.pid ?? 0, events, stderr, output, close };
   } catch (error) {
     await close();
     throw error;
