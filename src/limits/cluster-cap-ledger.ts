@@ -1,5 +1,6 @@
 import { digest } from "../crypto/ids.ts";
 import { invalidArgument } from "../errors.ts";
+import { MAX_LEASE_RENEW_MEMBERS } from "../store/arguments.ts";
 import {
   type CapLedger,
   type CapLevel,
@@ -195,18 +196,25 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
       while (next < entries.length) {
         const entry = entries[next++]!;
         const members = [...entry.members];
-        if (members.length === 0) continue;
-        try {
-          const count = await store.leaseRenew(entry.key, members, ttlMs);
-          renewed += count;
-          // Members released during the call are not missing; the figure errs low, never high.
-          let stillHeld = 0;
-          for (const member of members) if (entry.members.has(member)) stillHeld += 1;
-          missing += Math.max(0, stillHeld - count);
-        } catch (error) {
-          failedKeys += 1;
-          report("renew", error);
+        let failed = false;
+        // The store renews at most MAX_LEASE_RENEW_MEMBERS a call and refuses more: one lease set
+        // past that (a busy replica's global slots) in one call would fail every pass, and all its
+        // leases would lapse while their streams stayed open.
+        for (let start = 0; start < members.length; start += MAX_LEASE_RENEW_MEMBERS) {
+          const batch = members.slice(start, start + MAX_LEASE_RENEW_MEMBERS);
+          try {
+            const count = await store.leaseRenew(entry.key, batch, ttlMs);
+            renewed += count;
+            // Members released during the call are not missing; the figure errs low, never high.
+            let stillHeld = 0;
+            for (const member of batch) if (entry.members.has(member)) stillHeld += 1;
+            missing += Math.max(0, stillHeld - count);
+          } catch (error) {
+            failed = true;
+            report("renew", error);
+          }
         }
+        if (failed) failedKeys += 1;
       }
     };
     const workers: Promise<void>[] = [];

@@ -8,8 +8,11 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { isGateError } from "../../src/errors.ts";
+import { capSlot, createClusterLedger } from "../../src/limits/connection-caps.ts";
+import { MAX_LEASE_RENEW_MEMBERS } from "../../src/store/arguments.ts";
 import type { Store } from "../../src/store/contract.ts";
-import { bucketKey } from "../../src/store/keys.ts";
+import { bucketKey, leaseKey } from "../../src/store/keys.ts";
+import { MemoryStore } from "../../src/store/memory-store.ts";
 import { openStore } from "../../src/store/open-store.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
@@ -71,5 +74,31 @@ describe("limits review: token buckets", () => {
       for (let i = 0; i < 15; i++) if ((await store.takeTokens(smallKey, small)).allowed) smallAdmitted++;
       assert.equal(smallAdmitted, 10, name);
     });
+  });
+});
+
+describe("limits review: cluster cap ledger", () => {
+  it("L1 a replica holding more members of one lease set than a renewal call takes still renews them all", async () => {
+    const store = new MemoryStore({ maxEntries: 50_000 });
+    const ledger = createClusterLedger({
+      store,
+      leaseKey,
+      replicaId: "busy-replica",
+      leaseTtlMs: 30_000,
+      renewEveryMs: 29_999,
+    });
+    try {
+      // A global stream cap of 20,000 across the cluster, 10,001 streams open on this replica: one
+      // lease set, more members than leaseRenew accepts in a call. The renewal used to fail for the
+      // whole set, every pass, so every slot lapsed after the TTL while its stream stayed open.
+      const slot = capSlot("streams", "global", "");
+      const held = MAX_LEASE_RENEW_MEMBERS + 1;
+      for (let i = 0; i < held; i++) assert.equal(await ledger.acquire(slot, 20_000), "held");
+      const report = await ledger.renew();
+      assert.deepEqual(report, { keys: 1, renewed: held, missing: 0, failedKeys: 0 });
+    } finally {
+      await ledger.close();
+      await store.close();
+    }
   });
 });
