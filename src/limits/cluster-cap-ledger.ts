@@ -1,4 +1,4 @@
-import { digest } from "../crypto/ids.ts";
+import { digest, mintId } from "../crypto/ids.ts";
 import { invalidArgument } from "../errors.ts";
 import { MAX_LEASE_RENEW_MEMBERS } from "../store/arguments.ts";
 import {
@@ -56,9 +56,11 @@ export interface ClusterLedgerOptions<K> {
   readonly store: LeaseStore<K>;
   readonly leaseKey: LeaseKeyBuilder<K>;
   /**
-   * Names this process in lease members (`${replicaId}:${n}`). Must be unique per process start
-   * (e.g. host name plus a random suffix): a restarted replica reusing its id would count from 1
-   * again and could collide with members of its previous life that have not expired yet.
+   * Names this process in lease members (`${replicaId}:${instance}:${n}`), for operators reading
+   * the store. Need not be unique: each ledger adds a random instance id of its own, because two
+   * ledgers whose members collide would share slots (an acquire finding "its" member present counts
+   * as held without taking a slot), and replica names repeat (one host name in two containers, a
+   * restart within the TTL).
    */
   readonly replicaId: string;
   /** How long a lease lives without renewal: how long a dead replica's slots stay taken. Default 30 s. */
@@ -139,6 +141,9 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
   const heldTotals = [0, 0, 0, 0, 0, 0, 0, 0];
   const subjectTotals = [0, 0, 0, 0, 0, 0, 0, 0];
   const releasesInFlight = new Set<Promise<void>>();
+  // 128 random bits: no other ledger, on any replica or in an earlier life of this one, makes the
+  // same members (see replicaId).
+  const memberPrefix = `${replicaId}:${mintId(16)}:`;
   let memberCounter = 0;
   let closed = false;
   let renewing: Promise<LeaseRenewalReport> | undefined;
@@ -246,7 +251,7 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
       if (closed) return "unavailable";
       let key: K;
       let call: Promise<boolean>;
-      const member = `${replicaId}:${++memberCounter}`;
+      const member = `${memberPrefix}${++memberCounter}`;
       try {
         key = keyFor(slot);
         call = Promise.resolve(store.leaseAcquire(key, member, limit, ttlMs));

@@ -101,4 +101,24 @@ describe("limits review: cluster cap ledger", () => {
       await store.close();
     }
   });
+
+  it("L1 two ledgers started with one replicaId never share a lease member, so a cap of 1 admits one", async () => {
+    // Two containers with one host name, or a replica restarted within the TTL: both count from 1,
+    // and the second's acquire of "<id>:1" found the first's member present and was "refreshed"
+    // into a slot it never took.
+    const store = new MemoryStore();
+    const first = createClusterLedger({ store, leaseKey, replicaId: "gateway", renewEveryMs: 9_999 });
+    const second = createClusterLedger({ store, leaseKey, replicaId: "gateway", renewEveryMs: 9_999 });
+    try {
+      const slot = capSlot("streams", "ip", "ip-1");
+      assert.equal(await first.acquire(slot, 1), "held");
+      assert.equal(await second.acquire(slot, 1), "full");
+      first.release(slot);
+      await first.close();
+      assert.equal(await second.acquire(slot, 1), "held", "the slot the first gave back");
+    } finally {
+      await second.close();
+      await store.close();
+    }
+  });
 });
