@@ -6,17 +6,22 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
+import pg from "pg";
 import { isGateError } from "../../src/errors.ts";
 import { capSlot, createClusterLedger } from "../../src/limits/connection-caps.ts";
+import { createRateLimiter } from "../../src/limits/rate-limiter.ts";
 import { MAX_LEASE_RENEW_MEMBERS } from "../../src/store/arguments.ts";
 import type { Store } from "../../src/store/contract.ts";
 import { bucketKey, leaseKey } from "../../src/store/keys.ts";
 import { MemoryStore } from "../../src/store/memory-store.ts";
 import { openStore } from "../../src/store/open-store.ts";
+import { openPostgresStore } from "../../src/store/postgres-store.ts";
+import { postgresBackend } from "../support/backends.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
 const cases = await storeBackendCases("limits-review");
+const postgres = await postgresBackend();
 
 function unique(prefix: string): string {
   return `${prefix}-${randomBytes(6).toString("hex")}`;
@@ -119,6 +124,86 @@ describe("limits review: cluster cap ledger", () => {
     } finally {
       await second.close();
       await store.close();
+    }
+  });
+});
+
+describe("limits review: PostgreSQL isolation", { skip: postgres.skip }, () => {
+  const schemas: string[] = [];
+  after(async () => {
+    const client = new pg.Client({ connectionString: postgres.url, connectionTimeoutMillis: 5_000 });
+    await client.connect();
+    try {
+      for (const schema of schemas) await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    } finally {
+      await client.end();
+    }
+  });
+
+  /**
+   * Two stores (two pools) on a server whose default isolation is REPEATABLE READ, as an
+   * `ALTER DATABASE … SET default_transaction_isolation` or `ALTER ROLE … SET` would make it; the
+   * startup option stands in for those here so no other test sees it.
+   */
+  async function openRepeatableRead(): Promise<[Store, Store]> {
+    const schema = `tgtest_${process.pid}_${randomBytes(6).toString("hex")}`;
+    schemas.push(schema);
+    const url = new URL(postgres.url);
+    url.search = "";
+    url.searchParams.set("options", "-c default_transaction_isolation=repeatable\\ read");
+    const open = () => openPostgresStore({ url: url.toString(), schema, poolSize: 4 });
+    const first = await open();
+    return [first, await open()];
+  }
+
+  it("L1 S8 concurrent lease acquires over two pools never pass the limit when the database defaults to repeatable read", async () => {
+    const [a, b] = await openRepeatableRead();
+    try {
+      // Under REPEATABLE READ the function's statements all read the snapshot taken before its
+      // advisory lock: an acquirer that waited on the lock counted without the inserts it waited
+      // for, and a limit of 10 admitted 17.
+      for (let round = 0; round < 3; round++) {
+        const key = leaseKey("review-lease", unique(`round-${round}`));
+        const results = await Promise.all(
+          Array.from({ length: 200 }, (_, i) => [a, b][i % 2]!.leaseAcquire(key, `m-${i}`, 10, 60_000)),
+        );
+        assert.equal(results.filter(Boolean).length, 10, `round ${round}`);
+        assert.equal(await a.leaseCount(key), 10, `round ${round}`);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  it("L2 concurrent takes from one bucket answer (no serialization failure, so no fallback) when the database defaults to repeatable read", async () => {
+    const [a, b] = await openRepeatableRead();
+    try {
+      // A serialization failure (40001) surfaced as ERR_STORE_UNAVAILABLE: two concurrent requests
+      // of one principal were enough to put the rate limiter into its fallback at will.
+      const fallbacks: unknown[] = [];
+      const limiter = createRateLimiter({
+        store: a,
+        capacity: 50,
+        refillPerSecond: 0.001,
+        onFallback: (event) => {
+          fallbacks.push(event);
+        },
+      });
+      const key = bucketKey("review-rate", unique("rr"));
+      const outcomes = await Promise.all(
+        Array.from({ length: 200 }, (_, i) =>
+          [a, b][i % 2]!.takeTokens(key, { capacity: 50, refillPerSecond: 0.001 }),
+        ),
+      );
+      assert.equal(outcomes.filter((o) => o.allowed).length, 50);
+      const decisions = await Promise.all(Array.from({ length: 100 }, () => limiter.take("principal")));
+      assert.equal(decisions.filter((d) => d.allowed).length, 50);
+      assert.ok(decisions.every((d) => !d.degraded));
+      assert.equal(fallbacks.length, 0);
+    } finally {
+      await a.close();
+      await b.close();
     }
   });
 });
