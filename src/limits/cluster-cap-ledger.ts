@@ -1,6 +1,6 @@
 import { digest, mintId } from "../crypto/ids.ts";
 import { invalidArgument } from "../errors.ts";
-import { MAX_LEASE_RENEW_MEMBERS } from "../store/arguments.ts";
+import { MAX_LEASE_LIMIT, MAX_LEASE_RENEW_MEMBERS } from "../store/arguments.ts";
 import {
   type CapLedger,
   type CapLevel,
@@ -42,8 +42,9 @@ export interface LeaseRenewalReport {
   readonly renewed: number;
   /**
    * Members this replica still holds that the store no longer had (they expired: the store did not
-   * answer for longer than the TTL). Those streams stay open uncounted until they end; a non-zero
-   * value is worth an alert.
+   * answer for longer than the TTL). They are added back, past the limit if need be, so the open
+   * streams count again; until then other replicas could admit beyond the caps, so a non-zero value
+   * is worth an alert.
    */
   readonly missing: number;
   /** Lease sets whose renewal the store refused or failed. */
@@ -191,6 +192,29 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
     }
   };
 
+  const startRelease = (key: K, member: string): void => {
+    const task = releaseLease(key, member);
+    releasesInFlight.add(task);
+    void task.then(() => releasesInFlight.delete(task));
+  };
+
+  /**
+   * Adds back the members of `batch` this replica still holds after the store lost some (it did not
+   * answer for longer than the TTL), past the limit if need be: their streams are open whether
+   * counted or not, and only counting them again refuses new ones, on every replica, until enough
+   * end (L1: caps hold while the store answers). leaseRenew does not say which members it missed,
+   * so each is acquired: that refreshes a member still there and re-adds one that is gone.
+   */
+  const restore = async (entry: HeldLeases<K>, batch: readonly string[]): Promise<void> => {
+    for (const member of batch) {
+      if (!entry.members.has(member)) continue;
+      await store.leaseAcquire(entry.key, member, MAX_LEASE_LIMIT, ttlMs);
+      // Released while it was being added back: its release may have run first, so give it back
+      // again rather than leave it counted until the TTL.
+      if (!entry.members.has(member)) startRelease(entry.key, member);
+    }
+  };
+
   const renewPass = async (): Promise<LeaseRenewalReport> => {
     const entries = [...held.values()];
     let next = 0;
@@ -214,6 +238,7 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
             let stillHeld = 0;
             for (const member of batch) if (entry.members.has(member)) stillHeld += 1;
             missing += Math.max(0, stillHeld - count);
+            if (stillHeld > count) await restore(entry, batch);
           } catch (error) {
             failed = true;
             report("renew", error);
@@ -286,9 +311,7 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
         held.delete(slot.id);
         subjectTotals[index]! -= 1;
       }
-      const task = releaseLease(entry.key, member);
-      releasesInFlight.add(task);
-      void task.then(() => releasesInFlight.delete(task));
+      startRelease(entry.key, member);
     },
 
     occupancy: () => occupancyFrom(heldTotals, subjectTotals),

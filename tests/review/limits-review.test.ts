@@ -8,12 +8,13 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, describe, it } from "node:test";
 import pg from "pg";
+import { digest } from "../../src/crypto/ids.ts";
 import { isGateError } from "../../src/errors.ts";
-import { capSlot, createClusterLedger } from "../../src/limits/connection-caps.ts";
+import { capSlot, createClusterLedger, type LeaseStore } from "../../src/limits/connection-caps.ts";
 import { createRateLimiter } from "../../src/limits/rate-limiter.ts";
 import { MAX_LEASE_RENEW_MEMBERS } from "../../src/store/arguments.ts";
 import type { Store } from "../../src/store/contract.ts";
-import { bucketKey, leaseKey } from "../../src/store/keys.ts";
+import { bucketKey, type LeaseKey, leaseKey } from "../../src/store/keys.ts";
 import { MemoryStore } from "../../src/store/memory-store.ts";
 import { openStore } from "../../src/store/open-store.ts";
 import { openPostgresStore } from "../../src/store/postgres-store.ts";
@@ -124,6 +125,52 @@ describe("limits review: cluster cap ledger", () => {
     } finally {
       await second.close();
       await store.close();
+    }
+  });
+});
+
+describe("limits review: cluster cap ledger after a long outage", () => {
+  it("L1 once the store answers again after an outage longer than the lease TTL, streams still open count again", async () => {
+    // A real memory store on a clock the test moves, behind a switch that makes every call fail as
+    // an unreachable store does.
+    let now = 1_000_000;
+    const memory = new MemoryStore({ now: () => now });
+    let down = false;
+    const unreachable = () => Promise.reject(new Error("store unreachable"));
+    const store: LeaseStore<LeaseKey> = {
+      leaseAcquire: (...args) => (down ? unreachable() : memory.leaseAcquire(...args)),
+      leaseRenew: (...args) => (down ? unreachable() : memory.leaseRenew(...args)),
+      leaseRelease: (...args) => (down ? unreachable() : memory.leaseRelease(...args)),
+      leaseCount: (...args) => (down ? unreachable() : memory.leaseCount(...args)),
+    };
+    const options = { store, leaseKey, leaseTtlMs: 30_000, renewEveryMs: 29_999, releaseRetryDelayMs: 0 };
+    const a = createClusterLedger({ ...options, replicaId: "replica-a" });
+    const b = createClusterLedger({ ...options, replicaId: "replica-b" });
+    const slot = capSlot("streams", "principal", "alice");
+    const key = leaseKey("conn-cap", "streams", "principal", digest("conn-cap", "alice"));
+    try {
+      assert.equal(await a.acquire(slot, 2), "held");
+      assert.equal(await a.acquire(slot, 2), "held");
+      down = true;
+      now += 31_000;
+      assert.equal((await a.renew()).failedKeys, 1);
+      down = false;
+      // The store answers again; A's two streams are still open but their leases lapsed.
+      assert.equal((await a.renew()).missing, 2, "reported");
+      assert.equal(await memory.leaseCount(key), 2, "and counted again");
+      assert.equal(await b.acquire(slot, 2), "full", "so the cap of 2 holds across replicas");
+      a.release(slot);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(await b.acquire(slot, 2), "held", "the slot A gave back");
+      a.release(slot);
+      b.release(slot);
+      await a.close();
+      await b.close();
+      assert.equal(await memory.leaseCount(key), 0, "every slot returned");
+    } finally {
+      await a.close();
+      await b.close();
+      await memory.close();
     }
   });
 });
