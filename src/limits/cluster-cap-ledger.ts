@@ -1,5 +1,6 @@
-import { digest } from "../crypto/ids.ts";
+import { digest, mintId } from "../crypto/ids.ts";
 import { invalidArgument } from "../errors.ts";
+import { MAX_LEASE_LIMIT, MAX_LEASE_RENEW_MEMBERS } from "../store/arguments.ts";
 import {
   type CapLedger,
   type CapLevel,
@@ -41,8 +42,9 @@ export interface LeaseRenewalReport {
   readonly renewed: number;
   /**
    * Members this replica still holds that the store no longer had (they expired: the store did not
-   * answer for longer than the TTL). Those streams stay open uncounted until they end; a non-zero
-   * value is worth an alert.
+   * answer for longer than the TTL). They are added back, past the limit if need be, so the open
+   * streams count again; until then other replicas could admit beyond the caps, so a non-zero value
+   * is worth an alert.
    */
   readonly missing: number;
   /** Lease sets whose renewal the store refused or failed. */
@@ -55,9 +57,11 @@ export interface ClusterLedgerOptions<K> {
   readonly store: LeaseStore<K>;
   readonly leaseKey: LeaseKeyBuilder<K>;
   /**
-   * Names this process in lease members (`${replicaId}:${n}`). Must be unique per process start
-   * (e.g. host name plus a random suffix): a restarted replica reusing its id would count from 1
-   * again and could collide with members of its previous life that have not expired yet.
+   * Names this process in lease members (`${replicaId}:${instance}:${n}`), for operators reading
+   * the store. Need not be unique: each ledger adds a random instance id of its own, because two
+   * ledgers whose members collide would share slots (an acquire finding "its" member present counts
+   * as held without taking a slot), and replica names repeat (one host name in two containers, a
+   * restart within the TTL).
    */
   readonly replicaId: string;
   /** How long a lease lives without renewal: how long a dead replica's slots stay taken. Default 30 s. */
@@ -138,6 +142,9 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
   const heldTotals = [0, 0, 0, 0, 0, 0, 0, 0];
   const subjectTotals = [0, 0, 0, 0, 0, 0, 0, 0];
   const releasesInFlight = new Set<Promise<void>>();
+  // 128 random bits: no other ledger, on any replica or in an earlier life of this one, makes the
+  // same members (see replicaId).
+  const memberPrefix = `${replicaId}:${mintId(16)}:`;
   let memberCounter = 0;
   let closed = false;
   let renewing: Promise<LeaseRenewalReport> | undefined;
@@ -185,6 +192,29 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
     }
   };
 
+  const startRelease = (key: K, member: string): void => {
+    const task = releaseLease(key, member);
+    releasesInFlight.add(task);
+    void task.then(() => releasesInFlight.delete(task));
+  };
+
+  /**
+   * Adds back the members of `batch` this replica still holds after the store lost some (it did not
+   * answer for longer than the TTL), past the limit if need be: their streams are open whether
+   * counted or not, and only counting them again refuses new ones, on every replica, until enough
+   * end (L1: caps hold while the store answers). leaseRenew does not say which members it missed,
+   * so each is acquired: that refreshes a member still there and re-adds one that is gone.
+   */
+  const restore = async (entry: HeldLeases<K>, batch: readonly string[]): Promise<void> => {
+    for (const member of batch) {
+      if (!entry.members.has(member)) continue;
+      await store.leaseAcquire(entry.key, member, MAX_LEASE_LIMIT, ttlMs);
+      // Released while it was being added back: its release may have run first, so give it back
+      // again rather than leave it counted until the TTL.
+      if (!entry.members.has(member)) startRelease(entry.key, member);
+    }
+  };
+
   const renewPass = async (): Promise<LeaseRenewalReport> => {
     const entries = [...held.values()];
     let next = 0;
@@ -195,18 +225,26 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
       while (next < entries.length) {
         const entry = entries[next++]!;
         const members = [...entry.members];
-        if (members.length === 0) continue;
-        try {
-          const count = await store.leaseRenew(entry.key, members, ttlMs);
-          renewed += count;
-          // Members released during the call are not missing; the figure errs low, never high.
-          let stillHeld = 0;
-          for (const member of members) if (entry.members.has(member)) stillHeld += 1;
-          missing += Math.max(0, stillHeld - count);
-        } catch (error) {
-          failedKeys += 1;
-          report("renew", error);
+        let failed = false;
+        // The store renews at most MAX_LEASE_RENEW_MEMBERS a call and refuses more: one lease set
+        // past that (a busy replica's global slots) in one call would fail every pass, and all its
+        // leases would lapse while their streams stayed open.
+        for (let start = 0; start < members.length; start += MAX_LEASE_RENEW_MEMBERS) {
+          const batch = members.slice(start, start + MAX_LEASE_RENEW_MEMBERS);
+          try {
+            const count = await store.leaseRenew(entry.key, batch, ttlMs);
+            renewed += count;
+            // Members released during the call are not missing; the figure errs low, never high.
+            let stillHeld = 0;
+            for (const member of batch) if (entry.members.has(member)) stillHeld += 1;
+            missing += Math.max(0, stillHeld - count);
+            if (stillHeld > count) await restore(entry, batch);
+          } catch (error) {
+            failed = true;
+            report("renew", error);
+          }
         }
+        if (failed) failedKeys += 1;
       }
     };
     const workers: Promise<void>[] = [];
@@ -238,7 +276,7 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
       if (closed) return "unavailable";
       let key: K;
       let call: Promise<boolean>;
-      const member = `${replicaId}:${++memberCounter}`;
+      const member = `${memberPrefix}${++memberCounter}`;
       try {
         key = keyFor(slot);
         call = Promise.resolve(store.leaseAcquire(key, member, limit, ttlMs));
@@ -273,9 +311,7 @@ export function createClusterLedger<K>(options: ClusterLedgerOptions<K>): Cluste
         held.delete(slot.id);
         subjectTotals[index]! -= 1;
       }
-      const task = releaseLease(entry.key, member);
-      releasesInFlight.add(task);
-      void task.then(() => releasesInFlight.delete(task));
+      startRelease(entry.key, member);
     },
 
     occupancy: () => occupancyFrom(heldTotals, subjectTotals),

@@ -73,6 +73,8 @@ export function storeClosed(backend: StoreBackend): GateError {
 /** Bounds on a token bucket, far inside what doubles hold exactly enough on every backend. */
 export const MAX_BUCKET_CAPACITY = 1e9;
 export const MAX_BUCKET_REFILL_PER_SECOND = 1e6;
+/** The smallest cost a take may have (and so the smallest capacity): see checkBucket. */
+export const MIN_BUCKET_COST = 1e-3;
 
 /** A bucket as every adapter computes it: rates per millisecond, cost resolved. */
 export interface BucketParameters {
@@ -102,6 +104,11 @@ export function checkBucket(bucket: TokenBucket): BucketParameters {
   }
   // Checked when defaulted too: a bucket smaller than its cost would refuse every take forever.
   const cost = positiveFinite("cost", bucket.cost ?? 1, capacity);
+  // Every backend compares with BUCKET_EPSILON (1e-6 tokens) of slack and caps the tokens lacking at
+  // capacity, so a cost inside the slack is admitted by every take however empty the bucket is, and
+  // rates that small underflow to 0 per ms. From MIN_BUCKET_COST up the slack is at most a
+  // thousandth of one take (capacity >= cost, so both bounds hold for capacity and refill too).
+  if (cost < MIN_BUCKET_COST) throw invalidArgument("cost", `must be at least ${MIN_BUCKET_COST}`);
   return { capacity, refillPerMs: refillPerSecond / 1000, cost };
 }
 

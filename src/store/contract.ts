@@ -48,14 +48,17 @@ export interface CounterOutcome {
 }
 
 export interface TokenBucket {
-  /** Most tokens the bucket holds (a positive finite number, at most 1e9). */
+  /** Most tokens the bucket holds (a finite number from the cost, at least 0.001, to 1e9). */
   readonly capacity: number;
   /**
    * Tokens added per second (a positive finite number, at most 1e6). An empty bucket must refill
    * within the store's longest TTL (30 days): capacity / refillPerSecond <= 2,592,000.
    */
   readonly refillPerSecond: number;
-  /** Tokens this call takes: a positive finite number, at most `capacity`. Default 1. */
+  /**
+   * Tokens this call takes: a finite number from 0.001 (well above the 1e-6 tokens of rounding slack
+   * every backend allows) to `capacity`. Default 1.
+   */
   readonly cost?: number;
 }
 

@@ -519,9 +519,16 @@ function createPool(url: string, timeoutMs: number, poolSize: number): Connectio
     // there too, just after the client gave up. Set per connection (not as startup parameters, which
     // PgBouncer refuses), awaited by the pool before the connection serves any caller; if it fails,
     // the pool drops the connection and the caller gets the error.
+    //
+    // Every atomicity argument below assumes READ COMMITTED: a statement that waited on a lock reads
+    // the rows committed meanwhile (lease_acquire's count after its advisory lock; ON CONFLICT and
+    // UPDATE re-reading the latest row). A database or role defaulting to REPEATABLE READ would let
+    // lease sets pass their limit and turn concurrent takes into serialization failures, so the
+    // connection pins it rather than inheriting whatever ALTER DATABASE/ROLE … SET chose.
     onConnect: async (client: pg.ClientBase) => {
       await client.query(
-        `SET statement_timeout = ${timeoutMs + SERVER_TIMEOUT_MARGIN_MS}; SET lock_timeout = ${timeoutMs}`,
+        `SET statement_timeout = ${timeoutMs + SERVER_TIMEOUT_MARGIN_MS}; SET lock_timeout = ${timeoutMs}; ` +
+          "SET default_transaction_isolation = 'read committed'",
       );
     },
     stream: () => {
