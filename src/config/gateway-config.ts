@@ -108,6 +108,8 @@ export interface SessionsConfig {
   readonly absoluteTimeoutMs: number;
   readonly maxPerPrincipal: number;
   readonly onLimit: "evict-oldest" | "reject";
+  /** Live sessions one tenant (issuer, tenant) may hold; undefined: no tenant cap. */
+  readonly maxPerTenant: number | undefined;
 }
 
 export interface LimitsConfig {

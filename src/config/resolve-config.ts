@@ -183,6 +183,7 @@ export function resolveConfig(
       absoluteTimeoutMs: parsed.sessions.absoluteTimeout,
       maxPerPrincipal: parsed.sessions.maxPerPrincipal,
       onLimit: parsed.sessions.onLimit,
+      maxPerTenant: parsed.sessions.maxPerTenant,
     },
     limits: parsed.limits,
     audit: {

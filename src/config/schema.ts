@@ -360,6 +360,7 @@ const sessionsSchema = z
     absoluteTimeout: duration(1_000, 30 * DAY_MS, "from 1s to 720h").prefault("8h"),
     maxPerPrincipal: integer(1, 100_000).default(100),
     onLimit: z.enum(["evict-oldest", "reject"]).default("reject"),
+    maxPerTenant: integer(1, 100_000_000).optional(),
   })
   .prefault({})
   .superRefine((sessions, ctx) => {

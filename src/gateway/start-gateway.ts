@@ -229,6 +229,7 @@ export async function startGateway(
       idleTimeoutMs: config.sessions.idleTimeoutMs,
       maxPerPrincipal: config.sessions.maxPerPrincipal,
       onLimit: config.sessions.onLimit,
+      ...(config.sessions.maxPerTenant === undefined ? {} : { maxPerTenant: config.sessions.maxPerTenant }),
       onDenied: (denial) => securityEvents.emit(sessionDeniedEvent(denial)),
     });
 

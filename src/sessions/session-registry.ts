@@ -1,4 +1,4 @@
-import { looksLikeMintedId, mintId } from "../crypto/ids.ts";
+import { digest, looksLikeMintedId, mintId } from "../crypto/ids.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import { openToString, type SealContext, seal } from "../crypto/seal.ts";
 import { GateError, invalidArgument } from "../errors.ts";
@@ -12,6 +12,8 @@ import {
 import { MAX_TTL_MS } from "../store/arguments.ts";
 import type { Store } from "../store/contract.ts";
 import {
+  type LeaseKey,
+  leaseKey,
   type OwnerScope,
   ownedKey,
   ownerIndexKey,
@@ -102,6 +104,13 @@ export interface SessionRegistryOptions {
    */
   readonly maxPerPrincipal?: number;
   readonly onLimit?: "evict-oldest" | "reject";
+  /**
+   * sessions.maxPerTenant: live sessions one tenant (issuer, tenant) may hold, counted atomically in
+   * a lease set (THREATS L6: one tenant creating sessions without end never takes another's room).
+   * At the cap a create is refused (ERR_SESSION_LIMIT); nothing of anyone is evicted. A session's
+   * slot lapses with its idle timeout (renewed with its activity) and is freed when it ends.
+   */
+  readonly maxPerTenant?: number;
 }
 
 export interface CreateSessionInput {
@@ -217,6 +226,8 @@ const KILL_RECORD_VERSION = 1;
 const MAPPING_KIND = "session-upstream";
 /** The session's activity record: present while the session is not idle (its TTL is the idle timeout). */
 const SEEN_KIND = "session-seen";
+/** The lease sets counting each tenant's live sessions. */
+const TENANT_LEASE_KIND = "tenant-sessions";
 /** Sessions whose last touch this replica remembers, to throttle activity writes; cleared when full. */
 const MAX_REMEMBERED_TOUCHES = 100_000;
 const SEAL_PURPOSE = "upstream-session";
@@ -307,6 +318,11 @@ function mappingContext(owner: OwnerScope, upstream: string, sessionDigest: stri
     purpose: SEAL_PURPOSE,
     owner: [owner.tenant, owner.issuer, owner.subject, upstream, sessionDigest],
   };
+}
+
+/** The lease set of one tenant's live sessions (sessions.maxPerTenant); the tenant by digest only. */
+function tenantLeaseKey(owner: OwnerScope): LeaseKey {
+  return leaseKey(TENANT_LEASE_KIND, digest("tenant-sessions", JSON.stringify([owner.issuer, owner.tenant])));
 }
 
 function mappingKey(owner: OwnerScope, sessionDigest: string): RecordKey {
@@ -403,6 +419,10 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       ? 0
       : (options.touchIntervalMs ?? Math.min(Math.floor(idleTimeoutMs / 10), 60_000));
   const lastTouch = new Map<string, number>();
+  const maxPerTenant = options.maxPerTenant;
+  if (maxPerTenant !== undefined && (!Number.isSafeInteger(maxPerTenant) || maxPerTenant < 1)) {
+    throw invalidArgument("maxPerTenant", "must be a positive integer");
+  }
   /**
    * The newest kill generation this replica has seen in the store. It only grows, and only from what
    * the store holds (never from a message), so it is never ahead of the store.
@@ -466,7 +486,19 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     lastTouch.set(sessionDigest, at);
     const ttlMs = Math.min(idleTimeoutMs + touchIntervalMs, expiresAt - at);
     if (ttlMs <= 0) return;
-    await store.put(seenKey(owner, sessionDigest), String(at), { ttlMs });
+    await Promise.all([
+      store.put(seenKey(owner, sessionDigest), String(at), { ttlMs }),
+      // The tenant slot lives as long as the activity record: an idle session frees it.
+      maxPerTenant === undefined
+        ? undefined
+        : store.leaseRenew(tenantLeaseKey(owner), [sessionDigest], ttlMs),
+    ]);
+  }
+
+  /** How long a session's tenant slot lasts without activity: its idle window, never past its expiry. */
+  function tenantLeaseTtl(expiresAt: number): number {
+    const remaining = Math.max(1, expiresAt - Math.floor(now()));
+    return idleTimeoutMs === undefined ? remaining : Math.min(idleTimeoutMs + touchIntervalMs, remaining);
   }
 
   function deny(denial: SessionDenial): null {
@@ -521,6 +553,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     await store.delete(seenKey(owner, sessionDigest));
     lastTouch.delete(sessionDigest);
     await store.indexRemove(ownerIndexKey(owner, SESSION_KIND), sessionDigest);
+    if (maxPerTenant !== undefined) await store.leaseRelease(tenantLeaseKey(owner), sessionDigest);
     return removed;
   }
 
@@ -673,6 +706,19 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         if (!outcome.won) continue;
         const sessionDigest = digestOf(key);
         try {
+          // The tenant's slot, taken atomically before the session is usable or indexed; refused at
+          // the cap, and the claimed record removed below (the client never learns this id).
+          if (
+            maxPerTenant !== undefined &&
+            !(await store.leaseAcquire(
+              tenantLeaseKey(owner),
+              sessionDigest,
+              maxPerTenant,
+              tenantLeaseTtl(record.expiresAt),
+            ))
+          ) {
+            throw new GateError("ERR_SESSION_LIMIT", "too many sessions", { detail: "max-per-tenant" });
+          }
           // Activity first: a member of the index without it would look idle to a concurrent
           // create's makeRoomFor, which removes idle sessions.
           await touch(owner, sessionDigest, record.expiresAt, true);

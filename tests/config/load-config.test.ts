@@ -55,6 +55,7 @@ describe("config defaults", () => {
       absoluteTimeoutMs: 8 * 3_600_000,
       maxPerPrincipal: 100,
       onLimit: "reject",
+      maxPerTenant: undefined,
     });
     assert.deepEqual(config.limits, {
       scope: "local",

@@ -577,6 +577,7 @@ const table: Array<[string, string, unknown, string]> = [
     "limits.rate.fallbackFactor must be a number above 0",
   ],
   ["an unknown cap level", "limits.streams.perTenant", 5, "limits.streams.perTenant is not a known setting"],
+  ["a zero tenant cap", "sessions.maxPerTenant", 0, "sessions.maxPerTenant must be a whole number from 1"],
   ["no audit sink", "audit", { stdout: false }, "audit.stdout must keep stdout on when no audit.file is set"],
   ["an empty audit file name", "audit.file", "", "audit.file must be a file path"],
   [
