@@ -137,7 +137,26 @@ interface OpenStream {
   readonly killGeneration: number | null;
   /** Whether the stream's session still resolves; null for modern streams, which have no session. */
   readonly stillValid: (() => Promise<boolean>) | null;
+  /**
+   * GET streams end at shutdown (their clients reconnect elsewhere); streamed answers to a POST are
+   * requests in flight, which shutdown lets finish.
+   */
+  readonly endsAtShutdown: boolean;
   readonly end: () => void;
+}
+
+/** Whether a revocation notice names an open stream. */
+function revokedBy(stream: OpenStream, notice: RevocationNotice): boolean {
+  switch (notice.kind) {
+    case "session":
+      return stream.sessionDigest === notice.sessionDigest;
+    case "principal":
+      return stream.principalDigest === notice.principalDigest;
+    case "all":
+      // Streams of sessions created after this kill switch are left alone: a late notice must not
+      // cut them. Every modern stream ends (there is no session to tell its age by).
+      return stream.killGeneration === null || stream.killGeneration < notice.generation;
+  }
 }
 
 /** Everything one request carries through the pipeline once it has been routed. */
@@ -175,7 +194,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   /** Each request's record while it is in flight, filled in as the pipeline learns. */
   const drafts = new WeakMap<ServerResponse, RequestRecordDraft>();
   const draftOf = (response: ServerResponse): Partial<RequestRecordDraft> => drafts.get(response) ?? {};
-  /** Open streams (legacy GET streams and modern SSE answers), each with the way to end it cleanly. */
+  /**
+   * Open streams (legacy GET streams, legacy POSTs answered with a stream, modern SSE answers), each
+   * with the way to end it cleanly.
+   */
   const openStreams = new Map<ServerResponse, OpenStream>();
 
   function endStreamsWhere(matches: (stream: OpenStream) => boolean): void {
@@ -223,28 +245,30 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
    * ends; its client asks again and is judged afresh.
    */
   function revalidateStreams(): void {
-    for (const [response, stream] of openStreams) {
-      const check = stream.stillValid;
-      if (check === null) {
-        openStreams.delete(response);
-        stream.end();
-        continue;
-      }
-      const judge = async (): Promise<boolean> => {
-        for (let attempt = 1; ; attempt++) {
-          try {
-            return await check();
-          } catch {
-            if (attempt >= REVALIDATE_ATTEMPTS || !openStreams.has(response)) return false;
-            await new Promise((resolve) => setTimeout(resolve, REVALIDATE_RETRY_MS * attempt));
-          }
-        }
-      };
-      void judge().then((valid) => {
-        if (valid || !openStreams.delete(response)) return;
-        stream.end();
-      });
+    for (const [response, stream] of openStreams) revalidate(response, stream);
+  }
+
+  function revalidate(response: ServerResponse, stream: OpenStream): void {
+    const check = stream.stillValid;
+    if (check === null) {
+      openStreams.delete(response);
+      stream.end();
+      return;
     }
+    const judge = async (): Promise<boolean> => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await check();
+        } catch {
+          if (attempt >= REVALIDATE_ATTEMPTS || !openStreams.has(response)) return false;
+          await new Promise((resolve) => setTimeout(resolve, REVALIDATE_RETRY_MS * attempt));
+        }
+      }
+    };
+    void judge().then((valid) => {
+      if (valid || !openStreams.delete(response)) return;
+      stream.end();
+    });
   }
 
   function refuse(
@@ -826,6 +850,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         principalDigest: principalDigest(ownerScope(principal)),
         killGeneration: null,
         stillValid: null,
+        endsAtShutdown: false,
         end,
       });
       endStreamAt(response, principal.expiresAt ?? Number.POSITIVE_INFINITY, end);
@@ -1288,16 +1313,28 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       keepAlive.unref();
       response.once("close", () => clearInterval(keepAlive));
     }
-    if (options.cancelOnClientClose) {
-      // A GET stream: at shutdown it is ended between events, and the upstream side is dropped.
+    if (streamed) {
+      // A GET stream, or a POST answered with a stream (a long-running tool): both are open streams
+      // that a revocation of their session or principal, or the kill switch, ends (THREATS S13).
       const stream = body;
-      const end = () => {
-        clearInterval(keepAlive);
-        openStreams.delete(response);
-        stream.unpipe(response);
-        answer.body.destroy();
-        response.end();
-      };
+      const end = options.cancelOnClientClose
+        ? () => {
+            // A GET stream: the upstream side is dropped.
+            clearInterval(keepAlive);
+            openStreams.delete(response);
+            stream.unpipe(response);
+            answer.body.destroy();
+            response.end();
+          }
+        : () => {
+            // A POST's answer: the client's side ends; the upstream's answer is still read to its
+            // end, as when a client leaves (a disconnect is not a cancellation).
+            clearInterval(keepAlive);
+            openStreams.delete(response);
+            stream.unpipe(response);
+            stream.resume();
+            response.end();
+          };
       const streamPrincipal = options.principal;
       openStreams.set(response, {
         sessionDigest: session.sessionDigest,
@@ -1307,20 +1344,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
           streamPrincipal === undefined || sessionId === undefined
             ? async () => false
             : async () => (await sessions.resolve(sessionId, streamPrincipal, upstream.name)) !== null,
+        endsAtShutdown: options.cancelOnClientClose,
         end,
       });
       endStreamAt(response, deadline, end);
-    } else if (streamed) {
-      // A POST answered with a stream (a long-running tool) is an open stream too. The client's side
-      // ends at the deadline; the upstream's answer is still read to its end, as when a client leaves
-      // (a disconnect is not a cancellation).
-      const stream = body;
-      endStreamAt(response, deadline, () => {
-        clearInterval(keepAlive);
-        stream.unpipe(response);
-        stream.resume();
-        response.end();
-      });
     }
     await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
     openStreams.delete(response);
@@ -1417,24 +1444,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       return inFlight;
     },
     endStreams() {
-      // GET streams only: a modern answer is a request in flight, which shutdown lets finish.
-      endStreamsWhere((stream) => stream.sessionDigest !== null);
+      // GET streams only: a streamed answer to a POST is a request in flight, which shutdown lets finish.
+      endStreamsWhere((stream) => stream.endsAtShutdown);
     },
     applyRevocation(signal) {
-      switch (signal.kind) {
-        case "session":
-          return endStreamsOf(signal.sessionDigest);
-        case "principal":
-          return endStreamsWhere((stream) => stream.principalDigest === signal.principalDigest);
-        case "all":
-          // Streams of sessions created after this kill switch are left alone: a late notice must not
-          // cut them. Every modern stream ends (there is no session to tell its age by).
-          return endStreamsWhere(
-            (stream) => stream.killGeneration === null || stream.killGeneration < signal.generation,
-          );
-        case "resync":
-          return revalidateStreams();
-      }
+      if (signal.kind === "resync") return revalidateStreams();
+      endStreamsWhere((stream) => revokedBy(stream, signal));
     },
     get openStreamCount() {
       return openStreams.size;

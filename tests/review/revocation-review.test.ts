@@ -1,0 +1,231 @@
+/**
+ * Findings of the security review of revocation, the kill switch, the admin API and audit rotation,
+ * each driven through a real gateway on a real store (memory, one replica: the notices these tests
+ * need are the replica's own), or through the module whose own behaviour is the finding.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, before, describe, it } from "node:test";
+import { ownershipKey } from "../../src/store/keys.ts";
+import { type Harness, initializeSession, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
+
+const LEGACY = "2025-11-25";
+const MODERN = "2026-07-28";
+/** Far below every expiry in play (tokens 10 min, sessions 1 h): "ended" means "ended by revocation". */
+const PROMPTLY_MS = 3_000;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface HeldRequest {
+  /** Resolves once the upstream has received the request and is holding its answer back. */
+  readonly arrived: Promise<void>;
+  /** Lets the upstream answer (with a stream it keeps open). */
+  release(): void;
+}
+
+interface HoldingUpstream {
+  readonly url: string;
+  /** The next request of this kind is held before its answer's headers are written. */
+  holdNext(kind: "get" | "modern"): HeldRequest;
+  close(): Promise<void>;
+}
+
+/**
+ * A legacy and modern upstream whose streams never end by themselves: GET gets an SSE stream, a
+ * legacy `tools/call` an SSE answer with one progress event (a long-running tool), a modern request
+ * an SSE answer (a `subscriptions/listen`). A GET or modern request can be held before its answer.
+ */
+async function startHoldingUpstream(): Promise<HoldingUpstream> {
+  const open = new Set<ServerResponse>();
+  const holds = new Map<string, { arrived: () => void; released: Promise<void> }>();
+  const server = createServer((request: IncomingMessage, response: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    request.on("data", (chunk: Buffer) => chunks.push(chunk));
+    request.on("end", async () => {
+      const stream = async (kind: "get" | "modern", first: string) => {
+        const hold = holds.get(kind);
+        if (hold !== undefined) {
+          holds.delete(kind);
+          hold.arrived();
+          await hold.released;
+        }
+        response.writeHead(200, { "content-type": "text/event-stream" });
+        response.write(first);
+        open.add(response);
+        response.once("close", () => open.delete(response));
+      };
+      if (request.method === "GET") return stream("get", ": open\n\n");
+      if (request.method === "DELETE") return void response.writeHead(200).end();
+      const message = JSON.parse(Buffer.concat(chunks).toString("utf8")) as {
+        id?: number;
+        method: string;
+        params?: { protocolVersion?: string };
+      };
+      if (request.headers["mcp-protocol-version"] === MODERN) {
+        const event = { jsonrpc: "2.0", method: "notifications/resources/list_changed" };
+        return stream("modern", `data: ${JSON.stringify(event)}\n\n`);
+      }
+      if (message.id === undefined) return void response.writeHead(202).end();
+      if (message.method === "initialize") {
+        response.writeHead(200, {
+          "content-type": "application/json",
+          "mcp-session-id": `up-${randomBytes(6).toString("hex")}`,
+        });
+        const result = {
+          protocolVersion: LEGACY,
+          capabilities: {},
+          serverInfo: { name: "held", version: "1" },
+        };
+        return void response.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, result }));
+      }
+      if (message.method === "tools/call") {
+        response.writeHead(200, { "content-type": "text/event-stream" });
+        const progress = { jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: 1 } };
+        response.write(`data: ${JSON.stringify(progress)}\n\n`);
+        open.add(response);
+        response.once("close", () => open.delete(response));
+        return;
+      }
+      response.writeHead(200, { "content-type": "application/json" });
+      response.end(JSON.stringify({ jsonrpc: "2.0", id: message.id, result: { tools: [] } }));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/mcp`,
+    holdNext(kind) {
+      let arrived!: () => void;
+      let release!: () => void;
+      const arrivedPromise = new Promise<void>((resolve) => {
+        arrived = resolve;
+      });
+      const released = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      holds.set(kind, { arrived, released });
+      return { arrived: arrivedPromise, release };
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const response of open) response.destroy();
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Reads a response body until it ends; resolves with whether it ended within `withinMs`. */
+async function endsWithin(response: Response, withinMs: number): Promise<boolean> {
+  const reader = response.body?.getReader();
+  if (!reader) return true;
+  const deadline = Date.now() + withinMs;
+  try {
+    for (;;) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) return false;
+      const next = await Promise.race([
+        reader.read().then(
+          (read) => (read.done ? "done" : "data"),
+          () => "done",
+        ),
+        sleep(remaining).then(() => "timeout"),
+      ]);
+      if (next === "done") return true;
+      if (next === "timeout") return false;
+    }
+  } finally {
+    await reader.cancel().catch(() => undefined);
+  }
+}
+
+/** Reads the first chunk (the stream is open end to end), then waits for the end. */
+async function firstChunk(response: Response): Promise<Response> {
+  assert.equal(response.status, 200);
+  const [mine, rest] = response.body?.tee() ?? [];
+  assert.ok(mine && rest);
+  const reader = mine.getReader();
+  await reader.read();
+  reader.releaseLock();
+  void mine.cancel().catch(() => undefined);
+  return new Response(rest, { status: response.status, headers: response.headers });
+}
+
+function sessionHeaders(token: string, sessionId: string): Record<string, string> {
+  return mcpHeaders({
+    authorization: `Bearer ${token}`,
+    "mcp-session-id": sessionId,
+    "mcp-protocol-version": LEGACY,
+  });
+}
+
+function digestOf(sessionId: string): string {
+  const digest = ownershipKey("session", sessionId).segments[1];
+  assert.ok(digest);
+  return digest;
+}
+
+describe("review: streams that outlived their revocation", () => {
+  let upstream: HoldingUpstream;
+  let harness: Harness;
+  let url: string;
+  const aborts: AbortController[] = [];
+  const signal = () => {
+    const abort = new AbortController();
+    aborts.push(abort);
+    return abort.signal;
+  };
+
+  before(async () => {
+    upstream = await startHoldingUpstream();
+    harness = await startHarness({
+      upstreams: [{ name: "held", path: "/mcp", url: upstream.url, protocolVersions: [LEGACY, MODERN] }],
+      extra: { sessions: { absoluteTimeout: "1h" } },
+    });
+    url = `${harness.url}/mcp`;
+  });
+  after(async () => {
+    for (const abort of aborts) abort.abort();
+    await upstream.close();
+    await harness.close();
+  });
+
+  function toolCall(token: string, sessionId: string): Promise<Response> {
+    return fetch(url, {
+      method: "POST",
+      headers: sessionHeaders(token, sessionId),
+      body: JSON.stringify({ jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow" } }),
+      signal: signal(),
+    });
+  }
+
+  it("S13 a legacy POST answered with a stream ends when its session is revoked", async () => {
+    const alice = await harness.token("alice");
+    const sessionId = await initializeSession(url, alice);
+    const answer = await firstChunk(await toolCall(alice, sessionId));
+    assert.equal(await harness.gateway.revocation.revokeSession(digestOf(sessionId)), true);
+    assert.ok(await endsWithin(answer, PROMPTLY_MS), "the revoked session's streamed answer ended");
+  });
+
+  it("S13 a legacy POST answered with a stream ends when its principal is revoked, and with the kill switch", async () => {
+    const bob = await harness.token("bob");
+    const carol = await harness.token("carol");
+    const bobAnswer = await firstChunk(await toolCall(bob, await initializeSession(url, bob)));
+    const carolAnswer = await firstChunk(await toolCall(carol, await initializeSession(url, carol)));
+    const principal = {
+      kind: "jwt",
+      issuer: "https://issuer.test",
+      subject: "bob",
+      tenant: "t-bob",
+      scopes: [],
+      expiresAt: null,
+    } as const;
+    const { makePrincipal } = await import("../../src/identity/principal.ts");
+    await harness.gateway.revocation.revokePrincipal(makePrincipal(principal));
+    assert.ok(await endsWithin(bobAnswer, PROMPTLY_MS), "the revoked principal's streamed answer ended");
+    await harness.gateway.revocation.killSwitch();
+    assert.ok(await endsWithin(carolAnswer, PROMPTLY_MS), "the kill switch ended the streamed answer");
+  });
+});
