@@ -76,6 +76,11 @@ const MAX_INSPECTED_JSON_BYTES = 16 * 1024 * 1024;
 /** Re-checking a stream after the bus reconnected: tries, spaced 250, 500, 750… ms, before it ends. */
 const REVALIDATE_ATTEMPTS = 5;
 const REVALIDATE_RETRY_MS = 250;
+/**
+ * Revocation signals remembered per request until its stream is registered; past this many, the
+ * stream is re-checked against the store instead (as after a lost bus connection).
+ */
+const MAX_MISSED_SIGNALS = 16;
 /** MCP transports: a session id is visible ASCII; the registry bounds its length. */
 const UPSTREAM_SESSION_ID = /^[\x21-\x7e]{1,1024}$/;
 
@@ -199,6 +204,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
    * with the way to end it cleanly.
    */
   const openStreams = new Map<ServerResponse, OpenStream>();
+  /**
+   * Signals heard while a request was between its checks (the session resolved, the token verified)
+   * and its stream's registration: a notice that arrives while the upstream has not answered yet
+   * finds no open stream to end, so each request keeps what it missed and replays it on its stream.
+   */
+  const missedSignals = new Map<ServerResponse, RevocationSignal[]>();
 
   function endStreamsWhere(matches: (stream: OpenStream) => boolean): void {
     for (const [response, stream] of openStreams) {
@@ -269,6 +280,26 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       if (valid || !openStreams.delete(response)) return;
       stream.end();
     });
+  }
+
+  /**
+   * Called once a stream is registered and its head written: applies what the request missed
+   * between its checks and the registration (see missedSignals), so a revocation racing the
+   * upstream's answer still ends the stream.
+   */
+  function catchUpOnRevocations(response: ServerResponse): void {
+    const missed = missedSignals.get(response);
+    missedSignals.delete(response);
+    const stream = openStreams.get(response);
+    if (missed === undefined || stream === undefined) return;
+    for (const signal of missed) {
+      if (!openStreams.has(response)) return;
+      if (signal.kind === "resync") revalidate(response, stream);
+      else if (revokedBy(stream, signal)) {
+        openStreams.delete(response);
+        stream.end();
+      }
+    }
   }
 
   function refuse(
@@ -856,7 +887,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       endStreamAt(response, principal.expiresAt ?? Number.POSITIVE_INFINITY, end);
     }
     try {
-      await pipeToClient(response, answer.status, headers, stream, answer.body, true);
+      const piped = pipeToClient(response, answer.status, headers, stream, answer.body, true);
+      // After the head is written (pipeToClient writes it at once): ending the stream is then an end.
+      catchUpOnRevocations(response);
+      await piped;
     } finally {
       openStreams.delete(response);
     }
@@ -1349,7 +1383,17 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       });
       endStreamAt(response, deadline, end);
     }
-    await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
+    const piped = pipeToClient(
+      response,
+      answer.status,
+      headers,
+      body,
+      answer.body,
+      options.cancelOnClientClose,
+    );
+    // After the head is written (pipeToClient writes it at once): ending the stream is then an end.
+    catchUpOnRevocations(response);
+    await piped;
     openStreams.delete(response);
   }
 
@@ -1417,11 +1461,14 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       inFlight += 1;
       const tracker = trackRequest(request);
       drafts.set(response, tracker.draft);
+      // From before any check: a revocation heard after this point is replayed on the request's stream.
+      missedSignals.set(response, []);
       let counted = true;
       const done = () => {
         if (!counted) return;
         counted = false;
         inFlight -= 1;
+        missedSignals.delete(response);
         const record = tracker.finish(response);
         if (record === undefined || deps.onRequestDone === undefined) return;
         try {
@@ -1448,6 +1495,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       endStreamsWhere((stream) => stream.endsAtShutdown);
     },
     applyRevocation(signal) {
+      for (const [response, missed] of missedSignals) {
+        if (missed.length < MAX_MISSED_SIGNALS) missed.push(signal);
+        else missedSignals.set(response, [Object.freeze({ kind: "resync" })]);
+      }
       if (signal.kind === "resync") return revalidateStreams();
       endStreamsWhere((stream) => revokedBy(stream, signal));
     },

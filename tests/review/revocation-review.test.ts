@@ -228,4 +228,79 @@ describe("review: streams that outlived their revocation", () => {
     await harness.gateway.revocation.killSwitch();
     assert.ok(await endsWithin(carolAnswer, PROMPTLY_MS), "the kill switch ended the streamed answer");
   });
+
+  it("S13 a GET stream whose upstream answered after its session was revoked ends", async () => {
+    const dave = await harness.token("dave");
+    const sessionId = await initializeSession(url, dave);
+    const held = upstream.holdNext("get");
+    const pending = fetch(url, {
+      method: "GET",
+      headers: { ...sessionHeaders(dave, sessionId), accept: "text/event-stream" },
+      signal: signal(),
+    });
+    // The gateway resolved the session and is waiting for the upstream: now it is revoked.
+    await held.arrived;
+    assert.equal(await harness.gateway.revocation.revokeSession(digestOf(sessionId)), true);
+    held.release();
+    const response = await pending;
+    assert.ok(
+      response.status === 404 || (await endsWithin(response, PROMPTLY_MS)),
+      "the stream of a session revoked while it was being opened ended",
+    );
+  });
+
+  it("S13 a GET stream whose upstream answered after the kill switch fired ends", async () => {
+    const erin = await harness.token("erin");
+    const sessionId = await initializeSession(url, erin);
+    const held = upstream.holdNext("get");
+    const pending = fetch(url, {
+      method: "GET",
+      headers: { ...sessionHeaders(erin, sessionId), accept: "text/event-stream" },
+      signal: signal(),
+    });
+    await held.arrived;
+    await harness.gateway.revocation.killSwitch();
+    held.release();
+    const response = await pending;
+    assert.ok(
+      response.status === 404 || (await endsWithin(response, PROMPTLY_MS)),
+      "the stream of a session killed while it was being opened ended",
+    );
+  });
+
+  it("S13 a modern listen stream whose upstream answered after its principal was revoked ends", async () => {
+    const frank = await harness.token("frank");
+    const held = upstream.holdNext("modern");
+    const pending = fetch(url, {
+      method: "POST",
+      headers: mcpHeaders({
+        authorization: `Bearer ${frank}`,
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "subscriptions/listen",
+      }),
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 9,
+        method: "subscriptions/listen",
+        params: { _meta: { "io.modelcontextprotocol/protocolVersion": MODERN } },
+      }),
+      signal: signal(),
+    });
+    await held.arrived;
+    const { makePrincipal } = await import("../../src/identity/principal.ts");
+    await harness.gateway.revocation.revokePrincipal(
+      makePrincipal({
+        kind: "jwt",
+        issuer: "https://issuer.test",
+        subject: "frank",
+        tenant: "t-frank",
+        scopes: [],
+        expiresAt: null,
+      }),
+    );
+    held.release();
+    const response = await pending;
+    assert.equal(response.status, 200);
+    assert.ok(await endsWithin(response, PROMPTLY_MS), "the revoked principal's listen stream ended");
+  });
 });
