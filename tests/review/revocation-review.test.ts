@@ -8,7 +8,16 @@ import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { Keyring } from "../../src/crypto/keyring.ts";
+import { GateError } from "../../src/errors.ts";
+import { makePrincipal } from "../../src/identity/principal.ts";
+import { createRevocation } from "../../src/sessions/revocation.ts";
+import { openInProcessRevocationBus, type RevocationSignal } from "../../src/sessions/revocation-bus.ts";
+import { createSessionRegistry } from "../../src/sessions/session-registry.ts";
+import type { Store } from "../../src/store/contract.ts";
 import { ownershipKey } from "../../src/store/keys.ts";
+import { MemoryStore } from "../../src/store/memory-store.ts";
+import { createTaskRegistry } from "../../src/tasks/task-registry.ts";
 import { type Harness, initializeSession, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
 
 const LEGACY = "2025-11-25";
@@ -222,7 +231,6 @@ describe("review: streams that outlived their revocation", () => {
       scopes: [],
       expiresAt: null,
     } as const;
-    const { makePrincipal } = await import("../../src/identity/principal.ts");
     await harness.gateway.revocation.revokePrincipal(makePrincipal(principal));
     assert.ok(await endsWithin(bobAnswer, PROMPTLY_MS), "the revoked principal's streamed answer ended");
     await harness.gateway.revocation.killSwitch();
@@ -287,7 +295,6 @@ describe("review: streams that outlived their revocation", () => {
       signal: signal(),
     });
     await held.arrived;
-    const { makePrincipal } = await import("../../src/identity/principal.ts");
     await harness.gateway.revocation.revokePrincipal(
       makePrincipal({
         kind: "jwt",
@@ -302,5 +309,163 @@ describe("review: streams that outlived their revocation", () => {
     const response = await pending;
     assert.equal(response.status, 200);
     assert.ok(await endsWithin(response, PROMPTLY_MS), "the revoked principal's listen stream ended");
+  });
+});
+
+// --- a revocation cut short by the store -----------------------------------------------------------
+
+/** A memory store whose calls of one kind fail once `failing` names it (a store blip mid-action). */
+function flakyStore(): { store: Store; fail(method: "delete" | "get" | null): void; close(): Promise<void> } {
+  const inner = new MemoryStore();
+  let failing: string | null = null;
+  const store = new Proxy(inner, {
+    get(target, property) {
+      const value = Reflect.get(target, property, target) as unknown;
+      if (typeof value !== "function") return value;
+      return (...args: unknown[]) => {
+        if (property === failing) {
+          return Promise.reject(new GateError("ERR_STORE_UNAVAILABLE", "store unavailable"));
+        }
+        return (value as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  }) as Store;
+  return {
+    store,
+    fail(method) {
+      failing = method;
+    },
+    close: () => inner.close(),
+  };
+}
+
+describe("review: a revocation the store cuts short", () => {
+  const alice = makePrincipal({
+    kind: "jwt",
+    issuer: "https://issuer.test",
+    subject: "alice",
+    tenant: "t-alice",
+    scopes: [],
+    expiresAt: null,
+  });
+
+  async function setUp() {
+    const flaky = flakyStore();
+    const sessions = createSessionRegistry({
+      store: flaky.store,
+      keyring: Keyring.ephemeral(),
+      absoluteTimeoutMs: 3_600_000,
+    });
+    const hub = {};
+    const bus = openInProcessRevocationBus(hub);
+    // Another replica's bus on the same store: what it hears is what its streams would act on.
+    const elsewhere = openInProcessRevocationBus(hub);
+    const heardElsewhere: RevocationSignal[] = [];
+    elsewhere.subscribe((signal) => void heardElsewhere.push(signal));
+    const appliedHere: RevocationSignal[] = [];
+    const revocation = createRevocation({
+      sessions,
+      tasks: createTaskRegistry({ store: flaky.store }),
+      bus,
+      events: { emit: () => undefined } as never,
+      applyLocally: (signal) => void appliedHere.push(signal),
+    });
+    const created = await sessions.create({ principal: alice, upstream: "notes", protocolVersion: LEGACY });
+    return {
+      ...flaky,
+      bus,
+      sessions,
+      revocation,
+      created,
+      appliedHere,
+      heardElsewhere,
+      async closeAll() {
+        await bus.close();
+        await elsewhere.close();
+        await flaky.close();
+      },
+    };
+  }
+
+  it("S13 a session revoke that fails after its record was removed still ends the session's streams, here and elsewhere", async () => {
+    const setup = await setUp();
+    try {
+      const { sessionDigest } = setup.created.session;
+      // get and the first delete (the ownership record) go through; the mapping's delete fails.
+      let deletes = 0;
+      const original = setup.store.delete.bind(setup.store);
+      setup.store.delete = (key) =>
+        deletes++ === 0
+          ? original(key)
+          : Promise.reject(new GateError("ERR_STORE_UNAVAILABLE", "store unavailable"));
+      await assert.rejects(setup.revocation.revokeSession(sessionDigest), { code: "ERR_STORE_UNAVAILABLE" });
+      assert.equal(
+        await setup.sessions.resolve(setup.created.sessionId, alice, "notes"),
+        null,
+        "revoked in the store",
+      );
+      await sleep(10);
+      const named = (signal: RevocationSignal) =>
+        signal.kind === "session" && signal.sessionDigest === sessionDigest;
+      assert.ok(setup.appliedHere.some(named), "this replica's streams of the session ended");
+      assert.ok(setup.heardElsewhere.some(named), "the other replicas were told");
+    } finally {
+      await setup.closeAll();
+    }
+  });
+
+  it("S13 a principal revoke whose task removal fails still ends the principal's streams, here and elsewhere", async () => {
+    const setup = await setUp();
+    try {
+      const revocation = createRevocation({
+        sessions: setup.sessions,
+        tasks: {
+          ...createTaskRegistry({ store: setup.store }),
+          revokeAll: () => Promise.reject(new GateError("ERR_STORE_UNAVAILABLE", "store unavailable")),
+        },
+        bus: setup.bus,
+        events: { emit: () => undefined } as never,
+        applyLocally: (signal) => void setup.appliedHere.push(signal),
+      });
+      await assert.rejects(revocation.revokePrincipal(alice), { code: "ERR_STORE_UNAVAILABLE" });
+      assert.equal(
+        await setup.sessions.resolve(setup.created.sessionId, alice, "notes"),
+        null,
+        "its sessions are gone",
+      );
+      assert.ok(
+        setup.appliedHere.some((signal) => signal.kind === "principal"),
+        "its streams here ended",
+      );
+    } finally {
+      await setup.closeAll();
+    }
+  });
+
+  it("S13 a kill switch that fails after its generation was claimed still ends every stream, here and elsewhere", async () => {
+    const setup = await setUp();
+    try {
+      // The claim goes through; reading on from the claimed generation fails.
+      const original = setup.store.claim.bind(setup.store);
+      setup.store.claim = async (...args) => {
+        const outcome = await original(...args);
+        setup.fail("get");
+        return outcome;
+      };
+      await assert.rejects(setup.revocation.killSwitch(), { code: "ERR_STORE_UNAVAILABLE" });
+      setup.fail(null);
+      assert.equal(
+        await setup.sessions.resolve(setup.created.sessionId, alice, "notes"),
+        null,
+        "killed in the store",
+      );
+      await sleep(10);
+      const all = (signal: RevocationSignal) =>
+        signal.kind === "all" && signal.generation > setup.created.session.killGeneration;
+      assert.ok(setup.appliedHere.some(all), "every stream here ended");
+      assert.ok(setup.heardElsewhere.some(all), "the other replicas were told");
+    } finally {
+      await setup.closeAll();
+    }
   });
 });
