@@ -8,8 +8,14 @@ import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import type { SecurityEvent, SecurityEvents } from "../../src/audit/security-events.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
 import { GateError } from "../../src/errors.ts";
+import {
+  type AdminActions,
+  createAdminHandler,
+  KILL_SWITCH_CONFIRMATION,
+} from "../../src/gateway/admin-server.ts";
 import { makePrincipal } from "../../src/identity/principal.ts";
 import { createRevocation } from "../../src/sessions/revocation.ts";
 import { openInProcessRevocationBus, type RevocationSignal } from "../../src/sessions/revocation-bus.ts";
@@ -467,5 +473,71 @@ describe("review: a revocation the store cuts short", () => {
     } finally {
       await setup.closeAll();
     }
+  });
+});
+
+// --- the admin API's audit trail ------------------------------------------------------------------
+
+describe("review: admin actions in the audit trail", () => {
+  const emitted: SecurityEvent[] = [];
+  let base: string;
+  let close: () => Promise<void>;
+  const failing = () => Promise.reject(new GateError("ERR_STORE_UNAVAILABLE", "store unavailable"));
+  const actions: AdminActions = {
+    describeSessions: async () => [],
+    revokeSession: failing,
+    revokePrincipal: failing,
+    killSwitch: failing,
+  };
+
+  before(async () => {
+    const handler = createAdminHandler({
+      tokenDigest: undefined,
+      allowedHosts: null,
+      actions,
+      metrics: () => "",
+      ready: async () => true,
+      events: { emit: (event: SecurityEvent) => void emitted.push(event) } as unknown as SecurityEvents,
+    });
+    const server = createServer(handler);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    close = () => new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  after(() => close());
+
+  const post = async (path: string, body: unknown) => {
+    const response = await fetch(`${base}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    await response.arrayBuffer();
+    return response.status;
+  };
+
+  it("S4 an admin action that fails (the kill switch, a revoke) is in the audit trail, with what it named", async () => {
+    emitted.length = 0;
+    assert.equal(await post("/admin/kill-switch", { confirm: KILL_SWITCH_CONFIRMATION }), 503);
+    const principal = { issuer: "https://issuer.test", subject: "alice", tenant: "t-alice" };
+    assert.equal(await post("/admin/sessions/revoke", { principal }), 503);
+    const kill = emitted.find((event) => event.type === "admin.action" && event.reason === "kill-switch");
+    assert.ok(kill, "the failed kill switch is audited");
+    assert.equal(kill.status, 503);
+    const revoke = emitted.find(
+      (event) => event.type === "admin.action" && event.reason === "principal-revoke",
+    );
+    assert.ok(revoke, "the failed principal revoke is audited");
+    assert.equal(revoke.status, 503);
+    assert.deepEqual(revoke.principal, principal, "with the principal it named");
+  });
+
+  it("S4 listing a principal's sessions is audited with the principal listed", async () => {
+    emitted.length = 0;
+    const principal = { issuer: "https://issuer.test", subject: "bob", tenant: "t-bob" };
+    assert.equal(await post("/admin/sessions/list", { principal }), 200);
+    const listed = emitted.find((event) => event.type === "admin.action" && event.reason === "sessions-list");
+    assert.ok(listed);
+    assert.deepEqual(listed.principal, principal);
   });
 });
