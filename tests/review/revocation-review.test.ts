@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, connect } from "node:net";
 import { after, before, describe, it } from "node:test";
 import type { SecurityEvent, SecurityEvents } from "../../src/audit/security-events.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
@@ -539,5 +539,89 @@ describe("review: admin actions in the audit trail", () => {
     const listed = emitted.find((event) => event.type === "admin.action" && event.reason === "sessions-list");
     assert.ok(listed);
     assert.deepEqual(listed.principal, principal);
+  });
+});
+
+// --- the admin listener's Host guard ---------------------------------------------------------------
+
+describe("review: the admin listener's Host guard (no token)", () => {
+  let port: number;
+  let close: () => Promise<void>;
+  let killed = 0;
+
+  before(async () => {
+    let handler: ReturnType<typeof createAdminHandler> | undefined;
+    const server = createServer((request, response) => handler?.(request, response));
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    port = (server.address() as AddressInfo).port;
+    // What startAdminListener accepts for a loopback listener.
+    const allowed = new Set(["127.0.0.1", "localhost", "[::1]"].map((name) => `${name}:${port}`));
+    handler = createAdminHandler({
+      tokenDigest: undefined,
+      allowedHosts: allowed,
+      actions: {
+        describeSessions: async () => [],
+        revokeSession: async () => false,
+        revokePrincipal: async () => ({ sessions: 0, tasks: 0 }),
+        killSwitch: async () => {
+          killed += 1;
+        },
+      },
+      metrics: () => "",
+      ready: async () => true,
+      events: { emit: () => undefined } as unknown as SecurityEvents,
+    });
+    close = () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      });
+  });
+  after(() => close());
+
+  /** One raw HTTP/1.1 request (fetch would fix up Host and the request target): the status line's code. */
+  function raw(target: string, hosts: readonly string[]): Promise<number> {
+    const body = JSON.stringify({ confirm: KILL_SWITCH_CONFIRMATION });
+    const head = [
+      `POST ${target} HTTP/1.1`,
+      ...hosts.map((host) => `Host: ${host}`),
+      "Content-Type: application/json",
+      `Content-Length: ${Buffer.byteLength(body)}`,
+      "Connection: close",
+    ];
+    return new Promise((resolve, reject) => {
+      const socket = connect(port, "127.0.0.1");
+      let text = "";
+      socket.on("data", (chunk) => {
+        text += chunk.toString("latin1");
+      });
+      socket.on("error", reject);
+      socket.on("close", () => resolve(Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0)));
+      socket.end(`${head.join("\r\n")}\r\n\r\n${body}`);
+    });
+  }
+
+  it("L4 Host variants a rebinding page or a crafted request could use never reach the kill switch", async () => {
+    for (const hosts of [
+      [`localhost.:${port}`],
+      [`127.0.0.1.:${port}`],
+      [`[0:0:0:0:0:0:0:1]:${port}`],
+      [`[::ffff:127.0.0.1]:${port}`],
+      [`attacker.example:${port}`],
+      ["localhost"],
+      [`localhost:${port}`, "attacker.example"],
+      [`attacker.example`, `localhost:${port}`],
+      [],
+    ]) {
+      const status = await raw("/admin/kill-switch", hosts);
+      assert.ok(status === 403 || status === 400, `${JSON.stringify(hosts)} answered ${status}`);
+    }
+    // An absolute-form target names another host in the request line: never routed to an action.
+    assert.notEqual(await raw(`http://attacker.example/admin/kill-switch`, [`localhost:${port}`]), 200);
+    assert.notEqual(await raw(`http://localhost:${port}/admin/kill-switch`, [`localhost:${port}`]), 200);
+    assert.equal(killed, 0, "nothing reached the kill switch");
+    // Upper case is the same name: the listener itself, as the operator's own tools send it.
+    assert.equal(await raw("/admin/kill-switch", [`LOCALHOST:${port}`]), 200);
+    assert.equal(killed, 1);
   });
 });
