@@ -364,6 +364,12 @@ export type AuditVerification =
       readonly checkedAgainst: "expect-head" | "checkpoint" | "end-record" | "nothing";
       /** The key id of the last segment: one that is not the active key deserves a look. */
       readonly lastKeyId: string;
+      /**
+       * The last file ends with its `audit.end` record: it was rotated out, so a file continued it
+       * and that file was not given. Never the state of a current file after a clean run; the newest
+       * archive renamed back over a deleted current file looks exactly like this.
+       */
+      readonly sealed: boolean;
     }
   | {
       readonly ok: false;
@@ -610,6 +616,7 @@ export async function verifyAuditSeries(
     head: formatHead(last),
     checkedAgainst: expected === null && lastEnd !== undefined ? "end-record" : checkedAgainst,
     lastKeyId: currentKeyId as string,
+    sealed: lastEnd !== undefined,
   };
 }
 

@@ -179,6 +179,13 @@ async function auditCommand(args: string[]): Promise<number> {
       `tenantgate: warning: ${last} has no checkpoint (${last}${CHECKPOINT_SUFFIX}) and no --expect-head was given: truncation was not checked\n`,
     );
   }
+  if (result.sealed) {
+    // Not truncated, but the lines written after this file was rotated out are in a file not given:
+    // fine for an archive checked alone, a loss if this was meant to be the current file.
+    process.stderr.write(
+      `tenantgate: warning: ${last} ends with its audit.end record: it was rotated out, and the file that continues it was not checked\n`,
+    );
+  }
   if (result.lastKeyId !== keyring.activeKeyId) {
     // Not a verdict: a file last written before a key rotation ends under the old key. But a
     // retired key's holder could have appended that segment; the decision log (86) explains.

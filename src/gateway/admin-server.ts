@@ -1,13 +1,19 @@
 import { timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { AdminAction, AdminDenialReason, SecurityEvents } from "../audit/security-events.ts";
+import type {
+  AdminAction,
+  AdminDenialReason,
+  SecurityEventPrincipal,
+  SecurityEvents,
+} from "../audit/security-events.ts";
 import { digest } from "../crypto/ids.ts";
-import { GateError, type GateErrorCode, toWire } from "../errors.ts";
+import { GateError, type GateErrorCode, isGateError, toWire } from "../errors.ts";
 import {
   ANONYMOUS_ISSUER,
   API_KEY_ISSUER,
   isIdentityString,
   makePrincipal,
+  ownerScope,
   type Principal,
 } from "../identity/principal.ts";
 import type { Session } from "../sessions/session-registry.ts";
@@ -131,71 +137,110 @@ export function createAdminHandler(
     if (method !== "POST") return sendAdminError(response, "ERR_METHOD_NOT_ALLOWED", { allow: "POST" });
     const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
     if (type !== "application/json") return sendAdminError(response, "ERR_MEDIA_TYPE_UNSUPPORTED");
-    const body = parseBody(await readRequestBody(request, MAX_ADMIN_BODY_BYTES));
-    const { action, result, count } = await operation(body, actions);
-    events.emit({ type: "admin.action", reason: action, count });
-    sendJson(response, 200, result);
+    // Every attempt is evidence, with whom it named: one that failed (a kill switch or revoke the
+    // store cut short may have half happened) or was malformed as much as one that succeeded.
+    const attempt: AdminAttempt = { action: operation.action };
+    const audit = (status: number, count?: number) =>
+      events.emit({
+        type: "admin.action",
+        reason: attempt.action,
+        status,
+        ...(count === undefined ? {} : { count }),
+        ...(attempt.principal === undefined ? {} : { principal: attempt.principal }),
+        ...(attempt.sessionDigest === undefined ? {} : { sessionDigest: attempt.sessionDigest }),
+      });
+    try {
+      const body = parseBody(await readRequestBody(request, MAX_ADMIN_BODY_BYTES));
+      const { result, count } = await operation.run(body, actions, attempt);
+      audit(200, count);
+      sendJson(response, 200, result);
+    } catch (error) {
+      audit(toWire(answeredCode(error)).status);
+      throw error;
+    }
   }
 
   return (request, response) => {
-    route(request, response).catch((error: unknown) => {
-      const code = error instanceof GateError ? error.code : "ERR_INTERNAL";
-      sendAdminError(
-        response,
-        toWire(code).status >= 500 && code !== "ERR_STORE_UNAVAILABLE" ? "ERR_INTERNAL" : code,
-      );
-    });
+    route(request, response).catch((error: unknown) => sendAdminError(response, answeredCode(error)));
   };
 }
 
-type AdminOperation = (
-  body: Record<string, unknown>,
-  actions: AdminActions,
-) => Promise<{ action: AdminAction; result: unknown; count: number }>;
+/** What an admin request asked for and whom it named, for its audit event; filled in as the body is read. */
+interface AdminAttempt {
+  action: AdminAction;
+  principal?: SecurityEventPrincipal;
+  sessionDigest?: string;
+}
+
+interface AdminOperation {
+  readonly action: AdminAction;
+  run(
+    body: Record<string, unknown>,
+    actions: AdminActions,
+    attempt: AdminAttempt,
+  ): Promise<{ result: unknown; count: number }>;
+}
 
 const ADMIN_OPERATIONS: Readonly<Record<string, AdminOperation>> = Object.freeze({
-  async "/admin/sessions/list"(body, actions) {
-    onlyKeys(body, ["principal"]);
-    const sessions = await actions.describeSessions(principalFrom(body["principal"]));
-    return {
-      action: "sessions-list",
-      count: sessions.length,
-      result: {
-        sessions: sessions.map((session) => ({
-          session: session.sessionDigest,
-          upstream: session.upstream,
-          protocolVersion: session.protocolVersion,
-          createdAt: new Date(session.createdAt).toISOString(),
-          expiresAt: new Date(session.expiresAt).toISOString(),
-        })),
-      },
-    };
-  },
-
-  async "/admin/sessions/revoke"(body, actions) {
-    if (body["session"] !== undefined) {
-      onlyKeys(body, ["session"]);
-      const sessionDigest = body["session"];
-      if (typeof sessionDigest !== "string" || !SESSION_DIGEST.test(sessionDigest)) throw badRequest();
-      const revoked = await actions.revokeSession(sessionDigest);
+  "/admin/sessions/list": {
+    action: "sessions-list",
+    async run(body, actions, attempt) {
+      onlyKeys(body, ["principal"]);
+      const principal = principalFrom(body["principal"]);
+      attempt.principal = ownerScope(principal);
+      const sessions = await actions.describeSessions(principal);
       return {
-        action: "session-revoke",
-        count: revoked ? 1 : 0,
-        result: { sessions: revoked ? 1 : 0, tasks: 0 },
+        count: sessions.length,
+        result: {
+          sessions: sessions.map((session) => ({
+            session: session.sessionDigest,
+            upstream: session.upstream,
+            protocolVersion: session.protocolVersion,
+            createdAt: new Date(session.createdAt).toISOString(),
+            expiresAt: new Date(session.expiresAt).toISOString(),
+          })),
+        },
       };
-    }
-    onlyKeys(body, ["principal"]);
-    const removed = await actions.revokePrincipal(principalFrom(body["principal"]));
-    return { action: "principal-revoke", count: removed.sessions + removed.tasks, result: removed };
+    },
   },
 
-  async "/admin/kill-switch"(body, actions) {
-    onlyKeys(body, ["confirm"]);
-    if (body["confirm"] !== KILL_SWITCH_CONFIRMATION) throw badRequest();
-    await actions.killSwitch();
-    return { action: "kill-switch", count: 0, result: { done: true } };
+  "/admin/sessions/revoke": {
+    // Until the body names a session, a revoke is taken to be a principal's.
+    action: "principal-revoke",
+    async run(body, actions, attempt) {
+      if (body["session"] !== undefined) {
+        attempt.action = "session-revoke";
+        onlyKeys(body, ["session"]);
+        const sessionDigest = body["session"];
+        if (typeof sessionDigest !== "string" || !SESSION_DIGEST.test(sessionDigest)) throw badRequest();
+        attempt.sessionDigest = sessionDigest;
+        const revoked = await actions.revokeSession(sessionDigest);
+        return { count: revoked ? 1 : 0, result: { sessions: revoked ? 1 : 0, tasks: 0 } };
+      }
+      onlyKeys(body, ["principal"]);
+      const principal = principalFrom(body["principal"]);
+      attempt.principal = ownerScope(principal);
+      const removed = await actions.revokePrincipal(principal);
+      return { count: removed.sessions + removed.tasks, result: removed };
+    },
+  },
+
+  "/admin/kill-switch": {
+    action: "kill-switch",
+    async run(body, actions) {
+      onlyKeys(body, ["confirm"]);
+      if (body["confirm"] !== KILL_SWITCH_CONFIRMATION) throw badRequest();
+      await actions.killSwitch();
+      return { count: 0, result: { done: true } };
+    },
   },
 });
+
+/** The code an admin request that failed is answered with: server-side detail stays inside. */
+function answeredCode(error: unknown): GateErrorCode {
+  const code = isGateError(error) ? error.code : "ERR_INTERNAL";
+  return toWire(code).status >= 500 && code !== "ERR_STORE_UNAVAILABLE" ? "ERR_INTERNAL" : code;
+}
 
 function badRequest(): GateError {
   return new GateError("ERR_REQUEST_INVALID", "invalid admin request");

@@ -135,9 +135,11 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       return [[{}, activeSessions.size] as const];
     },
   );
-  registry.gauge("tenantgate_streams_open", "Open response streams (GET streams and listen streams).", () => [
-    [{}, options.openStreams()] as const,
-  ]);
+  registry.gauge(
+    "tenantgate_streams_open",
+    "Open response streams (GET streams, streamed POST answers and listen streams).",
+    () => [[{}, options.openStreams()] as const],
+  );
   if (options.capOccupancy) {
     const occupancy = options.capOccupancy;
     registry.gauge("tenantgate_cap_occupancy", "Connection-cap slots held, by pool and level.", () =>

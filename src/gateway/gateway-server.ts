@@ -77,6 +77,11 @@ const MAX_INSPECTED_JSON_BYTES = 16 * 1024 * 1024;
 /** Re-checking a stream after the bus reconnected: tries, spaced 250, 500, 750… ms, before it ends. */
 const REVALIDATE_ATTEMPTS = 5;
 const REVALIDATE_RETRY_MS = 250;
+/**
+ * Revocation signals remembered per request until its stream is registered; past this many, the
+ * stream is re-checked against the store instead (as after a lost bus connection).
+ */
+const MAX_MISSED_SIGNALS = 16;
 /** MCP transports: a session id is visible ASCII; the registry bounds its length. */
 const UPSTREAM_SESSION_ID = /^[\x21-\x7e]{1,1024}$/;
 
@@ -140,7 +145,26 @@ interface OpenStream {
   readonly killGeneration: number | null;
   /** Whether the stream's session still resolves; null for modern streams, which have no session. */
   readonly stillValid: (() => Promise<boolean>) | null;
+  /**
+   * GET streams end at shutdown (their clients reconnect elsewhere); streamed answers to a POST are
+   * requests in flight, which shutdown lets finish.
+   */
+  readonly endsAtShutdown: boolean;
   readonly end: () => void;
+}
+
+/** Whether a revocation notice names an open stream. */
+function revokedBy(stream: OpenStream, notice: RevocationNotice): boolean {
+  switch (notice.kind) {
+    case "session":
+      return stream.sessionDigest === notice.sessionDigest;
+    case "principal":
+      return stream.principalDigest === notice.principalDigest;
+    case "all":
+      // Streams of sessions created after this kill switch are left alone: a late notice must not
+      // cut them. Every modern stream ends (there is no session to tell its age by).
+      return stream.killGeneration === null || stream.killGeneration < notice.generation;
+  }
 }
 
 /** Everything one request carries through the pipeline once it has been routed. */
@@ -180,8 +204,17 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   /** Each request's record while it is in flight, filled in as the pipeline learns. */
   const drafts = new WeakMap<ServerResponse, RequestRecordDraft>();
   const draftOf = (response: ServerResponse): Partial<RequestRecordDraft> => drafts.get(response) ?? {};
-  /** Open streams (legacy GET streams and modern SSE answers), each with the way to end it cleanly. */
+  /**
+   * Open streams (legacy GET streams, legacy POSTs answered with a stream, modern SSE answers), each
+   * with the way to end it cleanly.
+   */
   const openStreams = new Map<ServerResponse, OpenStream>();
+  /**
+   * Signals heard while a request was between its checks (the session resolved, the token verified)
+   * and its stream's registration: a notice that arrives while the upstream has not answered yet
+   * finds no open stream to end, so each request keeps what it missed and replays it on its stream.
+   */
+  const missedSignals = new Map<ServerResponse, RevocationSignal[]>();
 
   function endStreamsWhere(matches: (stream: OpenStream) => boolean): void {
     for (const [response, stream] of openStreams) {
@@ -249,27 +282,49 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
    * ends; its client asks again and is judged afresh.
    */
   function revalidateStreams(): void {
-    for (const [response, stream] of openStreams) {
-      const check = stream.stillValid;
-      if (check === null) {
+    for (const [response, stream] of openStreams) revalidate(response, stream);
+  }
+
+  function revalidate(response: ServerResponse, stream: OpenStream): void {
+    const check = stream.stillValid;
+    if (check === null) {
+      openStreams.delete(response);
+      stream.end();
+      return;
+    }
+    const judge = async (): Promise<boolean> => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await check();
+        } catch {
+          if (attempt >= REVALIDATE_ATTEMPTS || !openStreams.has(response)) return false;
+          await new Promise((resolve) => setTimeout(resolve, REVALIDATE_RETRY_MS * attempt));
+        }
+      }
+    };
+    void judge().then((valid) => {
+      if (valid || !openStreams.delete(response)) return;
+      stream.end();
+    });
+  }
+
+  /**
+   * Called once a stream is registered and its head written: applies what the request missed
+   * between its checks and the registration (see missedSignals), so a revocation racing the
+   * upstream's answer still ends the stream.
+   */
+  function catchUpOnRevocations(response: ServerResponse): void {
+    const missed = missedSignals.get(response);
+    missedSignals.delete(response);
+    const stream = openStreams.get(response);
+    if (missed === undefined || stream === undefined) return;
+    for (const signal of missed) {
+      if (!openStreams.has(response)) return;
+      if (signal.kind === "resync") revalidate(response, stream);
+      else if (revokedBy(stream, signal)) {
         openStreams.delete(response);
         stream.end();
-        continue;
       }
-      const judge = async (): Promise<boolean> => {
-        for (let attempt = 1; ; attempt++) {
-          try {
-            return await check();
-          } catch {
-            if (attempt >= REVALIDATE_ATTEMPTS || !openStreams.has(response)) return false;
-            await new Promise((resolve) => setTimeout(resolve, REVALIDATE_RETRY_MS * attempt));
-          }
-        }
-      };
-      void judge().then((valid) => {
-        if (valid || !openStreams.delete(response)) return;
-        stream.end();
-      });
     }
   }
 
@@ -872,12 +927,16 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         principalDigest: principalDigest(ownerScope(principal)),
         killGeneration: null,
         stillValid: null,
+        endsAtShutdown: false,
         end,
       });
       endStreamAt(response, principal.expiresAt ?? Number.POSITIVE_INFINITY, end);
     }
     try {
-      await pipeToClient(response, answer.status, headers, stream, answer.body, true);
+      const piped = pipeToClient(response, answer.status, headers, stream, answer.body, true);
+      // After the head is written (pipeToClient writes it at once): ending the stream is then an end.
+      catchUpOnRevocations(response);
+      await piped;
     } finally {
       openStreams.delete(response);
     }
@@ -1334,16 +1393,28 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       keepAlive.unref();
       response.once("close", () => clearInterval(keepAlive));
     }
-    if (options.cancelOnClientClose) {
-      // A GET stream: at shutdown it is ended between events, and the upstream side is dropped.
+    if (streamed) {
+      // A GET stream, or a POST answered with a stream (a long-running tool): both are open streams
+      // that a revocation of their session or principal, or the kill switch, ends (THREATS S13).
       const stream = body;
-      const end = () => {
-        clearInterval(keepAlive);
-        openStreams.delete(response);
-        stream.unpipe(response);
-        answer.body.destroy();
-        response.end();
-      };
+      const end = options.cancelOnClientClose
+        ? () => {
+            // A GET stream: the upstream side is dropped.
+            clearInterval(keepAlive);
+            openStreams.delete(response);
+            stream.unpipe(response);
+            answer.body.destroy();
+            response.end();
+          }
+        : () => {
+            // A POST's answer: the client's side ends; the upstream's answer is still read to its
+            // end, as when a client leaves (a disconnect is not a cancellation).
+            clearInterval(keepAlive);
+            openStreams.delete(response);
+            stream.unpipe(response);
+            stream.resume();
+            response.end();
+          };
       const streamPrincipal = options.principal;
       openStreams.set(response, {
         sessionDigest: session.sessionDigest,
@@ -1353,22 +1424,22 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
           streamPrincipal === undefined || sessionId === undefined
             ? async () => false
             : async () => (await sessions.resolve(sessionId, streamPrincipal, upstream.name)) !== null,
+        endsAtShutdown: options.cancelOnClientClose,
         end,
       });
       endStreamAt(response, deadline, end);
-    } else if (streamed) {
-      // A POST answered with a stream (a long-running tool) is an open stream too. The client's side
-      // ends at the deadline; the upstream's answer is still read to its end, as when a client leaves
-      // (a disconnect is not a cancellation).
-      const stream = body;
-      endStreamAt(response, deadline, () => {
-        clearInterval(keepAlive);
-        stream.unpipe(response);
-        stream.resume();
-        response.end();
-      });
     }
-    await pipeToClient(response, answer.status, headers, body, answer.body, options.cancelOnClientClose);
+    const piped = pipeToClient(
+      response,
+      answer.status,
+      headers,
+      body,
+      answer.body,
+      options.cancelOnClientClose,
+    );
+    // After the head is written (pipeToClient writes it at once): ending the stream is then an end.
+    catchUpOnRevocations(response);
+    await piped;
     openStreams.delete(response);
   }
 
@@ -1436,11 +1507,14 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       inFlight += 1;
       const tracker = trackRequest(request);
       drafts.set(response, tracker.draft);
+      // From before any check: a revocation heard after this point is replayed on the request's stream.
+      missedSignals.set(response, []);
       let counted = true;
       const done = () => {
         if (!counted) return;
         counted = false;
         inFlight -= 1;
+        missedSignals.delete(response);
         const record = tracker.finish(response);
         if (record === undefined || deps.onRequestDone === undefined) return;
         try {
@@ -1463,24 +1537,16 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       return inFlight;
     },
     endStreams() {
-      // GET streams only: a modern answer is a request in flight, which shutdown lets finish.
-      endStreamsWhere((stream) => stream.sessionDigest !== null);
+      // GET streams only: a streamed answer to a POST is a request in flight, which shutdown lets finish.
+      endStreamsWhere((stream) => stream.endsAtShutdown);
     },
     applyRevocation(signal) {
-      switch (signal.kind) {
-        case "session":
-          return endStreamsOf(signal.sessionDigest);
-        case "principal":
-          return endStreamsWhere((stream) => stream.principalDigest === signal.principalDigest);
-        case "all":
-          // Streams of sessions created after this kill switch are left alone: a late notice must not
-          // cut them. Every modern stream ends (there is no session to tell its age by).
-          return endStreamsWhere(
-            (stream) => stream.killGeneration === null || stream.killGeneration < signal.generation,
-          );
-        case "resync":
-          return revalidateStreams();
+      for (const [response, missed] of missedSignals) {
+        if (missed.length < MAX_MISSED_SIGNALS) missed.push(signal);
+        else missedSignals.set(response, [Object.freeze({ kind: "resync" })]);
       }
+      if (signal.kind === "resync") return revalidateStreams();
+      endStreamsWhere((stream) => revokedBy(stream, signal));
     },
     get openStreamCount() {
       return openStreams.size;

@@ -1,7 +1,12 @@
 import type { SecurityEvents } from "../audit/security-events.ts";
 import { ownerScope, type Principal } from "../identity/principal.ts";
 import type { TaskRegistry } from "../tasks/task-registry.ts";
-import { principalDigest, type RevocationBus, type RevocationSignal } from "./revocation-bus.ts";
+import {
+  principalDigest,
+  type RevocationBus,
+  type RevocationNotice,
+  type RevocationSignal,
+} from "./revocation-bus.ts";
 import type { SessionRegistry } from "./session-registry.ts";
 
 /**
@@ -11,7 +16,8 @@ import type { SessionRegistry } from "./session-registry.ts";
  * streams on this replica at once and sends a notice so the other replicas end theirs.
  *
  * The notice goes out even when the store had nothing left to remove: a retry after a failed publish
- * must still reach the streams the first attempt could not. A publish that fails rejects (with
+ * must still reach the streams the first attempt could not. It goes out too when the store part
+ * fails, since that may have happened after some records were already removed. A publish that fails rejects (with
  * ERR_STORE_UNAVAILABLE) after the store part is done, so the caller knows streams elsewhere may run
  * on until their session's expiry or their token's exp, and can retry.
  */
@@ -35,31 +41,58 @@ export interface RevocationOptions {
 
 export function createRevocation(options: RevocationOptions): Revocation {
   const { sessions, tasks, bus, events, applyLocally } = options;
+
+  /**
+   * The store part failed, possibly after it had already removed records (or claimed a kill
+   * generation): the revocation may be half a store fact, so the streams it names end anyway, here
+   * and (if the bus can take it) elsewhere. Ending streams is never unsafe; leaving them open until
+   * the operator retries is. The store's failure is what the caller sees.
+   */
+  async function endStreamsDespite(notice: RevocationNotice, error: unknown): Promise<never> {
+    applyLocally(notice);
+    await bus.publish(notice).catch(() => undefined);
+    throw error;
+  }
+
   return {
     async revokeSession(sessionDigest) {
-      // Rejects with ERR_ARGUMENT_INVALID for anything but a digest, before anything is done.
-      const removed = await sessions.revokeByDigest(sessionDigest);
-      if (removed) events.emit({ type: "session.revoked", reason: "admin", sessionDigest });
       const notice = { kind: "session", sessionDigest } as const;
+      let removed: boolean;
+      try {
+        // Rejects with ERR_ARGUMENT_INVALID for anything but a digest, before anything is done.
+        removed = await sessions.revokeByDigest(sessionDigest);
+      } catch (error) {
+        return endStreamsDespite(notice, error);
+      }
+      if (removed) events.emit({ type: "session.revoked", reason: "admin", sessionDigest });
       applyLocally(notice);
       await bus.publish(notice);
       return removed;
     },
 
     async revokePrincipal(principal) {
-      const [sessionCount, taskCount] = await Promise.all([
-        sessions.revokeAll(principal),
-        tasks.revokeAll(principal),
-      ]);
-      events.emit({ type: "session.revoked", reason: "principal", principal: ownerScope(principal) });
       const notice = { kind: "principal", principalDigest: principalDigest(ownerScope(principal)) } as const;
+      let counts: [number, number];
+      try {
+        counts = await Promise.all([sessions.revokeAll(principal), tasks.revokeAll(principal)]);
+      } catch (error) {
+        return endStreamsDespite(notice, error);
+      }
+      events.emit({ type: "session.revoked", reason: "principal", principal: ownerScope(principal) });
       applyLocally(notice);
       await bus.publish(notice);
-      return { sessions: sessionCount, tasks: taskCount };
+      return { sessions: counts[0], tasks: counts[1] };
     },
 
     async killSwitch() {
-      const generation = await sessions.killSwitch();
+      let generation: number;
+      try {
+        generation = await sessions.killSwitch();
+      } catch (error) {
+        // Whether a generation was claimed, and which, is unknown: every stream ends, those of
+        // sessions created since included (their clients reopen them; their sessions still resolve).
+        return endStreamsDespite({ kind: "all", generation: Number.MAX_SAFE_INTEGER }, error);
+      }
       events.emit({ type: "session.revoked", reason: "kill-switch" });
       const notice = { kind: "all", generation } as const;
       applyLocally(notice);

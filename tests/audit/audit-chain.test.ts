@@ -89,6 +89,7 @@ describe("audit chain: the format", () => {
       head: formatHead({ seq: 6, mac: last.mac }),
       checkedAgainst: "checkpoint",
       lastKeyId: "default",
+      sealed: false,
     });
     assert.deepEqual(parseHead(result.ok ? result.head : ""), { seq: 6, mac: last.mac });
     assert.deepEqual(JSON.parse(await readFile(`${path}${CHECKPOINT_SUFFIX}`, "utf8")), {

@@ -265,9 +265,42 @@ describe("audit rotation", () => {
         return true;
       },
     );
-    // An archive alone is sealed by its end record: no truncation warning.
+    // An archive alone is sealed by its end record: not truncated, but what continues it was not
+    // checked, and verify says so.
     const archived = await tenantgate(files[0] as string);
-    assert.equal(archived.stderr, "");
+    assert.match(archived.stderr, /ends with its audit\.end record/);
+  });
+
+  it("E2 the newest archive renamed back over the deleted current file (and its checkpoint) does not pass as the whole trail", async () => {
+    const dir = await folder();
+    await writeFile(join(dir, "master.key"), `${masterKey.toString("base64url")}\n`, { mode: 0o600 });
+    const configPath = join(dir, "gateway.json");
+    await writeFile(
+      configPath,
+      JSON.stringify({
+        secrets: { masterKey: "file:master.key" },
+        auth: { anonymous: true },
+        upstreams: [{ name: "demo", path: "/mcp", url: "http://127.0.0.1:9000/mcp" }],
+      }),
+    );
+    const path = join(dir, "audit.jsonl");
+    const files = await writeRotated(path, 40);
+    assert.ok(files.length >= 3);
+    // Everything written since the last rotation goes: the current file and its checkpoint are
+    // deleted, and the newest archive takes the current file's name.
+    await rm(path);
+    await rm(`${path}${CHECKPOINT_SUFFIX}`);
+    await rename(files.at(-2) as string, path);
+    const listed = await series(path);
+    const result = await verifyAuditSeries(listed, { keyring });
+    assert.ok(result.ok, "every file that is left is intact");
+    assert.equal(result.sealed, true, "but the last file is sealed: its successor is missing");
+    const verified = await run(process.execPath, [cli, "audit", "verify", ...listed, "--config", configPath]);
+    assert.match(
+      verified.stderr,
+      /warning: .*audit\.jsonl ends with its audit\.end record/,
+      "the operator is told that what continued it was not checked",
+    );
   });
 });
 
