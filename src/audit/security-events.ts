@@ -164,6 +164,7 @@ const SESSION_DENIAL_REASONS = Object.keys({
   "mapping-invalid": true,
   "mapping-missing": true,
   idle: true,
+  "client-binding": true,
   "kill-switch": true,
 } satisfies Record<SessionDenialReason, true>);
 
@@ -268,7 +269,13 @@ export interface GatewayLifecycleEvent extends SecurityEventContext {
   readonly configDigest: string;
 }
 
+/** sessions.clientBinding "audit": a session was used by a client whose fingerprint differs. */
+export interface SessionBindingMismatchEvent extends SecurityEventContext {
+  readonly type: "session.binding-mismatch";
+}
+
 export type SecurityEvent =
+  | SessionBindingMismatchEvent
   | AdminActionEvent
   | AdminDeniedEvent
   | GatewayLifecycleEvent
@@ -292,6 +299,7 @@ export type SecurityEventType = SecurityEvent["type"];
 const EVENT_TYPES: Readonly<
   Record<SecurityEventType, { reasons: ReadonlySet<string> | null; denial: boolean }>
 > = {
+  "session.binding-mismatch": { reasons: null, denial: false },
   "admin.action": { reasons: new Set(ADMIN_ACTIONS), denial: false },
   "admin.denied": { reasons: new Set(ADMIN_DENIAL_REASONS), denial: true },
   "gateway.started": { reasons: null, denial: false },

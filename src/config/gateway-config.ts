@@ -110,6 +110,8 @@ export interface SessionsConfig {
   readonly onLimit: "evict-oldest" | "reject";
   /** Live sessions one tenant (issuer, tenant) may hold; undefined: no tenant cap. */
   readonly maxPerTenant: number | undefined;
+  /** Defence in depth: compare a coarse client fingerprint on every session request. */
+  readonly clientBinding: "off" | "audit" | "reject";
 }
 
 export interface LimitsConfig {

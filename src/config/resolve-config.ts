@@ -184,6 +184,7 @@ export function resolveConfig(
       maxPerPrincipal: parsed.sessions.maxPerPrincipal,
       onLimit: parsed.sessions.onLimit,
       maxPerTenant: parsed.sessions.maxPerTenant,
+      clientBinding: parsed.sessions.clientBinding,
     },
     limits: parsed.limits,
     audit: {

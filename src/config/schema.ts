@@ -361,6 +361,7 @@ const sessionsSchema = z
     maxPerPrincipal: integer(1, 100_000).default(100),
     onLimit: z.enum(["evict-oldest", "reject"]).default("reject"),
     maxPerTenant: integer(1, 100_000_000).optional(),
+    clientBinding: z.enum(["off", "audit", "reject"]).default("off"),
   })
   .prefault({})
   .superRefine((sessions, ctx) => {

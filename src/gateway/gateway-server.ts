@@ -14,6 +14,7 @@ import { GateError } from "../errors.ts";
 import { ANONYMOUS_TENANT, anonymousPrincipal } from "../identity/anonymous.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
 import { ANONYMOUS_ISSUER, ownerScope, type Principal } from "../identity/principal.ts";
+import type { ClientBindingPolicy, ClientFingerprinter } from "../sessions/client-binding.ts";
 import { principalDigest, type RevocationNotice, type RevocationSignal } from "../sessions/revocation-bus.ts";
 import type { ResolvedSession, SessionRegistry } from "../sessions/session-registry.ts";
 import type { Store } from "../store/contract.ts";
@@ -114,6 +115,11 @@ export interface GatewayDependencies {
    * with what the pipeline learned about it (the access log, metrics). A throw is ignored.
    */
   readonly onRequestDone?: (record: RequestRecord) => void;
+  /** sessions.clientBinding and the fingerprint it compares; absent: off. */
+  readonly clientBinding?: {
+    readonly policy: ClientBindingPolicy;
+    readonly fingerprinter: ClientFingerprinter;
+  };
   /** Connection caps and rate limits (limits.*); absent: none. */
   readonly admission?: Admission;
 }
@@ -486,7 +492,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     if (presented === undefined || presented.length !== 1 || presented[0] === undefined) {
       throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
     }
-    const { session, principal } = await resolveSession(presented[0], caller, upstream);
+    const { session, principal } = await resolveSession(presented[0], caller, upstream, {
+      request,
+      clientAddress,
+    });
     noteSession(response, session, principal);
     sendJson(response, 200, {
       upstream: upstream.name,
@@ -573,7 +582,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       if (sessionId === undefined) {
         throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
       }
-      const session = await resolveSession(sessionId, caller, upstream);
+      const session = await resolveSession(sessionId, caller, upstream, context);
       noteSession(context.response, session.session, session.principal);
       checkVersionLock(request, session.session, era.version);
       await admitOwner(context, session.principal, session.session.sessionDigest, method === "DELETE");
@@ -593,6 +602,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     sessionId: string,
     caller: Principal | "anonymous",
     upstream: UpstreamConfig,
+    client: { readonly request: IncomingMessage; readonly clientAddress: string | undefined },
   ): Promise<{ session: ResolvedSession; principal: Principal }> {
     const principal =
       caller === "anonymous" ? await sessions.anonymousOwner(sessionId, upstream.name) : caller;
@@ -602,7 +612,40 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     // A session created expecting an upstream id is refused by the registry while it has none, so a
     // null upstream id here means the upstream does not use sessions.
     if (session === null) throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
+    checkClientBinding(session, client, upstream);
     return { session, principal };
+  }
+
+  /**
+   * sessions.clientBinding (defence in depth, never the isolation itself): the request's coarse
+   * fingerprint against the one recorded when the session was created. A session created while
+   * binding was off has none and is not compared.
+   */
+  function checkClientBinding(
+    session: ResolvedSession,
+    client: { readonly request: IncomingMessage; readonly clientAddress: string | undefined },
+    upstream: UpstreamConfig,
+  ): void {
+    const binding = deps.clientBinding;
+    if (binding === undefined || binding.policy === "off" || session.clientBinding === undefined) return;
+    const presented = binding.fingerprinter.fingerprint(
+      client.request.headers["user-agent"],
+      client.clientAddress,
+    );
+    if (presented === session.clientBinding) return;
+    const context = {
+      upstream: upstream.name,
+      principal: session.owner,
+      sessionDigest: session.sessionDigest,
+      ...(client.clientAddress !== undefined ? { clientAddress: client.clientAddress } : {}),
+    };
+    if (binding.policy === "audit") {
+      events.emit({ type: "session.binding-mismatch", ...context });
+      return;
+    }
+    events.emit({ type: "session.denied", reason: "client-binding", operation: "resolve", ...context });
+    // The same answer as an unknown session: the client learns nothing about why.
+    throw new GateError("ERR_SESSION_NOT_FOUND", "session not found");
   }
 
   function checkVersionLock(request: IncomingMessage, session: ResolvedSession, headerVersion: string): void {
@@ -666,7 +709,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         // THREATS S2: never "the most recent session"; a request without an id belongs to none.
         throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
       }
-      const resolved = await resolveSession(sessionId, caller, upstream);
+      const resolved = await resolveSession(sessionId, caller, upstream, context);
       noteSession(context.response, resolved.session, resolved.principal);
       checkVersionLock(request, resolved.session, version);
       await admitOwner(context, resolved.principal, resolved.session.sessionDigest);
@@ -743,10 +786,19 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     // The ownership record is written before the client learns the id (DESIGN invariant 3).
     let created: Awaited<ReturnType<SessionRegistry["create"]>>;
     try {
+      const binding = deps.clientBinding;
       created = await sessions.create({
         principal,
         upstream: upstream.name,
         protocolVersion: result.protocolVersion,
+        ...(binding !== undefined && binding.policy !== "off"
+          ? {
+              clientBinding: binding.fingerprinter.fingerprint(
+                context.request.headers["user-agent"],
+                context.clientAddress,
+              ),
+            }
+          : {}),
         ...(upstreamSessionId !== undefined ? { upstreamSessionId } : {}),
       });
     } catch (error) {

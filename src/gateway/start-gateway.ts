@@ -29,6 +29,7 @@ import {
 import { createRateLimiter } from "../limits/rate-limiter.ts";
 import { accessLogWriter } from "../log/access-log.ts";
 import { createGatewayLogger } from "../log/logger.ts";
+import { createClientFingerprinter } from "../sessions/client-binding.ts";
 import { openRevocationBus } from "../sessions/open-revocation-bus.ts";
 import { createRevocation, type Revocation } from "../sessions/revocation.ts";
 import { createSessionRegistry, type SessionRegistry } from "../sessions/session-registry.ts";
@@ -319,6 +320,10 @@ export async function startGateway(
       : undefined;
     handler = createGatewayHandler({
       admission: createAdmission({ caps, rateLimiter }),
+      clientBinding: {
+        policy: config.sessions.clientBinding,
+        fingerprinter: createClientFingerprinter(keyring),
+      },
       config,
       keyring,
       authenticator,

@@ -62,7 +62,9 @@ export type SessionDenialReason =
   /** Unused for longer than the idle timeout. */
   | "idle"
   /** Created before the kill switch last fired. */
-  | "kill-switch";
+  | "kill-switch"
+  /** sessions.clientBinding "reject": the request's client fingerprint is not the session's (judged by the gateway). */
+  | "client-binding";
 
 export interface SessionDenial {
   readonly reason: SessionDenialReason;
@@ -123,6 +125,11 @@ export interface CreateSessionInput {
    * refuses the session. Implied when `upstreamSessionId` is given.
    */
   readonly expectsUpstreamSession?: boolean;
+  /**
+   * The client's coarse fingerprint (sessions.clientBinding, src/sessions/client-binding.ts), kept
+   * with the session so later requests can be compared with it. Opaque to the registry.
+   */
+  readonly clientBinding?: string;
 }
 
 export interface Session {
@@ -137,6 +144,8 @@ export interface Session {
   readonly expectsUpstreamSession: boolean;
   /** The kill generation current at creation: a kill switch with a higher one ends the session. */
   readonly killGeneration: number;
+  /** The client fingerprint recorded at creation, if client binding was on then. */
+  readonly clientBinding: string | undefined;
 }
 
 export interface ResolvedSession extends Session {
@@ -259,6 +268,8 @@ interface SessionRecord {
   readonly expectsUpstreamSession: boolean;
   /** Absent in records written before the kill switch existed: read as 0, below every generation. */
   readonly killGeneration?: number;
+  /** Absent when client binding was off at creation. */
+  readonly clientBinding?: string;
 }
 
 /**
@@ -354,7 +365,8 @@ function parseRecord(text: string): SessionRecord | null {
     !Number.isSafeInteger(r["expiresAt"]) ||
     typeof r["expectsUpstreamSession"] !== "boolean" ||
     (r["killGeneration"] !== undefined &&
-      (!Number.isSafeInteger(r["killGeneration"]) || (r["killGeneration"] as number) < 0))
+      (!Number.isSafeInteger(r["killGeneration"]) || (r["killGeneration"] as number) < 0)) ||
+    (r["clientBinding"] !== undefined && !isBindingText(r["clientBinding"]))
   ) {
     return null;
   }
@@ -369,7 +381,12 @@ function parseRecord(text: string): SessionRecord | null {
     expiresAt: r["expiresAt"] as number,
     expectsUpstreamSession: r["expectsUpstreamSession"],
     killGeneration: (r["killGeneration"] as number | undefined) ?? 0,
+    ...(r["clientBinding"] === undefined ? {} : { clientBinding: r["clientBinding"] as string }),
   };
+}
+
+function isBindingText(value: unknown): value is string {
+  return typeof value === "string" && /^[A-Za-z0-9_-]{1,32}\.[A-Za-z0-9_-]{1,64}$/.test(value);
 }
 
 function recordOwner(record: SessionRecord): OwnerScope {
@@ -392,6 +409,7 @@ function sessionOf(record: SessionRecord, sessionDigest: string): Session {
     expiresAt: record.expiresAt,
     expectsUpstreamSession: record.expectsUpstreamSession,
     killGeneration: record.killGeneration ?? 0,
+    clientBinding: record.clientBinding,
   });
 }
 
@@ -678,6 +696,9 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       checkLabel("upstream", upstream);
       checkLabel("protocolVersion", protocolVersion);
       if (upstreamSessionId !== undefined) checkUpstreamSessionId(upstreamSessionId);
+      if (input.clientBinding !== undefined && !isBindingText(input.clientBinding)) {
+        throw invalidArgument("clientBinding", "must be a key id and a base64url fingerprint");
+      }
       const [killGeneration, evicted] = await Promise.all([generation, makeRoomFor(principal, generation)]);
       const expectsUpstreamSession = upstreamSessionId !== undefined || input.expectsUpstreamSession === true;
       const owner = ownerScope(principal);
@@ -694,6 +715,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         expiresAt: createdAt + absoluteTimeoutMs,
         expectsUpstreamSession,
         killGeneration,
+        ...(input.clientBinding === undefined ? {} : { clientBinding: input.clientBinding }),
       };
       const value = JSON.stringify(record);
       const ttl = { ttlMs: absoluteTimeoutMs };

@@ -56,6 +56,7 @@ describe("config defaults", () => {
       maxPerPrincipal: 100,
       onLimit: "reject",
       maxPerTenant: undefined,
+      clientBinding: "off",
     });
     assert.deepEqual(config.limits, {
       scope: "local",
