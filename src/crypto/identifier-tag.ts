@@ -1,4 +1,4 @@
-import { createHmac, randomBytes } from "node:crypto";
+import { createHmac, createSecretKey, randomBytes } from "node:crypto";
 import { invalidArgument } from "../errors.ts";
 
 /**
@@ -17,7 +17,9 @@ export interface IdentifierTagger {
 
 export function createIdentifierTagger(key: Uint8Array = randomBytes(32)): IdentifierTagger {
   if (key.byteLength < 32) throw invalidArgument("key", "must be at least 32 bytes");
-  const tagKey = Buffer.from(key);
+  // A KeyObject, not bytes: HMAC with one skips re-importing the key on every call (several times
+  // faster on the audit and log path, where every event tags several identifiers).
+  const tagKey = createSecretKey(Buffer.from(key));
   return {
     tag(value: string): string {
       // UTF-16LE keeps lone surrogates distinct (UTF-8 would turn them all into U+FFFD), and a tag

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { createIdentifierTagger, TAG_HEX_LENGTH } from "../../src/crypto/identifier-tag.ts";
 import { digest, looksLikeMintedId, mintId } from "../../src/crypto/ids.ts";
@@ -66,6 +66,16 @@ describe("identifier tags for logs", () => {
     assert.equal(createIdentifierTagger(key).tag("session-id-value"), tag);
     assert.notEqual(createIdentifierTagger().tag("session-id-value"), tag, "the default key is per process");
     assert.notEqual(tagger.tag("session-id-valuf"), tag);
+  });
+
+  it("are HMAC-SHA256 of the UTF-16LE value under the key, cut to 12 hex (a fixed vector: tags in old trails stay comparable)", () => {
+    const key = Buffer.alloc(32, 7);
+    const expected = createHmac("sha256", key)
+      .update("session-id-value", "utf16le")
+      .digest("hex")
+      .slice(0, 12);
+    assert.equal(createIdentifierTagger(key).tag("session-id-value"), expected);
+    assert.equal(createIdentifierTagger(key).tag("session-id-value"), "5f7463501ed8");
   });
 
   it("keep lone surrogates distinct from U+FFFD and never throw on them", () => {
