@@ -90,6 +90,21 @@ export {
   type Principal,
   samePrincipal,
 } from "./identity/index.ts";
+export {
+  type AssertionVerifier,
+  type AssertionVerifierOptions,
+  createAssertionVerifier,
+} from "./server/assertion-verifier.ts";
+export {
+  createNodeMcpListener,
+  fromAssertion,
+  fromBearer,
+  type McpAuthInfo,
+  type NodeMcpListenerOptions,
+  principalOf,
+  type RequestAuthenticator,
+  type WebMcpHandler,
+} from "./server/mcp-node-listener.ts";
 export { type OpenRevocationBusOptions, openRevocationBus } from "./sessions/open-revocation-bus.ts";
 export { createRevocation, type Revocation, type RevocationOptions } from "./sessions/revocation.ts";
 export {
