@@ -1,5 +1,10 @@
-import { createHash, createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
-import { SignJWT } from "jose";
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  sign as cryptoSign,
+  type KeyObject,
+} from "node:crypto";
 import { GateError, invalidArgument } from "../errors.ts";
 import { isIdentityString, type Principal } from "../identity/principal.ts";
 import { mintId } from "./ids.ts";
@@ -116,6 +121,10 @@ export function createAssertionSigner(options: AssertionSignerOptions): Assertio
     if (!published.some((key) => key.kid === publicJwk.kid)) published.push(publicJwk);
   }
 
+  const activeHeader = Buffer.from(
+    JSON.stringify({ alg: ASSERTION_ALGORITHM, typ: ASSERTION_TYPE, kid: active.publicJwk.kid }),
+  ).toString("base64url");
+
   return Object.freeze({
     issuer,
     lifetimeMs,
@@ -140,21 +149,24 @@ export function createAssertionSigner(options: AssertionSignerOptions): Assertio
       }
       if (!Number.isFinite(nowMs) || nowMs < 0) throw new GateError("ERR_INTERNAL", "the clock gave no time");
       const iat = Math.floor(nowMs / 1000);
+      // A compact JWS built directly and signed with node:crypto's one-shot Ed25519 sign: the same
+      // token jose would produce, without WebCrypto's per-call job and promise (the largest single
+      // cost on the gateway's request path, measured). The header is fixed per key.
+      const payload = {
+        tenant: principal.tenant,
+        principal_iss: principal.issuer,
+        iss: issuer,
+        aud: audience,
+        sub: principal.subject,
+        jti: mintId(),
+        iat,
+        exp: iat + lifetimeSeconds,
+      };
       try {
-        return await new SignJWT({
-          tenant: principal.tenant,
-          principal_iss: principal.issuer,
-        })
-          .setProtectedHeader({ alg: ASSERTION_ALGORITHM, typ: ASSERTION_TYPE, kid: active.publicJwk.kid })
-          .setIssuer(issuer)
-          .setAudience(audience)
-          .setSubject(principal.subject)
-          .setJti(mintId())
-          .setIssuedAt(iat)
-          .setExpirationTime(iat + lifetimeSeconds)
-          .sign(active.privateKey);
+        const signingInput = `${activeHeader}.${Buffer.from(JSON.stringify(payload)).toString("base64url")}`;
+        const signature = cryptoSign(null, Buffer.from(signingInput), active.privateKey);
+        return `${signingInput}.${signature.toString("base64url")}`;
       } catch (cause) {
-        // jose's message may quote a claim; it stays in `cause`, which only reaches logs.
         throw new GateError("ERR_INTERNAL", "signing the identity assertion failed", { cause });
       }
     },
