@@ -45,6 +45,10 @@ export type GateErrorCode =
   | "ERR_CONNECTION_LIMIT"
   | "ERR_RATE_LIMITED"
   | "ERR_OVERLOADED"
+  | "ERR_FETCH_REFUSED"
+  | "ERR_FETCH_FAILED"
+  | "ERR_FETCH_TIMEOUT"
+  | "ERR_FETCH_TOO_LARGE"
   | "ERR_INTERNAL";
 
 export interface WireError {
@@ -120,6 +124,13 @@ const wireForm = {
   ERR_RATE_LIMITED: { status: 429, message: "too many requests" },
   // The gateway-wide cap (limits.*.global): nothing the client did, so 503, not 429.
   ERR_OVERLOADED: { status: 503, message: "service temporarily unavailable" },
+  // safeFetch, for a server author's tools that fetch a URL a user supplied. A URL refused by the
+  // policy and one that failed in transit read the same, so the answer is no oracle for which
+  // internal names resolve to internal addresses; the code tells the author's own code which it was.
+  ERR_FETCH_REFUSED: { status: 502, message: "fetch failed" },
+  ERR_FETCH_FAILED: { status: 502, message: "fetch failed" },
+  ERR_FETCH_TIMEOUT: { status: 504, message: "fetch timed out" },
+  ERR_FETCH_TOO_LARGE: { status: 502, message: "fetched response too large" },
   ERR_INTERNAL: { status: 500, message: "internal error" },
 } as const satisfies Record<GateErrorCode, { status: number; message: string }>;
 
