@@ -105,6 +105,14 @@ export {
   type RequestAuthenticator,
   type WebMcpHandler,
 } from "./server/mcp-node-listener.ts";
+export {
+  type SafeFetchInit,
+  type SafeFetchPolicy,
+  type SafeFetchResolver,
+  type SafeFetchResponse,
+  type SafeFetchScheme,
+  safeFetch,
+} from "./server/safe-fetch.ts";
 export { type OpenRevocationBusOptions, openRevocationBus } from "./sessions/open-revocation-bus.ts";
 export { createRevocation, type Revocation, type RevocationOptions } from "./sessions/revocation.ts";
 export {
