@@ -15,6 +15,18 @@ const server = createServer((request, response) => {
   const chunks: Buffer[] = [];
   request.on("data", (chunk: Buffer) => chunks.push(chunk));
   request.on("end", () => {
+    if (request.method === "GET") {
+      // A session's stream: held open (a comment line now and then) until the client leaves.
+      response.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-store" });
+      response.write(": open\n\n");
+      const beat = setInterval(() => response.write(": beat\n\n"), 15_000);
+      response.on("close", () => clearInterval(beat));
+      return;
+    }
+    if (request.method === "DELETE") {
+      response.writeHead(200).end();
+      return;
+    }
     if (request.method !== "POST") {
       response.writeHead(405).end();
       return;

@@ -239,7 +239,14 @@ export async function startGateway(
       if (upstream.transport === "http")
         upstreamClients.set(
           upstream.name,
-          metrics.instrumentUpstream(upstream.name, createUpstreamClient(upstream.url)),
+          metrics.instrumentUpstream(
+            upstream.name,
+            createUpstreamClient(upstream.url, {
+              // Every open stream holds an upstream connection: the connection caps, not the pool,
+              // bound how many there are (a smaller pool would stall streams past its size).
+              connections: config.limits.streams.global + config.limits.inflight.global,
+            }),
+          ),
         );
     }
     cleanup.push(async () => {
