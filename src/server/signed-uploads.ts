@@ -162,6 +162,7 @@ const CONTROL_CHARACTER = /[\u0000-\u001f\u007f-\u009f]/;
 const DECIMAL = /^(0|[1-9][0-9]{0,15})$/;
 const KEY_ID = /^[A-Za-z0-9_-]{1,32}$/;
 const SIGNATURE = /^[A-Za-z0-9_-]{43}$/;
+const MAX_TARGET_LENGTH = 16 * 1024;
 const QUERY_FIELDS = new Set(["id", "exp", "max", "types", "name", "kid", "sig"]);
 
 /** What a verified URL grants. */
@@ -471,7 +472,8 @@ function canonicalFields(keyId: string, principal: Principal, grant: UploadGrant
  * another.
  */
 function queryFields(target: string | undefined): Record<string, string | undefined> | null {
-  if (typeof target !== "string" || target.length > 4096) return null;
+  // Longer than any URL `issue` can build (32 media types and a 255-character name fit in about 8 KiB).
+  if (typeof target !== "string" || target.length > MAX_TARGET_LENGTH) return null;
   const mark = target.indexOf("?");
   if (mark < 0) return null;
   const query = target.slice(mark + 1);

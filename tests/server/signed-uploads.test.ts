@@ -463,6 +463,25 @@ describe("signed uploads: arguments and sinks", () => {
     }
   });
 
+  it("a URL over 4 KiB (32 media types, a name of 255 units) is accepted as issued", async () => {
+    const contentTypes = Array.from(
+      { length: 32 },
+      (_, i) => `application/${"x".repeat(63 - `+v${i}`.length)}+v${i}`,
+    );
+    const signer = createUploadSigner({ ...base, store: new MemoryStore(), contentTypes });
+    const server = await startUploadServer(signer);
+    try {
+      const name = "\u{1F4C4}".repeat(127) + "é";
+      const issued = await signer.issue(alice, { name });
+      assert.ok(issued.url.length > 4_096);
+      const answer = await send(server.port, issued.url, { body: "x", contentType: contentTypes[31] ?? "" });
+      assert.equal(answer.status, 201);
+      assert.equal(JSON.parse(answer.body).name, name);
+    } finally {
+      await server.close();
+    }
+  });
+
   it("only PUT and POST upload; a store that cannot answer is 503", async () => {
     const store = new MemoryStore();
     const signer = createUploadSigner({ ...base, store });
