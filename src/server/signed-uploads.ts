@@ -212,7 +212,7 @@ export function createUploadSigner(options: UploadSignerOptions): UploadSigner {
   };
   const mac = (keyId: string, principal: Principal, grant: UploadGrant): Buffer =>
     createHmac("sha256", macKey(keyId))
-      .update(canonicalFields(keyId, principal, grant))
+      .update(canonicalFields(keyId, path, principal, grant))
       .digest();
 
   /** The grant a URL carries, if its MAC holds for `principal`; null otherwise, whatever the flaw. */
@@ -441,10 +441,13 @@ function ownerRecord(principal: Principal): string {
  * The MAC's input: every field length-prefixed (4-byte big-endian byte count, then UTF-8), so no two
  * different grants or principals encode alike, whatever characters their fields hold.
  */
-function canonicalFields(keyId: string, principal: Principal, grant: UploadGrant): Buffer {
+function canonicalFields(keyId: string, path: string, principal: Principal, grant: UploadGrant): Buffer {
   const fields = [
     MAC_LABEL,
     keyId,
+    // Two signers sharing a keyring (say, avatars and datasets, with different sinks) must not
+    // accept each other's URLs: the MAC names the endpoint that issued it.
+    path,
     grant.uploadId,
     principal.tenant,
     principal.issuer,

@@ -482,6 +482,23 @@ describe("signed uploads: arguments and sinks", () => {
     }
   });
 
+  it("T5 signers sharing a keyring and a store refuse each other's URLs, and do not spend them", async () => {
+    const store = new MemoryStore();
+    const avatars = createUploadSigner({ ...base, store, path: "/avatars" });
+    const datasets = createUploadSigner({ ...base, store, path: "/datasets", sink: async () => {} });
+    const avatarServer = await startUploadServer(avatars);
+    const datasetServer = await startUploadServer(datasets);
+    try {
+      const issued = await avatars.issue(alice);
+      const moved = issued.url.replace(/^\/avatars/, "/datasets");
+      assert.equal((await send(datasetServer.port, moved, { body: "x" })).status, 403);
+      assert.equal((await send(datasetServer.port, issued.url, { body: "x" })).status, 403);
+      assert.equal((await send(avatarServer.port, issued.url, { body: "x" })).status, 201);
+    } finally {
+      await Promise.all([avatarServer.close(), datasetServer.close()]);
+    }
+  });
+
   it("only PUT and POST upload; a store that cannot answer is 503", async () => {
     const store = new MemoryStore();
     const signer = createUploadSigner({ ...base, store });
