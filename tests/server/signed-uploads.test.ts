@@ -499,6 +499,26 @@ describe("signed uploads: arguments and sinks", () => {
     }
   });
 
+  it("T5 a URL survives a master-key rotation while its key is loaded, and no longer", async () => {
+    const k1 = { id: "k1", key: Buffer.alloc(32, 1) };
+    const k2 = { id: "k2", key: Buffer.alloc(32, 2) };
+    const store = new MemoryStore();
+    const original = createUploadSigner({ ...base, store, keyring: Keyring.fromKeys([k1], "k1") });
+    const rotated = createUploadSigner({ ...base, store, keyring: Keyring.fromKeys([k1, k2], "k2") });
+    const retired = createUploadSigner({ ...base, store, keyring: Keyring.fromKeys([k2], "k2") });
+    const servers = await Promise.all([rotated, retired].map(startUploadServer));
+    try {
+      const kept = await original.issue(alice);
+      const dropped = await original.issue(alice);
+      assert.equal((await send(servers[1]!.port, dropped.url, { body: "x" })).status, 403);
+      assert.equal((await send(servers[0]!.port, kept.url, { body: "x" })).status, 201);
+      // Refused by the retired keyring without being spent: a keyring that still has k1 accepts it.
+      assert.equal((await send(servers[0]!.port, dropped.url, { body: "x" })).status, 201);
+    } finally {
+      await Promise.all(servers.map((server) => server.close()));
+    }
+  });
+
   it("only PUT and POST upload; a store that cannot answer is 503", async () => {
     const store = new MemoryStore();
     const signer = createUploadSigner({ ...base, store });
