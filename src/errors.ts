@@ -29,6 +29,7 @@ export type GateErrorCode =
   | "ERR_HEADERS_TOO_LARGE"
   | "ERR_BATCH_REFUSED"
   | "ERR_MEDIA_TYPE_UNSUPPORTED"
+  | "ERR_UPLOAD_REFUSED"
   | "ERR_NOT_ACCEPTABLE"
   | "ERR_METHOD_NOT_ALLOWED"
   | "ERR_NOT_FOUND"
@@ -94,6 +95,9 @@ const wireForm = {
   ERR_HEADERS_TOO_LARGE: { status: 431, message: "request headers too large" },
   ERR_BATCH_REFUSED: { status: 400, message: "batch refused" },
   ERR_MEDIA_TYPE_UNSUPPORTED: { status: 415, message: "unsupported media type" },
+  // A signed upload URL that is malformed, tampered with, expired, issued to someone else or already
+  // used: one answer for all of them, so a prober learns nothing about which check failed (THREATS T5).
+  ERR_UPLOAD_REFUSED: { status: 403, message: "upload refused" },
   ERR_NOT_ACCEPTABLE: { status: 406, message: "not acceptable" },
   ERR_METHOD_NOT_ALLOWED: { status: 405, message: "method not allowed" },
   ERR_NOT_FOUND: { status: 404, message: "not found" },

@@ -113,6 +113,27 @@ export {
   type SafeFetchScheme,
   safeFetch,
 } from "./server/safe-fetch.ts";
+export {
+  createUploadSigner,
+  type IssuedUpload,
+  type IssueUploadOptions,
+  MAX_STORED_UPLOAD_BYTES,
+  MAX_UPLOAD_BYTES,
+  MAX_UPLOAD_URL_TTL_MS,
+  type ReceivedUpload,
+  type StoredUpload,
+  type UploadOutcome,
+  type UploadRefusalReason,
+  type UploadSigner,
+  type UploadSignerOptions,
+} from "./server/signed-uploads.ts";
+export {
+  createSingleUseCodes,
+  MAX_CODE_TTL_MS,
+  MAX_CODE_VALUE_LENGTH,
+  type SingleUseCodes,
+  type SingleUseCodesOptions,
+} from "./server/single-use-codes.ts";
 export { type OpenRevocationBusOptions, openRevocationBus } from "./sessions/open-revocation-bus.ts";
 export { createRevocation, type Revocation, type RevocationOptions } from "./sessions/revocation.ts";
 export {
