@@ -28,8 +28,9 @@ import { checkLifetime, checkPrincipal, ownedBy, ownerFieldsOf, parseObject } fr
  * - Updates are compare-and-set without a gap: revision n+1 is a record of its own, claimed (first
  *   writer wins), then a monotonic head counter moves to it. Two updates based on the same revision
  *   cannot both win, so none is lost silently; the loser re-reads and retries, and gives up with
- *   `ERR_TASK_CONFLICT` rather than overwrite. Nothing is ever deleted before its successor exists,
- *   so a crash mid-update leaves the previous state readable, never an ownerless or missing task.
+ *   `ERR_TASK_CONFLICT` rather than overwrite. A superseded revision becomes a tombstone whose key
+ *   stays taken, so no revision number is ever won twice; a crash mid-update leaves the previous
+ *   state readable, never an ownerless or missing task.
  * - Results live under the owner's scope (`data/<tenant>/<issuer>/<subject>/owned-task-result/…`)
  *   and are returned only to the owner: never by task id alone.
  *
@@ -301,8 +302,8 @@ export function createOwnedTasks(options: OwnedTasksOptions): OwnedTasks {
       if (head === 0) return taskOf(located.record, null);
       const revision = parseRevision(await store.get(located.revisionKey(head)), head);
       if (revision !== null) return taskOf(located.record, revision);
-      // The head moved on and its old revision was removed between the two reads: read again. The
-      // same head twice with no readable revision is a damaged task: refused, never guessed at.
+      // The head moved on and its old revision became a tombstone between the two reads: read again.
+      // The same head twice with no readable revision is a damaged task: refused, never guessed at.
       if (head === previousHead) break;
       previousHead = head;
     }
@@ -346,9 +347,18 @@ export function createOwnedTasks(options: OwnedTasksOptions): OwnedTasks {
       await store.increment(located.head, 1, { limit: next.revision, ttlMs: ttl });
       if (claimed.won) {
         if (current.revision > 0) {
-          // Only now that its successor is committed; it would expire with the task anyway, so a
-          // failure here leaves nothing wrong behind.
-          await store.delete(located.revisionKey(current.revision)).catch(() => undefined);
+          // The superseded revision shrinks to a tombstone but its key stays taken until the task
+          // expires: deleting it would let a slow update still based on the revision before it
+          // claim the freed key and "win" a revision that was already committed and superseded.
+          // A failure here leaves the full record, which is just as correct.
+          const tombstone = JSON.stringify({
+            v: RECORD_VERSION,
+            revision: current.revision,
+            superseded: true,
+          });
+          await store
+            .put(located.revisionKey(current.revision), tombstone, { ttlMs: ttl })
+            .catch(() => undefined);
         }
         return taskOf(located.record, next);
       }

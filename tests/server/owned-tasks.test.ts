@@ -9,7 +9,7 @@ import { isGateError } from "../../src/errors.ts";
 import { makePrincipal, ownerScope, type Principal } from "../../src/identity/principal.ts";
 import { createOwnedTasks, type OwnedTasks } from "../../src/server/owned-tasks.ts";
 import type { Store } from "../../src/store/contract.ts";
-import { counterKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
+import { counterKey, ownedKey, ownerIndexKey, ownershipKey } from "../../src/store/keys.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 import { openTwoConnections, type TwoConnections } from "../support/two-connections.ts";
 
@@ -207,32 +207,98 @@ for (const backend of await storeBackendCases("owned-tasks")) {
 
     it("T3 concurrent updates over two connections are never lost silently", async () => {
       const remoteTasks = createOwnedTasks({ store: connections.second, ttlMs: 60_000 });
-      const task = await tasks.create(alice, { state: { count: 0 } });
-      const updaters = 12;
-      const outcomes = await Promise.allSettled(
-        Array.from({ length: updaters }, (_, i) =>
-          (i % 2 === 0 ? tasks : remoteTasks).update(alice, task.taskId, (current) => ({
-            state: { count: (current.state as { count: number }).count + 1 },
-          })),
-        ),
-      );
-      const applied = outcomes.filter((outcome) => outcome.status === "fulfilled").length;
-      for (const outcome of outcomes) {
-        if (outcome.status === "rejected") assert.ok(isGateError(outcome.reason, "ERR_TASK_CONFLICT"));
+      // Several rounds: a lost update shows up only under some interleavings.
+      for (let round = 0; round < 4; round++) {
+        const task = await tasks.create(alice, { state: { count: 0 } });
+        const updaters = 12;
+        const outcomes = await Promise.allSettled(
+          Array.from({ length: updaters }, (_, i) =>
+            (i % 2 === 0 ? tasks : remoteTasks).update(alice, task.taskId, (current) => ({
+              state: { count: (current.state as { count: number }).count + 1 },
+            })),
+          ),
+        );
+        const applied = outcomes.filter((outcome) => outcome.status === "fulfilled").length;
+        for (const outcome of outcomes) {
+          if (outcome.status === "rejected") assert.ok(isGateError(outcome.reason, "ERR_TASK_CONFLICT"));
+        }
+        const final = await tasks.get(alice, task.taskId);
+        // Every update that reported success is in the final state, and nothing else is.
+        assert.equal((final.state as { count: number }).count, applied);
+        assert.equal(final.revision, applied);
+        assert.equal(applied, updaters);
+        // Each success saw its own revision.
+        const revisions = outcomes.flatMap((outcome) =>
+          outcome.status === "fulfilled" ? [outcome.value.revision] : [],
+        );
+        assert.deepEqual(
+          revisions.sort((a, b) => a - b),
+          Array.from({ length: applied }, (_, i) => i + 1),
+        );
       }
+    });
+
+    it("T3 a slow update based on a superseded revision loses and retries; it never wins a revision twice", async () => {
+      let release!: () => void;
+      const gate = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let held = 0;
+      // The slow writer's first claim waits until two other updates have committed.
+      const slowStore = new Proxy(store, {
+        get(target, name) {
+          const value = Reflect.get(target, name, target) as unknown;
+          if (name === "claim") {
+            return async (...args: Parameters<Store["claim"]>) => {
+              if (held++ === 0) await gate;
+              return target.claim(...args);
+            };
+          }
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      });
+      const slow = createOwnedTasks({ store: slowStore, ttlMs: 60_000 });
+      const task = await tasks.create(alice, { state: { count: 0 } });
+      const increment = (current: { state: unknown }) => ({
+        state: { count: (current.state as { count: number }).count + 1 },
+      });
+      const slowUpdate = slow.update(alice, task.taskId, increment);
+      while (held === 0) await sleep(1);
+      assert.equal((await tasks.update(alice, task.taskId, increment)).revision, 1);
+      assert.equal((await tasks.update(alice, task.taskId, increment)).revision, 2);
+      release();
+      assert.equal((await slowUpdate).revision, 3);
       const final = await tasks.get(alice, task.taskId);
-      // Every update that reported success is in the final state, and nothing else is.
-      assert.equal((final.state as { count: number }).count, applied);
-      assert.equal(final.revision, applied);
-      assert.equal(applied, updaters);
-      // Each success saw its own revision.
-      const revisions = outcomes.flatMap((outcome) =>
-        outcome.status === "fulfilled" ? [outcome.value.revision] : [],
+      assert.deepEqual([final.revision, final.state], [3, { count: 3 }]);
+    });
+
+    it("an update whose writer stopped between claiming its revision and committing it is committed by the next", async () => {
+      const task = await tasks.create(alice, { state: { count: 0 } });
+      const { incarnation } = JSON.parse((await store.get(ownershipKey("owned-task", task.taskId)))!) as {
+        incarnation: string;
+      };
+      // Revision 1 claimed by a writer that then died: the head still says 0.
+      const orphan = {
+        v: 1,
+        revision: 1,
+        status: "working",
+        statusMessage: null,
+        state: { count: 1 },
+        updatedAt: 1,
+      };
+      await store.claim(
+        ownedKey(ownerScope(alice), "owned-task-rev", incarnation, "1"),
+        JSON.stringify(orphan),
+        { ttlMs: 60_000 },
       );
-      assert.deepEqual(
-        revisions.sort((a, b) => a - b),
-        Array.from({ length: applied }, (_, i) => i + 1),
-      );
+      assert.equal((await tasks.get(alice, task.taskId)).revision, 0);
+      const next = await tasks.update(alice, task.taskId, (current) => ({
+        state: { count: (current.state as { count: number }).count + 1 },
+      }));
+      // Built on the orphan, not on revision 0: nothing claimed is overwritten.
+      assert.equal(next.revision, 2);
+      assert.deepEqual(next.state, { count: 2 });
+      assert.deepEqual((await tasks.get(alice, task.taskId)).state, { count: 2 });
     });
 
     it("a cancel racing a completion: exactly one finishes the task, and a result exists only if it completed", async () => {
