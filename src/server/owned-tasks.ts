@@ -34,7 +34,7 @@ import { checkLifetime, checkPrincipal, ownedBy, ownerFieldsOf, parseObject } fr
  * - Results live under the owner's scope (`data/<tenant>/<issuer>/<subject>/owned-task-result/…`)
  *   and are returned only to the owner: never by task id alone.
  *
- * docs/decisions.md (104) explains the revision chain; docs/storage-schema.md lists the keys.
+ * docs/decisions.md (107) explains the revision chain; docs/storage-schema.md lists the keys.
  */
 
 /** MCP task statuses (2025-11-25 tasks; the 2026-07-28 tasks extension uses the same set). */
