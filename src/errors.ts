@@ -38,6 +38,8 @@ export type GateErrorCode =
   | "ERR_PROTOCOL_VERSION_MISMATCH"
   | "ERR_HEADER_MISMATCH"
   | "ERR_TASK_NOT_FOUND"
+  | "ERR_TASK_CONFLICT"
+  | "ERR_TOKEN_INVALID"
   | "ERR_METHOD_NOT_FOUND"
   | "ERR_UPSTREAM_UNAVAILABLE"
   | "ERR_UPSTREAM_REFUSED"
@@ -113,6 +115,14 @@ const wireForm = {
   // A task the caller does not own, or that has no owner record: one in-band JSON-RPC -32602 (HTTP
   // 200, as MCP servers answer invalid params), the gateway's own and identical for both (THREATS T1).
   ERR_TASK_NOT_FOUND: { status: 200, message: "unknown task" },
+  // Library tasks (src/server/owned-tasks.ts): a create naming an id that is already taken, an update
+  // of a finished task, or an update that kept losing a race. Raised only after the owner check, so
+  // only the owner (or a server choosing its own ids) ever sees it.
+  ERR_TASK_CONFLICT: { status: 409, message: "conflict" },
+  // A poll or download token that is unknown, expired, for another task, or presented by someone
+  // other than the principal it was issued to (THREATS T2): one answer, the one an unknown resource
+  // gets, so possession alone learns nothing.
+  ERR_TOKEN_INVALID: { status: 404, message: "not found" },
   // 2026-07-28 Streamable HTTP: a method the server does not implement is 404 with -32601.
   ERR_METHOD_NOT_FOUND: { status: 404, message: "method not found" },
   // The upstream's own refusals of the gateway (401/403) are never relayed: a client seeing 401 would

@@ -96,6 +96,12 @@ export {
   createAssertionVerifier,
 } from "./server/assertion-verifier.ts";
 export {
+  createDownloadTokens,
+  DEFAULT_DOWNLOAD_TOKEN_TTL_MS,
+  type DownloadTokens,
+  type DownloadTokensOptions,
+} from "./server/download-tokens.ts";
+export {
   createNodeMcpListener,
   fromAssertion,
   fromBearer,
@@ -106,6 +112,23 @@ export {
   type WebMcpHandler,
 } from "./server/mcp-node-listener.ts";
 export {
+  type CreateTaskInit,
+  createOwnedTasks,
+  isTerminalTaskStatus,
+  type OwnedTask,
+  type OwnedTaskStatus,
+  type OwnedTasks,
+  type OwnedTasksOptions,
+  type TaskChange,
+} from "./server/owned-tasks.ts";
+export {
+  createPollTokens,
+  DEFAULT_POLL_TOKEN_TTL_MS,
+  type PollTokens,
+  type PollTokensOptions,
+} from "./server/poll-tokens.ts";
+export { type ReadRequestTokenOptions, readRequestToken, type TokenRequest } from "./server/request-token.ts";
+export {
   type SafeFetchInit,
   type SafeFetchPolicy,
   type SafeFetchResolver,
@@ -113,6 +136,7 @@ export {
   type SafeFetchScheme,
   safeFetch,
 } from "./server/safe-fetch.ts";
+export { createSessionPrincipals, type SessionPrincipals } from "./server/session-principals.ts";
 export {
   createUploadSigner,
   type IssuedUpload,
@@ -134,6 +158,8 @@ export {
   type SingleUseCodes,
   type SingleUseCodesOptions,
 } from "./server/single-use-codes.ts";
+export { createStateHandles, type StateHandles, type StateHandlesOptions } from "./server/state-handles.ts";
+export type { IssuedTaskToken } from "./server/task-tokens.ts";
 export { type OpenRevocationBusOptions, openRevocationBus } from "./sessions/open-revocation-bus.ts";
 export { createRevocation, type Revocation, type RevocationOptions } from "./sessions/revocation.ts";
 export {
