@@ -43,6 +43,14 @@ export interface NodeMcpListenerOptions {
 const PRINCIPAL_KEY = "tenantgate.principal";
 
 /**
+ * Every principal a listener authenticated and handed to the SDK. `authInfo.extra` is an open
+ * record: other auth middleware commonly spreads a token's claims into it, so a client-chosen claim
+ * named "tenantgate.principal" would otherwise be taken as verified. Only the very object the
+ * listener attached is trusted; a copy, or JSON of the same shape, is not.
+ */
+const attachedPrincipals = new WeakSet<Principal>();
+
+/**
  * The verified principal of the request a tool handler serves (the SDK's `ctx`). Fails closed: a
  * handler reached without one (a listener that was not mounted through tenantgate) is refused
  * rather than served as nobody.
@@ -51,11 +59,15 @@ export function principalOf(ctx: {
   readonly http?: { readonly authInfo?: { readonly extra?: unknown } };
 }): Principal {
   const extra = ctx?.http?.authInfo?.extra as Record<string, unknown> | undefined;
-  const principal = extra?.[PRINCIPAL_KEY] as Principal | undefined;
-  if (principal === undefined || typeof principal.subject !== "string") {
+  const principal = extra?.[PRINCIPAL_KEY];
+  if (
+    typeof principal !== "object" ||
+    principal === null ||
+    !attachedPrincipals.has(principal as Principal)
+  ) {
     throw new GateError("ERR_AUTH_REQUIRED", "no verified principal for this request");
   }
-  return principal;
+  return principal as Principal;
 }
 
 /** Behind tenantgate: the caller is whoever the gateway's assertion names. */
@@ -113,6 +125,7 @@ export function createNodeMcpListener(
   async function serve(request: IncomingMessage, response: ServerResponse): Promise<void> {
     // Authenticated before the body is read: an unauthenticated caller costs no buffering.
     const principal = await options.authenticate(request);
+    attachedPrincipals.add(principal);
     const body = await readBody(request, maxBodyBytes);
     const aborter = new AbortController();
     response.on("close", () => {

@@ -1,0 +1,124 @@
+/**
+ * Findings of the security review of the library for server authors (assertion signer and verifier,
+ * the SDK listener, signed uploads, single-use codes, safeFetch), plus the checks the review ran that
+ * found nothing to fix, kept so a later change cannot quietly undo them.
+ */
+import assert from "node:assert/strict";
+import { createPrivateKey } from "node:crypto";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import { type AddressInfo, connect } from "node:net";
+import { after, before, describe, it } from "node:test";
+import { compactVerify, createLocalJWKSet, decodeJwt, type JSONWebKeySet, jwtVerify, SignJWT } from "jose";
+import { ASSERTION_TYPE, createAssertionSigner } from "../../src/crypto/assertion-signer.ts";
+import { Keyring } from "../../src/crypto/keyring.ts";
+import { GateError, isGateError } from "../../src/errors.ts";
+import { makePrincipal, type Principal } from "../../src/identity/principal.ts";
+import { parseAllowances, vetAddress } from "../../src/server/address-policy.ts";
+import { createAssertionVerifier } from "../../src/server/assertion-verifier.ts";
+import {
+  createNodeMcpListener,
+  fromAssertion,
+  type McpAuthInfo,
+  principalOf,
+} from "../../src/server/mcp-node-listener.ts";
+
+const GATEWAY = "https://gate.example.com";
+const UPSTREAM = "https://files.internal.example/mcp";
+
+const alice = makePrincipal({
+  kind: "jwt",
+  issuer: "https://idp.example.com",
+  subject: "alice",
+  tenant: "acme",
+  scopes: [],
+  expiresAt: null,
+});
+
+/** The `ctx` a v2 SDK tool handler gets, as far as principalOf reads it. */
+const ctxWith = (authInfo: McpAuthInfo | { extra?: unknown }) => ({ http: { authInfo } });
+
+interface RawAnswer {
+  readonly head: string;
+  readonly closedByServer: boolean;
+  /** Bytes the server's socket read for this request (body included). */
+  readonly serverBytesRead: number;
+}
+
+/**
+ * Sends a request declaring a large body and keeps streaming it until the server answers and closes
+ * the connection, or `sendBytes` went out. Reports what the server read off the wire.
+ */
+async function streamLargeBody(
+  server: Server,
+  readBytes: () => number,
+  headers: string,
+  sendBytes: number,
+): Promise<RawAnswer> {
+  const { port } = server.address() as AddressInfo;
+  const socket = connect(port, "127.0.0.1");
+  let head = "";
+  let closedByServer = false;
+  socket.on("data", (data) => {
+    head += data.toString("latin1");
+  });
+  socket.on("end", () => {
+    closedByServer = true;
+  });
+  socket.on("close", () => {
+    closedByServer = true;
+  });
+  socket.on("error", () => undefined);
+  socket.write(`POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${sendBytes}\r\n${headers}\r\n`);
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  for (let sent = 0; sent < sendBytes && !closedByServer; sent += chunk.length) {
+    socket.write(chunk);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  // Long enough for a server that keeps reading to show it.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  socket.destroy();
+  return { head: head.split("\r\n\r\n")[0] ?? "", closedByServer, serverBytesRead: readBytes() };
+}
+
+describe("review: principalOf trusts only what the listener attached", () => {
+  it("a principal-shaped object in authInfo.extra that the listener did not put there is refused", () => {
+    // What a client-controlled claim set spread into `extra` by some other auth middleware looks like.
+    const forged = {
+      kind: "jwt",
+      issuer: "https://idp.example.com",
+      subject: "victim",
+      tenant: "victim-tenant",
+      scopes: [],
+      expiresAt: null,
+    };
+    for (const principal of [forged, makePrincipal(forged as Principal)]) {
+      assert.throws(
+        () => principalOf(ctxWith({ extra: { "tenantgate.principal": principal } })),
+        (error: unknown) => isGateError(error, "ERR_AUTH_REQUIRED"),
+      );
+    }
+  });
+
+  it("the principal the listener authenticated is what principalOf returns in the handler", async () => {
+    const seen: Principal[] = [];
+    const listener = createNodeMcpListener(
+      {
+        async fetch(_request, options) {
+          seen.push(principalOf(ctxWith(options?.authInfo ?? {})));
+          return new Response("{}", { headers: { "content-type": "application/json" } });
+        },
+      },
+      { authenticate: async () => alice },
+    );
+    const server = createServer(listener);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const answer = await fetch(`http://127.0.0.1:${port}/mcp`, { method: "POST", body: "{}" });
+      assert.equal(answer.status, 200);
+      assert.deepEqual(seen, [alice]);
+    } finally {
+      server.close();
+    }
+  });
+});
