@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { GateError, isGateError, toWire } from "../errors.ts";
+import { GateError, invalidArgument, isGateError, toWire } from "../errors.ts";
+import { readRequestBody } from "../gateway/json-rpc-body.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
 import type { Principal } from "../identity/principal.ts";
 import type { AssertionVerifier } from "./assertion-verifier.ts";
@@ -98,7 +99,10 @@ export function createNodeMcpListener(
   options: NodeMcpListenerOptions,
 ): (request: IncomingMessage, response: ServerResponse) => void {
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-  const refuse = (response: ServerResponse, error: unknown): void => {
+  if (!Number.isSafeInteger(maxBodyBytes) || maxBodyBytes < 0) {
+    throw invalidArgument("maxBodyBytes", "must be a non-negative integer");
+  }
+  const refuse = (request: IncomingMessage, response: ServerResponse, error: unknown): void => {
     try {
       options.onError?.(error);
     } catch {
@@ -118,6 +122,10 @@ export function createNodeMcpListener(
       "content-type": "application/json",
       "cache-control": "no-store",
       ...(wire.status === 401 ? { "www-authenticate": "Bearer" } : {}),
+      // Refused before its body ended (unauthenticated, or past maxBodyBytes): close the connection.
+      // Kept alive, Node would either read the rest of an unauthenticated body to discard it, or
+      // leave a paused request holding the socket.
+      ...(request.complete ? {} : { connection: "close" }),
     });
     response.end(body);
   };
@@ -126,7 +134,9 @@ export function createNodeMcpListener(
     // Authenticated before the body is read: an unauthenticated caller costs no buffering.
     const principal = await options.authenticate(request);
     attachedPrincipals.add(principal);
-    const body = await readBody(request, maxBodyBytes);
+    // Content-Length past the limit is refused before a byte is read, a streamed body at the chunk
+    // that crosses it; an aborted body is ERR_REQUEST_INVALID.
+    const body = await readRequestBody(request, maxBodyBytes);
     const aborter = new AbortController();
     response.on("close", () => {
       if (!response.writableFinished) aborter.abort();
@@ -171,26 +181,6 @@ export function createNodeMcpListener(
   }
 
   return (request, response) => {
-    serve(request, response).catch((error: unknown) => refuse(response, error));
+    serve(request, response).catch((error: unknown) => refuse(request, response, error));
   };
-}
-
-function readBody(request: IncomingMessage, maxBytes: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let received = 0;
-    request.on("data", (chunk: Buffer) => {
-      received += chunk.byteLength;
-      if (received > maxBytes) {
-        request.pause();
-        reject(new GateError("ERR_BODY_TOO_LARGE", "request too large"));
-        return;
-      }
-      chunks.push(chunk);
-    });
-    request.once("end", () => resolve(Buffer.concat(chunks)));
-    request.once("error", (error) =>
-      reject(new GateError("ERR_REQUEST_INVALID", "request failed", { cause: error })),
-    );
-  });
 }

@@ -122,3 +122,73 @@ describe("review: principalOf trusts only what the listener attached", () => {
     }
   });
 });
+
+describe("review: the SDK listener stops reading a body it refuses", () => {
+  let server: Server;
+  let lastSocketBytes = 0;
+  let handlerCalls = 0;
+  before(async () => {
+    const listener = createNodeMcpListener(
+      {
+        async fetch() {
+          handlerCalls += 1;
+          return new Response("{}");
+        },
+      },
+      {
+        authenticate: async (request: IncomingMessage) => {
+          if (request.headers["x-test-caller"] !== "alice") {
+            throw new GateError("ERR_AUTH_REQUIRED", "no assertion");
+          }
+          return alice;
+        },
+        maxBodyBytes: 1024,
+      },
+    );
+    server = createServer((request, response) => {
+      const socket = request.socket;
+      lastSocketBytes = 0;
+      const sample = setInterval(() => {
+        lastSocketBytes = socket.bytesRead;
+      }, 20);
+      socket.once("close", () => {
+        lastSocketBytes = socket.bytesRead;
+        clearInterval(sample);
+      });
+      listener(request, response);
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  });
+  after(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+
+  const sendBytes = 8 * 1024 * 1024;
+
+  it("an unauthenticated request is answered 401 and its body is not read to the end", async () => {
+    const answer = await streamLargeBody(server, () => lastSocketBytes, "", sendBytes);
+    assert.match(answer.head, /^HTTP\/1\.1 401 /);
+    assert.match(answer.head, /\r\nconnection: close/i);
+    assert.ok(answer.closedByServer, "the server closes the connection");
+    assert.ok(
+      answer.serverBytesRead < 1024 * 1024,
+      `read ${answer.serverBytesRead} bytes of an unauthenticated body`,
+    );
+    assert.equal(handlerCalls, 0);
+  });
+
+  it("a body over maxBodyBytes is 413 and the connection is closed, not left hanging", async () => {
+    const answer = await streamLargeBody(
+      server,
+      () => lastSocketBytes,
+      "x-test-caller: alice\r\n",
+      sendBytes,
+    );
+    assert.match(answer.head, /^HTTP\/1\.1 413 /);
+    assert.match(answer.head, /\r\nconnection: close/i);
+    assert.ok(answer.closedByServer, "the server closes the connection");
+    assert.ok(answer.serverBytesRead < 1024 * 1024, `read ${answer.serverBytesRead} bytes past the limit`);
+    assert.equal(handlerCalls, 0);
+  });
+});
