@@ -192,3 +192,47 @@ describe("review: the SDK listener stops reading a body it refuses", () => {
     assert.equal(handlerCalls, 0);
   });
 });
+
+describe("review: assertion verifier options", () => {
+  it("a clock tolerance that would stretch an assertion past its lifetime is an argument error", () => {
+    const keyring = Keyring.ephemeral();
+    const jwks = createAssertionSigner({ keyring, issuer: GATEWAY }).jwks();
+    for (const clockToleranceSeconds of [Number.POSITIVE_INFINITY, Number.NaN, -1, 61, 3600]) {
+      assert.throws(
+        () => createAssertionVerifier({ issuer: GATEWAY, audience: UPSTREAM, jwks, clockToleranceSeconds }),
+        (error: unknown) => isGateError(error, "ERR_ARGUMENT_INVALID"),
+        String(clockToleranceSeconds),
+      );
+    }
+    for (const clockToleranceSeconds of [0, 5, 60]) {
+      createAssertionVerifier({ issuer: GATEWAY, audience: UPSTREAM, jwks, clockToleranceSeconds });
+    }
+  });
+
+  it("an hour-old assertion is refused at the largest tolerance allowed", async () => {
+    const keyring = Keyring.ephemeral();
+    const hourAgo = Date.now() - 3600_000;
+    const signer = createAssertionSigner({ keyring, issuer: GATEWAY, now: () => hourAgo });
+    const verifier = createAssertionVerifier({
+      issuer: GATEWAY,
+      audience: UPSTREAM,
+      jwks: signer.jwks(),
+      clockToleranceSeconds: 60,
+    });
+    const token = await signer.sign(alice, { audience: UPSTREAM });
+    await assert.rejects(verifier.verify(token), (error: unknown) => isGateError(error, "ERR_AUTH_INVALID"));
+  });
+
+  it("two assertion headers are refused even when both are valid (one header, one value)", async () => {
+    const keyring = Keyring.ephemeral();
+    const signer = createAssertionSigner({ keyring, issuer: GATEWAY });
+    const verify = fromAssertion(
+      createAssertionVerifier({ issuer: GATEWAY, audience: UPSTREAM, jwks: signer.jwks() }),
+    );
+    const token = await signer.sign(alice, { audience: UPSTREAM });
+    const request = {
+      headersDistinct: { "tenantgate-assertion": [token, token] },
+    } as unknown as IncomingMessage;
+    await assert.rejects(verify(request), (error: unknown) => isGateError(error, "ERR_AUTH_INVALID"));
+  });
+});
