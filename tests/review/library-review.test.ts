@@ -236,3 +236,70 @@ describe("review: assertion verifier options", () => {
     await assert.rejects(verify(request), (error: unknown) => isGateError(error, "ERR_AUTH_INVALID"));
   });
 });
+
+describe("review: the directly built assertion is the JWS jose would build", () => {
+  it("byte for byte: re-signing its header and claims with jose under the same derived key gives the same token", async () => {
+    const keyring = Keyring.ephemeral();
+    const signer = createAssertionSigner({ keyring, issuer: GATEWAY });
+    // Claim values that JSON must escape; none may reach the header or break the serialisation.
+    const odd = makePrincipal({
+      kind: "jwt",
+      issuer: 'https://idp.example.com/"},"alg":"none',
+      subject: 'a"b\\c</script>\u2028\u00e9\u{1F600}.x.y',
+      tenant: "t.e.n.a.n.t",
+      scopes: [],
+      expiresAt: null,
+    });
+    const token = await signer.sign(odd, { audience: UPSTREAM });
+    const parts = token.split(".");
+    assert.equal(parts.length, 3);
+    for (const part of parts) assert.match(part, /^[A-Za-z0-9_-]+$/, "base64url without padding");
+    const header = JSON.parse(Buffer.from(parts[0] ?? "", "base64url").toString("utf8")) as Record<
+      string,
+      unknown
+    >;
+    assert.deepEqual(header, { alg: "EdDSA", typ: ASSERTION_TYPE, kid: signer.activeKid });
+
+    const claims = decodeJwt(token);
+    assert.equal(claims.sub, odd.subject);
+    assert.equal(claims["principal_iss"], odd.issuer);
+    assert.equal(typeof claims.aud, "string");
+    assert.ok(Number.isInteger(claims.iat) && Number.isInteger(claims.exp));
+
+    // Ed25519 signatures are deterministic: the same key over the same input gives the same bytes.
+    const seed = keyring.purposeKey("assertion-signing");
+    const privateKey = createPrivateKey({
+      key: Buffer.concat([Buffer.from("302e020100300506032b657004220420", "hex"), seed]),
+      format: "der",
+      type: "pkcs8",
+    });
+    const { iss, aud, sub, jti, iat, exp, ...rest } = claims;
+    const rebuilt = await new SignJWT(rest)
+      .setProtectedHeader({ alg: "EdDSA", typ: ASSERTION_TYPE, kid: signer.activeKid })
+      .setIssuer(String(iss))
+      .setAudience(String(aud))
+      .setSubject(String(sub))
+      .setJti(String(jti))
+      .setIssuedAt(Number(iat))
+      .setExpirationTime(Number(exp))
+      .sign(privateKey);
+    assert.equal(rebuilt, token);
+
+    const jwks = createLocalJWKSet(signer.jwks() as unknown as JSONWebKeySet);
+    await compactVerify(token, jwks, { algorithms: ["EdDSA"] });
+    const { payload } = await jwtVerify(token, jwks, {
+      issuer: GATEWAY,
+      audience: UPSTREAM,
+      typ: ASSERTION_TYPE,
+      algorithms: ["EdDSA"],
+    });
+    assert.equal(payload.sub, odd.subject);
+    const verified = await createAssertionVerifier({
+      issuer: GATEWAY,
+      audience: UPSTREAM,
+      jwks: signer.jwks(),
+    }).verify(token);
+    assert.equal(verified.subject, odd.subject);
+    assert.equal(verified.issuer, odd.issuer);
+  });
+});
