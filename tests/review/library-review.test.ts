@@ -303,3 +303,21 @@ describe("review: the directly built assertion is the JWS jose would build", () 
     assert.equal(verified.issuer, odd.issuer);
   });
 });
+
+describe("review: safeFetch address policy", () => {
+  it("credential endpoints of cloud platforms stay refused under an intranet allowance", () => {
+    const allowances = parseAllowances(["169.254.0.0/16", "fd00::/8", "0.0.0.0/0"]);
+    for (const address of [
+      "169.254.170.23", // EKS Pod Identity Agent (IAM credentials)
+      "fd00:ec2::23", // the same over IPv6
+      "::ffff:169.254.170.23",
+      "169.254.0.23", // Tencent Cloud metadata
+    ]) {
+      const verdict = vetAddress(address, allowances);
+      assert.equal(verdict.allowed, false, address);
+      assert.equal(verdict.allowed === false && verdict.reason, "metadata", address);
+    }
+    // The allowance still opens the rest of the range it names.
+    assert.equal(vetAddress("169.254.10.10", allowances).allowed, true);
+  });
+});
