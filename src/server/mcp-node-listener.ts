@@ -93,6 +93,8 @@ export function fromBearer(
 }
 
 const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
+/** Request headers that carry the caller's credential; the verified principal replaces them. */
+const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set(["authorization", "tenantgate-assertion"]);
 
 export function createNodeMcpListener(
   handler: WebMcpHandler,
@@ -143,6 +145,9 @@ export function createNodeMcpListener(
     });
     const headers = new Headers();
     for (const [name, values] of Object.entries(request.headersDistinct)) {
+      // The SDK hands this request to tool code (`ctx.http.req`): the credential it was authenticated
+      // with stays here, so a handler that logs or forwards headers cannot leak or replay it.
+      if (CREDENTIAL_HEADERS.has(name)) continue;
       for (const value of values ?? []) headers.append(name, value);
     }
     const method = (request.method ?? "GET").toUpperCase();

@@ -123,6 +123,46 @@ describe("review: principalOf trusts only what the listener attached", () => {
   });
 });
 
+describe("review: the SDK listener keeps credentials out of tool code", () => {
+  it("the request the SDK (and ctx.http.req) sees carries neither the bearer token nor the assertion", async () => {
+    const seen: Headers[] = [];
+    const listener = createNodeMcpListener(
+      {
+        async fetch(request) {
+          seen.push(request.headers);
+          return new Response("{}", { headers: { "content-type": "application/json" } });
+        },
+      },
+      { authenticate: async () => alice },
+    );
+    const server = createServer(listener);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const answer = await fetch(`http://127.0.0.1:${port}/mcp`, {
+        method: "POST",
+        headers: {
+          authorization: "Bearer secret-user-token",
+          "tenantgate-assertion": "header.payload.signature",
+          "content-type": "application/json",
+          "mcp-protocol-version": "2026-07-28",
+        },
+        body: "{}",
+      });
+      assert.equal(answer.status, 200);
+      const [headers] = seen;
+      assert.ok(headers);
+      assert.equal(headers.get("authorization"), null);
+      assert.equal(headers.get("tenantgate-assertion"), null);
+      // Everything else the SDK needs still arrives.
+      assert.equal(headers.get("mcp-protocol-version"), "2026-07-28");
+      assert.equal(headers.get("content-type"), "application/json");
+    } finally {
+      server.close();
+    }
+  });
+});
+
 describe("review: the SDK listener stops reading a body it refuses", () => {
   let server: Server;
   let lastSocketBytes = 0;
