@@ -21,6 +21,7 @@ import {
   type McpAuthInfo,
   principalOf,
 } from "../../src/server/mcp-node-listener.ts";
+import { safeFetch } from "../../src/server/safe-fetch.ts";
 
 const GATEWAY = "https://gate.example.com";
 const UPSTREAM = "https://files.internal.example/mcp";
@@ -344,7 +345,7 @@ describe("review: the directly built assertion is the JWS jose would build", () 
   });
 });
 
-describe("review: safeFetch address policy", () => {
+describe("review: safeFetch", () => {
   it("credential endpoints of cloud platforms stay refused under an intranet allowance", () => {
     const allowances = parseAllowances(["169.254.0.0/16", "fd00::/8", "0.0.0.0/0"]);
     for (const address of [
@@ -359,5 +360,29 @@ describe("review: safeFetch address policy", () => {
     }
     // The allowance still opens the rest of the range it names.
     assert.equal(vetAddress("169.254.10.10", allowances).allowed, true);
+  });
+
+  it("HEAD on a resource larger than maxBytes answers: no body is read, so the declared length is no bound", async () => {
+    const server = createServer((_request, response) => {
+      response.writeHead(200, { "content-length": String(64 * 1024 * 1024), "content-type": "text/plain" });
+      response.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const url = `http://127.0.0.1:${port}/big`;
+      const policy = { allowAddresses: ["127.0.0.1"], allowedPorts: [port], maxBytes: 1024 };
+      const head = await safeFetch(url, policy, { method: "HEAD" });
+      assert.equal(head.status, 200);
+      assert.equal(head.headers["content-length"], String(64 * 1024 * 1024));
+      assert.equal(head.body.length, 0);
+      // GET of the same resource is still refused before reading.
+      await assert.rejects(safeFetch(url, policy), (error: unknown) =>
+        isGateError(error, "ERR_FETCH_TOO_LARGE"),
+      );
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
   });
 });
