@@ -9,7 +9,11 @@ import { createServer, type IncomingMessage, type Server } from "node:http";
 import { type AddressInfo, connect } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { compactVerify, createLocalJWKSet, decodeJwt, type JSONWebKeySet, jwtVerify, SignJWT } from "jose";
-import { ASSERTION_TYPE, createAssertionSigner } from "../../src/crypto/assertion-signer.ts";
+import {
+  ASSERTION_TYPE,
+  type AssertionSigner,
+  createAssertionSigner,
+} from "../../src/crypto/assertion-signer.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
 import { GateError, isGateError } from "../../src/errors.ts";
 import { makePrincipal, type Principal } from "../../src/identity/principal.ts";
@@ -34,6 +38,9 @@ const alice = makePrincipal({
   scopes: [],
   expiresAt: null,
 });
+
+/** What `/.well-known/jwks.json` would serve, in the shape the verifier takes. */
+const publishedKeys = (signer: AssertionSigner) => ({ keys: signer.jwks().keys.map((key) => ({ ...key })) });
 
 /** The `ctx` a v2 SDK tool handler gets, as far as principalOf reads it. */
 const ctxWith = (authInfo: McpAuthInfo | { extra?: unknown }) => ({ http: { authInfo } });
@@ -237,7 +244,7 @@ describe("review: the SDK listener stops reading a body it refuses", () => {
 describe("review: assertion verifier options", () => {
   it("a clock tolerance that would stretch an assertion past its lifetime is an argument error", () => {
     const keyring = Keyring.ephemeral();
-    const jwks = createAssertionSigner({ keyring, issuer: GATEWAY }).jwks();
+    const jwks = publishedKeys(createAssertionSigner({ keyring, issuer: GATEWAY }));
     for (const clockToleranceSeconds of [Number.POSITIVE_INFINITY, Number.NaN, -1, 61, 3600]) {
       assert.throws(
         () => createAssertionVerifier({ issuer: GATEWAY, audience: UPSTREAM, jwks, clockToleranceSeconds }),
@@ -257,7 +264,7 @@ describe("review: assertion verifier options", () => {
     const verifier = createAssertionVerifier({
       issuer: GATEWAY,
       audience: UPSTREAM,
-      jwks: signer.jwks(),
+      jwks: publishedKeys(signer),
       clockToleranceSeconds: 60,
     });
     const token = await signer.sign(alice, { audience: UPSTREAM });
@@ -268,7 +275,7 @@ describe("review: assertion verifier options", () => {
     const keyring = Keyring.ephemeral();
     const signer = createAssertionSigner({ keyring, issuer: GATEWAY });
     const verify = fromAssertion(
-      createAssertionVerifier({ issuer: GATEWAY, audience: UPSTREAM, jwks: signer.jwks() }),
+      createAssertionVerifier({ issuer: GATEWAY, audience: UPSTREAM, jwks: publishedKeys(signer) }),
     );
     const token = await signer.sign(alice, { audience: UPSTREAM });
     const request = {
@@ -338,7 +345,7 @@ describe("review: the directly built assertion is the JWS jose would build", () 
     const verified = await createAssertionVerifier({
       issuer: GATEWAY,
       audience: UPSTREAM,
-      jwks: signer.jwks(),
+      jwks: publishedKeys(signer),
     }).verify(token);
     assert.equal(verified.subject, odd.subject);
     assert.equal(verified.issuer, odd.issuer);
