@@ -115,10 +115,13 @@ function firstRange(address: ParsedAddress, ranges: readonly NamedRange[]): Name
 const METADATA_RANGES: readonly NamedRange[] = [
   range("169.254.169.254", "metadata"), // AWS, GCP, Azure, OpenStack, DigitalOcean
   range("169.254.170.2", "metadata"), // AWS ECS task credentials
+  range("169.254.170.23", "metadata"), // AWS EKS Pod Identity Agent (IAM credentials)
+  range("169.254.0.23", "metadata"), // Tencent Cloud
   range("100.100.100.200", "metadata"), // Alibaba Cloud
   range("168.63.129.16", "metadata"), // Azure wire server (a public-range address)
   range("192.0.0.192", "metadata"), // Oracle Cloud
   range("fd00:ec2::254", "metadata"), // AWS over IPv6
+  range("fd00:ec2::23", "metadata"), // AWS EKS Pod Identity Agent over IPv6
 ];
 
 const IPV4_BLOCKED: readonly NamedRange[] = [

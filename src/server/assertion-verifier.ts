@@ -25,7 +25,7 @@ export interface AssertionVerifierOptions {
   readonly audience: string;
   /** Where the gateway's keys are (`<publicUrl>/.well-known/jwks.json`), or the key set itself. */
   readonly jwks: URL | { readonly keys: readonly Record<string, unknown>[] } | JWTVerifyGetKey;
-  /** Clock tolerance in seconds. Default 5. */
+  /** Clock tolerance in seconds, 0 to 60. Default 5. */
   readonly clockToleranceSeconds?: number;
 }
 
@@ -36,6 +36,8 @@ export interface AssertionVerifier {
 
 /** The gateway signs a fresh assertion per request that lives at most 60 s. */
 const MAX_ASSERTION_AGE = "60s";
+/** No more skew than an assertion's whole lifetime: beyond that a replica's clock is simply wrong. */
+const MAX_CLOCK_TOLERANCE_SECONDS = 60;
 
 export function createAssertionVerifier(options: AssertionVerifierOptions): AssertionVerifier {
   if (!isIdentityString(options?.issuer)) throw invalidArgument("issuer", "must be the gateway's publicUrl");
@@ -49,6 +51,17 @@ export function createAssertionVerifier(options: AssertionVerifierOptions): Asse
         ? createRemoteJWKSet(jwks)
         : createLocalJWKSet({ keys: [...jwks.keys] as never });
   const clockTolerance = options.clockToleranceSeconds ?? 5;
+  // The tolerance is added to every time check, max age included: a large one would accept an
+  // assertion long after its 60 s. NaN or Infinity jose refuses only at verify time, failing every
+  // request; both are argument errors here, at start-up.
+  if (
+    typeof clockTolerance !== "number" ||
+    !Number.isFinite(clockTolerance) ||
+    clockTolerance < 0 ||
+    clockTolerance > MAX_CLOCK_TOLERANCE_SECONDS
+  ) {
+    throw invalidArgument("clockToleranceSeconds", `must be from 0 to ${MAX_CLOCK_TOLERANCE_SECONDS}`);
+  }
 
   return {
     async verify(headerValue) {

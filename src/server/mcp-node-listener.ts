@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { GateError, isGateError, toWire } from "../errors.ts";
+import { GateError, invalidArgument, isGateError, toWire } from "../errors.ts";
+import { readRequestBody } from "../gateway/json-rpc-body.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
 import type { Principal } from "../identity/principal.ts";
 import type { AssertionVerifier } from "./assertion-verifier.ts";
@@ -43,6 +44,14 @@ export interface NodeMcpListenerOptions {
 const PRINCIPAL_KEY = "tenantgate.principal";
 
 /**
+ * Every principal a listener authenticated and handed to the SDK. `authInfo.extra` is an open
+ * record: other auth middleware commonly spreads a token's claims into it, so a client-chosen claim
+ * named "tenantgate.principal" would otherwise be taken as verified. Only the very object the
+ * listener attached is trusted; a copy, or JSON of the same shape, is not.
+ */
+const attachedPrincipals = new WeakSet<Principal>();
+
+/**
  * The verified principal of the request a tool handler serves (the SDK's `ctx`). Fails closed: a
  * handler reached without one (a listener that was not mounted through tenantgate) is refused
  * rather than served as nobody.
@@ -51,11 +60,15 @@ export function principalOf(ctx: {
   readonly http?: { readonly authInfo?: { readonly extra?: unknown } };
 }): Principal {
   const extra = ctx?.http?.authInfo?.extra as Record<string, unknown> | undefined;
-  const principal = extra?.[PRINCIPAL_KEY] as Principal | undefined;
-  if (principal === undefined || typeof principal.subject !== "string") {
+  const principal = extra?.[PRINCIPAL_KEY];
+  if (
+    typeof principal !== "object" ||
+    principal === null ||
+    !attachedPrincipals.has(principal as Principal)
+  ) {
     throw new GateError("ERR_AUTH_REQUIRED", "no verified principal for this request");
   }
-  return principal;
+  return principal as Principal;
 }
 
 /** Behind tenantgate: the caller is whoever the gateway's assertion names. */
@@ -80,13 +93,18 @@ export function fromBearer(
 }
 
 const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
+/** Request headers that carry the caller's credential; the verified principal replaces them. */
+const CREDENTIAL_HEADERS: ReadonlySet<string> = new Set(["authorization", "tenantgate-assertion"]);
 
 export function createNodeMcpListener(
   handler: WebMcpHandler,
   options: NodeMcpListenerOptions,
 ): (request: IncomingMessage, response: ServerResponse) => void {
   const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-  const refuse = (response: ServerResponse, error: unknown): void => {
+  if (!Number.isSafeInteger(maxBodyBytes) || maxBodyBytes < 0) {
+    throw invalidArgument("maxBodyBytes", "must be a non-negative integer");
+  }
+  const refuse = (request: IncomingMessage, response: ServerResponse, error: unknown): void => {
     try {
       options.onError?.(error);
     } catch {
@@ -106,6 +124,10 @@ export function createNodeMcpListener(
       "content-type": "application/json",
       "cache-control": "no-store",
       ...(wire.status === 401 ? { "www-authenticate": "Bearer" } : {}),
+      // Refused before its body ended (unauthenticated, or past maxBodyBytes): close the connection.
+      // Kept alive, Node would either read the rest of an unauthenticated body to discard it, or
+      // leave a paused request holding the socket.
+      ...(request.complete ? {} : { connection: "close" }),
     });
     response.end(body);
   };
@@ -113,13 +135,19 @@ export function createNodeMcpListener(
   async function serve(request: IncomingMessage, response: ServerResponse): Promise<void> {
     // Authenticated before the body is read: an unauthenticated caller costs no buffering.
     const principal = await options.authenticate(request);
-    const body = await readBody(request, maxBodyBytes);
+    attachedPrincipals.add(principal);
+    // Content-Length past the limit is refused before a byte is read, a streamed body at the chunk
+    // that crosses it; an aborted body is ERR_REQUEST_INVALID.
+    const body = await readRequestBody(request, maxBodyBytes);
     const aborter = new AbortController();
     response.on("close", () => {
       if (!response.writableFinished) aborter.abort();
     });
     const headers = new Headers();
     for (const [name, values] of Object.entries(request.headersDistinct)) {
+      // The SDK hands this request to tool code (`ctx.http.req`): the credential it was authenticated
+      // with stays here, so a handler that logs or forwards headers cannot leak or replay it.
+      if (CREDENTIAL_HEADERS.has(name)) continue;
       for (const value of values ?? []) headers.append(name, value);
     }
     const method = (request.method ?? "GET").toUpperCase();
@@ -158,26 +186,6 @@ export function createNodeMcpListener(
   }
 
   return (request, response) => {
-    serve(request, response).catch((error: unknown) => refuse(response, error));
+    serve(request, response).catch((error: unknown) => refuse(request, response, error));
   };
-}
-
-function readBody(request: IncomingMessage, maxBytes: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let received = 0;
-    request.on("data", (chunk: Buffer) => {
-      received += chunk.byteLength;
-      if (received > maxBytes) {
-        request.pause();
-        reject(new GateError("ERR_BODY_TOO_LARGE", "request too large"));
-        return;
-      }
-      chunks.push(chunk);
-    });
-    request.once("end", () => resolve(Buffer.concat(chunks)));
-    request.once("error", (error) =>
-      reject(new GateError("ERR_REQUEST_INVALID", "request failed", { cause: error })),
-    );
-  });
 }

@@ -304,7 +304,8 @@ async function exchange(
         body: new Uint8Array(),
       };
     }
-    const declared = Number(headerValue(response.headers["content-length"]));
+    // A HEAD answer declares the length of the body a GET would get and carries none: no bound to apply.
+    const declared = method === "HEAD" ? 0 : Number(headerValue(response.headers["content-length"]));
     if (Number.isFinite(declared) && declared > settings.maxBytes) {
       discard(response.body);
       throw new GateError("ERR_FETCH_TOO_LARGE", "response too large", { detail: "content-length" });
