@@ -46,6 +46,9 @@ export interface AdmissionOptions {
 /** What `ERR_RATE_LIMITED` carries for the answer's Retry-After header. */
 export const RETRY_AFTER_DETAIL_PREFIX = "retry-after:";
 
+/** A day: longer than any bucket refills in, and short enough to be written as plain digits. */
+const MAX_RETRY_AFTER_SECONDS = 86_400;
+
 const NO_OP_TICKET: AdmissionTicket = { admitOwner: async () => undefined };
 
 export function createAdmission(options: AdmissionOptions): Admission {
@@ -69,7 +72,7 @@ export function createAdmission(options: AdmissionOptions): Admission {
       const verdict = await rateLimiter.take(bucketKey);
       if (!verdict.allowed) {
         throw new GateError("ERR_RATE_LIMITED", "rate limit reached", {
-          detail: `${RETRY_AFTER_DETAIL_PREFIX}${verdict.retryAfterSeconds}`,
+          detail: `${RETRY_AFTER_DETAIL_PREFIX}${retryAfterText(verdict.retryAfterSeconds)}`,
         });
       }
     }
@@ -93,6 +96,15 @@ export function createAdmission(options: AdmissionOptions): Admission {
       return { admitOwner: (owner) => admitOwner(reserved, owner) };
     },
   };
+}
+
+/**
+ * The detail becomes a response header: whatever a store answered (NaN from a garbled reply, a
+ * fraction, an exponent), only 1 to MAX_RETRY_AFTER_SECONDS whole seconds, as digits, leave here.
+ */
+function retryAfterText(seconds: number): string {
+  if (!Number.isFinite(seconds)) return String(MAX_RETRY_AFTER_SECONDS);
+  return String(Math.min(MAX_RETRY_AFTER_SECONDS, Math.max(1, Math.ceil(seconds))));
 }
 
 /** The ledger keys are digests: no identifier is held in memory or the store as it was sent. */

@@ -382,9 +382,14 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     if (gateError.code === "ERR_METHOD_NOT_ALLOWED") headers = { ...headers, allow: "GET, POST, DELETE" };
     if (gateError.code === "ERR_SHUTTING_DOWN") headers = { ...headers, connection: "close" };
-    if (gateError.code === "ERR_RATE_LIMITED" && gateError.detail?.startsWith(RETRY_AFTER_DETAIL_PREFIX)) {
-      // RFC 6585 §4: how long to wait, in seconds.
-      headers = { ...headers, "retry-after": gateError.detail.slice(RETRY_AFTER_DETAIL_PREFIX.length) };
+    const retryAfter =
+      gateError.code === "ERR_RATE_LIMITED" && gateError.detail?.startsWith(RETRY_AFTER_DETAIL_PREFIX)
+        ? gateError.detail.slice(RETRY_AFTER_DETAIL_PREFIX.length)
+        : undefined;
+    // RFC 6585 §4: how long to wait, in seconds (RFC 9110 §10.2.3: delay-seconds is digits only, so
+    // nothing else is ever written into the header).
+    if (retryAfter !== undefined && /^[0-9]{1,9}$/.test(retryAfter)) {
+      headers = { ...headers, "retry-after": retryAfter };
     }
     sendError(response, gateError, { id: context.id ?? null, headers });
   }
