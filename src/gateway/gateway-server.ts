@@ -633,11 +633,17 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   ): void {
     const binding = deps.clientBinding;
     if (binding === undefined || binding.policy === "off" || session.clientBinding === undefined) return;
-    const presented = binding.fingerprinter.fingerprint(
-      client.request.headers["user-agent"],
-      client.clientAddress,
-    );
-    if (presented === session.clientBinding) return;
+    // Recomputed under the key the recorded fingerprint names (decision 103), so a master-key
+    // rotation does not unbind every session, and compared in constant time.
+    if (
+      binding.fingerprinter.matches(
+        session.clientBinding,
+        client.request.headers["user-agent"],
+        client.clientAddress,
+      )
+    ) {
+      return;
+    }
     const context = {
       upstream: upstream.name,
       principal: session.owner,
