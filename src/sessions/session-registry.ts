@@ -331,9 +331,16 @@ function mappingContext(owner: OwnerScope, upstream: string, sessionDigest: stri
   };
 }
 
-/** The lease set of one tenant's live sessions (sessions.maxPerTenant); the tenant by digest only. */
-function tenantLeaseKey(owner: OwnerScope): LeaseKey {
-  return leaseKey(TENANT_LEASE_KIND, digest("tenant-sessions", JSON.stringify([owner.issuer, owner.tenant])));
+/**
+ * The lease set of one tenant's live sessions (sessions.maxPerTenant); the tenant by digest only.
+ * One set per kill generation: a kill switch ends every older session at once, but their leases would
+ * hold the tenant's room until they expired (with no idle timeout, the absolute one), so sessions
+ * created afterwards count in a fresh set. Generation 0 keeps the original key.
+ */
+function tenantLeaseKey(owner: OwnerScope, killGeneration: number): LeaseKey {
+  const scope =
+    killGeneration === 0 ? [owner.issuer, owner.tenant] : [owner.issuer, owner.tenant, killGeneration];
+  return leaseKey(TENANT_LEASE_KIND, digest("tenant-sessions", JSON.stringify(scope)));
 }
 
 function mappingKey(owner: OwnerScope, sessionDigest: string): RecordKey {
@@ -492,6 +499,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
    */
   async function touch(
     owner: OwnerScope,
+    killGeneration: number,
     sessionDigest: string,
     expiresAt: number,
     force = false,
@@ -509,7 +517,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       // The tenant slot lives as long as the activity record: an idle session frees it.
       maxPerTenant === undefined
         ? undefined
-        : store.leaseRenew(tenantLeaseKey(owner), [sessionDigest], ttlMs),
+        : store.leaseRenew(tenantLeaseKey(owner, killGeneration), [sessionDigest], ttlMs),
     ]);
   }
 
@@ -571,7 +579,9 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     await store.delete(seenKey(owner, sessionDigest));
     lastTouch.delete(sessionDigest);
     await store.indexRemove(ownerIndexKey(owner, SESSION_KIND), sessionDigest);
-    if (maxPerTenant !== undefined) await store.leaseRelease(tenantLeaseKey(owner), sessionDigest);
+    if (maxPerTenant !== undefined) {
+      await store.leaseRelease(tenantLeaseKey(owner, record.killGeneration ?? 0), sessionDigest);
+    }
     return removed;
   }
 
@@ -733,7 +743,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
           if (
             maxPerTenant !== undefined &&
             !(await store.leaseAcquire(
-              tenantLeaseKey(owner),
+              tenantLeaseKey(owner, killGeneration),
               sessionDigest,
               maxPerTenant,
               tenantLeaseTtl(record.expiresAt),
@@ -743,7 +753,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
           }
           // Activity first: a member of the index without it would look idle to a concurrent
           // create's makeRoomFor, which removes idle sessions.
-          await touch(owner, sessionDigest, record.expiresAt, true);
+          await touch(owner, killGeneration, sessionDigest, record.expiresAt, true);
           await store.indexAdd(ownerIndexKey(owner, SESSION_KIND), sessionDigest, ttl);
           if (upstreamSessionId !== undefined) {
             const sealed = seal(keyring, upstreamSessionId, mappingContext(owner, upstream, sessionDigest));
@@ -863,7 +873,9 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         return deny({ reason: "mapping-missing", operation: "resolve", sessionDigest, caller, upstream });
       }
       // Activity, throttled; a failed write here is not the caller's problem (the next one retries).
-      await touch(recordOwner(record), sessionDigest, record.expiresAt).catch(() => undefined);
+      await touch(recordOwner(record), record.killGeneration ?? 0, sessionDigest, record.expiresAt).catch(
+        () => undefined,
+      );
       return Object.freeze({ ...sessionOf(record, sessionDigest), upstreamSessionId });
     },
 
@@ -898,7 +910,7 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     },
 
     async keepAlive(session) {
-      await touch(session.owner, session.sessionDigest, session.expiresAt);
+      await touch(session.owner, session.killGeneration, session.sessionDigest, session.expiresAt);
     },
 
     async end(sessionId, principal, upstream) {

@@ -8,8 +8,12 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { Keyring } from "../../src/crypto/keyring.ts";
 import { isGateError } from "../../src/errors.ts";
 import { createAdmission, RETRY_AFTER_DETAIL_PREFIX } from "../../src/gateway/admission.ts";
+import { makePrincipal } from "../../src/identity/principal.ts";
+import { createSessionRegistry } from "../../src/sessions/session-registry.ts";
+import { openStore } from "../../src/store/open-store.ts";
 import { type Harness, INITIALIZE, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
 import { type RecordingUpstream, startRecordingUpstream } from "../support/recording-upstream.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
@@ -32,6 +36,42 @@ describe("admission: the 429's Retry-After carries digits only", () => {
       );
     });
   }
+});
+
+describe("sessions.maxPerTenant: the kill switch gives the tenant's slots back", () => {
+  it("sessions created after a kill switch are admitted although the killed ones have not expired", async () => {
+    const store = await openStore("memory:");
+    try {
+      // No idle timeout: a killed session's lease would otherwise last until its absolute expiry.
+      const registry = createSessionRegistry({
+        store,
+        keyring: Keyring.ephemeral(),
+        absoluteTimeoutMs: 3_600_000,
+        maxPerTenant: 2,
+      });
+      const who = makePrincipal({
+        kind: "jwt",
+        issuer: "https://issuer.test",
+        subject: "alice",
+        tenant: "acme",
+        scopes: [],
+        expiresAt: null,
+      });
+      const create = () =>
+        registry.create({ principal: who, upstream: "notes", protocolVersion: "2025-11-25" });
+      const first = await create();
+      await create();
+      await assert.rejects(create(), (error: unknown) => isGateError(error, "ERR_SESSION_LIMIT"));
+      await registry.killSwitch();
+      // The killed sessions answer 404 to everyone: they must not hold the tenant's room.
+      assert.equal(await registry.resolve(first.sessionId, who, "notes"), null);
+      await create();
+      await create();
+      await assert.rejects(create(), (error: unknown) => isGateError(error, "ERR_SESSION_LIMIT"));
+    } finally {
+      await store.close();
+    }
+  });
 });
 
 describe("client binding across a master-key rotation (decision 103)", async () => {
