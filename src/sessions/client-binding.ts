@@ -79,7 +79,15 @@ export function addressPrefix(address: string | undefined): string {
   if (text.startsWith("::ffff:") && isIP(text.slice(7)) === 4) text = text.slice(7);
   const family = isIP(text);
   if (family === 4) return `v4:${text.split(".").slice(0, IPV4_PREFIX_OCTETS).join(".")}`;
-  if (family === 6) return `v6:${expandIpv6(text).slice(0, IPV6_PREFIX_GROUPS).join(":")}`;
+  if (family === 6) {
+    const groups = expandIpv6(text);
+    // An IPv4-mapped address in any spelling (::ffff:cb00:710a, 0:0:0:0:0:ffff:…) is its IPv4 client.
+    if (groups.length === 8 && groups.slice(0, 5).every((g) => /^0+$/.test(g)) && groups[5] === "ffff") {
+      const high = Number.parseInt(groups[6] ?? "0", 16);
+      return `v4:${high >> 8}.${high & 0xff}.${Number.parseInt(groups[7] ?? "0", 16) >> 8}`;
+    }
+    return `v6:${groups.slice(0, IPV6_PREFIX_GROUPS).join(":")}`;
+  }
   return "unknown";
 }
 

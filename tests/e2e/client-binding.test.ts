@@ -113,6 +113,8 @@ describe("client fingerprints", () => {
   it("compare addresses by /24 (IPv4) and /48 (IPv6), an IPv4-mapped address as IPv4", () => {
     assert.equal(addressPrefix("203.0.113.10"), "v4:203.0.113");
     assert.equal(addressPrefix("::ffff:203.0.113.10"), "v4:203.0.113");
+    assert.equal(addressPrefix("::ffff:cb00:710a"), "v4:203.0.113");
+    assert.equal(addressPrefix("0:0:0:0:0:ffff:cb00:710a"), "v4:203.0.113");
     assert.equal(addressPrefix("2001:db8:1::1"), "v6:2001:0db8:0001");
     assert.equal(addressPrefix("2001:0db8:0001:ffff::9"), "v6:2001:0db8:0001");
     assert.equal(addressPrefix("2001:db8::1"), "v6:2001:0db8:0000");
