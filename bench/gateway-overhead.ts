@@ -26,6 +26,7 @@ import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import pg from "pg";
+import { renderChart } from "./chart.ts";
 import { type Child, freePort, startChild } from "./lib/children.ts";
 import {
   type FixedRateResult,
@@ -252,6 +253,7 @@ async function main(): Promise<void> {
   await writeFile(join(HERE, "results/latest.json"), `${JSON.stringify(result, null, 2)}\n`);
   const markdown = renderMarkdown(result);
   await writeFile(join(HERE, "results/latest.md"), markdown);
+  await writeFile(join(HERE, "results/latest.svg"), renderChart(result));
   process.stdout.write(markdown);
 }
 
