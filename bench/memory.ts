@@ -8,7 +8,10 @@
  *   it (default 4,000) to an upstream that holds every GET stream open: the gateway's RSS per open
  *   stream, read from /proc before and after.
  *
- *   ./run npm run bench:memory -- [--sessions N] [--streams N] [--only sessions|streams]
+ * - **sessions over HTTP**: N sessions (default 50,000) initialized through the gateway: creates per
+ *   second and the gateway's RSS per session.
+ *
+ *   ./run npm run bench:memory -- [--sessions N] [--http-sessions N] [--streams N] [--only sessions|http|streams]
  *
  * Run with `node --expose-gc` (the npm script does) so "after" is measured after a full collection.
  */
@@ -29,11 +32,14 @@ const { values } = parseArgs({
   options: {
     sessions: { type: "string", default: "1000000" },
     streams: { type: "string", default: "4000" },
+    "http-sessions": { type: "string", default: "50000" },
     only: { type: "string" },
   },
 });
 const SESSIONS = Number(values.sessions);
 const STREAMS = Number(values.streams);
+const HTTP_SESSIONS = Number(values["http-sessions"]);
+const SESSIONS_PER_PRINCIPAL = 100;
 const HERE = new URL(".", import.meta.url).pathname;
 const CLI = new URL("../src/cli/main.ts", import.meta.url).pathname;
 
@@ -145,7 +151,11 @@ async function sessions(): Promise<Record<string, unknown>> {
   };
 }
 
-async function streams(): Promise<Record<string, unknown>> {
+/**
+ * Through a `tenantgate serve` process (memory store): `sessionCount` sessions created over HTTP
+ * (timed, and the gateway's RSS per session), then GET streams opened on the first `streamCount`.
+ */
+async function throughGateway(sessionCount: number, streamCount: number): Promise<Record<string, unknown>> {
   const dir = await mkdtemp(join(tmpdir(), "tenantgate-bench-mem-"));
   const children = [];
   try {
@@ -161,7 +171,7 @@ async function streams(): Promise<Record<string, unknown>> {
     );
     const port = await freePort();
     const publicUrl = `http://127.0.0.1:${port}`;
-    const big = STREAMS * 4 + 1000;
+    const big = Math.max(sessionCount, streamCount) * 4 + 1000;
     await writeFile(
       join(dir, "gw.json"),
       JSON.stringify({
@@ -179,7 +189,8 @@ async function streams(): Promise<Record<string, unknown>> {
             protocolVersions: ["2025-11-25"],
           },
         ],
-        sessions: { maxPerPrincipal: big },
+        // A realistic spread: many principals, each under the default per-principal cap (100).
+        sessions: { maxPerPrincipal: SESSIONS_PER_PRINCIPAL },
         limits: {
           streams: { global: big, perIp: big, perPrincipal: big, perSession: 8 },
           inflight: { global: big, perIp: big, perPrincipal: big, perSession: 32 },
@@ -196,16 +207,20 @@ async function streams(): Promise<Record<string, unknown>> {
     });
     children.push(gateway);
     const pid = gateway.process.pid as number;
-    const token = await new SignJWT({ tenant: "t" })
-      .setProtectedHeader({ alg: "EdDSA", kid: "b" })
-      .setIssuer("https://i.invalid")
-      .setSubject("u")
-      .setAudience(`${publicUrl}/mcp`)
-      .setIssuedAt()
-      .setExpirationTime("1h")
-      .sign(privateKey);
-    const agent = new Agent({ keepAlive: true, maxSockets: STREAMS + 10 });
-    const post = (headers: Record<string, string>, body: string) =>
+    const tokens = await Promise.all(
+      Array.from({ length: Math.max(1, Math.ceil(sessionCount / SESSIONS_PER_PRINCIPAL)) }, (_, k) =>
+        new SignJWT({ tenant: `t-${k % 50}` })
+          .setProtectedHeader({ alg: "EdDSA", kid: "b" })
+          .setIssuer("https://i.invalid")
+          .setSubject(`user-${k}`)
+          .setAudience(`${publicUrl}/mcp`)
+          .setIssuedAt()
+          .setExpirationTime("1h")
+          .sign(privateKey),
+      ),
+    );
+    const agent = new Agent({ keepAlive: true, maxSockets: 256 });
+    const post = (headers: Record<string, string>, body: string, token: string) =>
       new Promise<{ status: number; sessionId: string | undefined }>((resolve, reject) => {
         const req = request(
           `${publicUrl}/mcp`,
@@ -242,36 +257,48 @@ async function streams(): Promise<Record<string, unknown>> {
         clientInfo: { name: "bench", version: "0" },
       },
     });
-    const sessionIds: string[] = [];
+    const sessionIds: Array<{ id: string; token: string }> = [];
     const initializeStatuses = new Map<number, number>();
     // One request first: the token is verified and cached before the bursts, as a client's first
     // call would; a burst of never-verified tokens from one address is what the failed-auth limiter
     // is there to slow down.
-    const first = await post({ "mcp-protocol-version": "2025-11-25" }, initialize);
-    if (first.sessionId) sessionIds.push(first.sessionId);
-    for (let i = sessionIds.length; i < STREAMS; i += 200) {
+    const rssOf = async () =>
+      Number(/VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
+    // Each principal's first request alone: its token is verified and cached before the bursts.
+    for (const token of tokens) {
+      const first = await post({ "mcp-protocol-version": "2025-11-25" }, initialize, token);
+      if (first.sessionId) sessionIds.push({ id: first.sessionId, token });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const beforeSessions = await rssOf();
+    const creating = performance.now();
+    for (let i = sessionIds.length; i < sessionCount; i += 200) {
       const created = await Promise.all(
-        Array.from({ length: Math.min(200, STREAMS - i) }, () =>
-          post({ "mcp-protocol-version": "2025-11-25" }, initialize),
-        ),
+        Array.from({ length: Math.min(200, sessionCount - i) }, (_, j) => {
+          const token = tokens[(i + j) % tokens.length] as string;
+          return post({ "mcp-protocol-version": "2025-11-25" }, initialize, token).then((c) => ({
+            ...c,
+            token,
+          }));
+        }),
       );
       for (const c of created) {
-        if (c.sessionId) sessionIds.push(c.sessionId);
+        if (c.sessionId) sessionIds.push({ id: c.sessionId, token: c.token });
         else initializeStatuses.set(c.status, (initializeStatuses.get(c.status) ?? 0) + 1);
       }
     }
-    const rssOf = async () =>
-      Number(/VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0) * 1024;
+    const createSeconds = (performance.now() - creating) / 1000;
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const before = await rssOf();
+    const streamed = sessionIds.slice(0, streamCount);
     const open: Array<() => void> = [];
     let opened = 0;
     const statuses = new Map<number, number>();
     let lastError = "";
-    for (let i = 0; i < sessionIds.length; i += 200) {
+    for (let i = 0; i < streamed.length; i += 200) {
       await Promise.all(
-        sessionIds.slice(i, i + 200).map(
-          (sessionId) =>
+        streamed.slice(i, i + 200).map(
+          ({ id: sessionId, token }) =>
             new Promise<void>((resolve) => {
               const req = request(`${publicUrl}/mcp`, {
                 method: "GET",
@@ -308,9 +335,13 @@ async function streams(): Promise<Record<string, unknown>> {
     const afterClose = await rssOf();
     agent.destroy();
     return {
-      streamsRequested: STREAMS,
-      streamsOpen: opened,
       sessionsCreated: sessionIds.length,
+      sessionCreatesPerSecond: Math.round(sessionIds.length / createSeconds),
+      gatewayRssBeforeSessions: mib(beforeSessions),
+      gatewayRssWithSessions: mib(before),
+      gatewayBytesPerSession: Math.round((before - beforeSessions) / Math.max(1, sessionIds.length)),
+      streamsRequested: streamCount,
+      streamsOpen: opened,
       failedInitializes: Object.fromEntries(initializeStatuses),
       answers: Object.fromEntries(statuses),
       lastError,
@@ -326,6 +357,10 @@ async function streams(): Promise<Record<string, unknown>> {
 }
 
 const results: Record<string, unknown> = { when: new Date().toISOString(), node: process.version };
-if (values.only !== "streams") results["sessions"] = await sessions();
-if (values.only !== "sessions") results["streams"] = await streams();
+if (values.only === undefined || values.only === "sessions") results["sessions"] = await sessions();
+if (values.only === undefined || values.only === "http") {
+  results["sessionsOverHttp"] = await throughGateway(HTTP_SESSIONS, 0);
+}
+if (values.only === undefined || values.only === "streams")
+  results["streams"] = await throughGateway(STREAMS, STREAMS);
 process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
