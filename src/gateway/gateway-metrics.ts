@@ -2,6 +2,7 @@ import type { SecurityEventRecord, SecurityEventSink, SecurityEvents } from "../
 import { isGateError } from "../errors.ts";
 import type { Store } from "../store/contract.ts";
 import { createMetricsRegistry, LATENCY_BUCKETS, type MetricsRegistry } from "./metrics-registry.ts";
+import type { RequestRecord } from "./request-record.ts";
 import type { UpstreamClient } from "./upstream-client.ts";
 
 /**
@@ -18,14 +19,15 @@ export interface GatewayMetrics {
   readonly registry: MetricsRegistry;
   /** Feeds the security-event counters and the session gauge. */
   readonly sink: SecurityEventSink;
-  /** A request the public listener answered (or that ended without an answer: status 0). */
-  requestDone(upstream: string | undefined, status: number, seconds: number): void;
+  /**
+   * A request the public listener answered (or that ended without an answer: status 0). Its session,
+   * if it used one successfully, counts as active; a successful DELETE ends it.
+   */
+  requestDone(record: RequestRecord): void;
   /** The same store, every call timed and every failure counted by operation. */
   instrumentStore(store: Store): Store;
   /** The same upstream client, the time to response headers observed. */
   instrumentUpstream(name: string, client: UpstreamClient): UpstreamClient;
-  /** A session was used (resolved or created) on this replica. */
-  sessionSeen(sessionTag: string): void;
 }
 
 export interface GatewayMetricsOptions {
@@ -129,7 +131,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
   }
   registry.gauge(
     "tenantgate_sessions_active",
-    "Sessions used on this replica within the idle timeout.",
+    "Sessions used on this replica within the idle timeout and not ended by a DELETE here.",
     () => {
       pruneSessions(now());
       return [[{}, activeSessions.size] as const];
@@ -155,14 +157,15 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     () => [[{}, Math.floor(startedAt / 1000)] as const],
   );
 
-  function sessionSeen(sessionTag: string): void {
+  /** Keyed by the session id's digest (already in the request record: no tag to compute). */
+  function sessionSeen(sessionDigest: string): void {
     // Delete then set: the map stays in last-seen order, so pruning stops at the first live one.
-    activeSessions.delete(sessionTag);
+    activeSessions.delete(sessionDigest);
     if (activeSessions.size >= MAX_TRACKED_SESSIONS) {
       const oldest = activeSessions.keys().next();
       if (!oldest.done) activeSessions.delete(oldest.value);
     }
-    activeSessions.set(sessionTag, now());
+    activeSessions.set(sessionDigest, now());
   }
 
   const sink: SecurityEventSink = {
@@ -172,20 +175,20 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       const entry = securityEvents.get(key);
       if (entry) entry.count += 1;
       else securityEvents.set(key, { type: record.type, reason, count: 1 });
-      if (record.sessionTag === undefined) return;
-      if (record.type === "session.created") sessionSeen(record.sessionTag);
-      else if (record.type === "session.ended") activeSessions.delete(record.sessionTag);
     },
   };
 
   return {
     registry,
     sink,
-    sessionSeen,
-    requestDone(upstream, status, seconds) {
-      const name = upstream ?? "";
+    requestDone(record) {
+      const name = record.upstream ?? "";
+      const status = record.status ?? 0;
       requests.inc({ upstream: name, status: String(status) });
-      requestSeconds.observe({ upstream: name }, seconds);
+      requestSeconds.observe({ upstream: name }, record.durationMs / 1000);
+      if (record.sessionDigest === undefined || status === 0 || status >= 400) return;
+      if (record.httpMethod === "DELETE") activeSessions.delete(record.sessionDigest);
+      else sessionSeen(record.sessionDigest);
     },
     instrumentStore(store) {
       const timed = new Map<PropertyKey, unknown>();

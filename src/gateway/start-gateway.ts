@@ -345,10 +345,7 @@ export async function startGateway(
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
       onRequestDone: (record) => {
         writeAccessLine(record);
-        metrics.requestDone(record.upstream, record.status ?? 0, record.durationMs / 1000);
-        if (record.sessionDigest !== undefined && record.status !== undefined && record.status < 400) {
-          metrics.sessionSeen(tagger.tag(record.sessionDigest));
-        }
+        metrics.requestDone(record);
       },
     });
 

@@ -18,6 +18,7 @@ import {
   mcpHeaders,
   startHarness,
   TEST_ISSUER,
+  sessionToolsList as toolsList,
 } from "../support/gateway-harness.ts";
 import { type RecordingUpstream, startRecordingUpstream } from "../support/recording-upstream.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
@@ -62,18 +63,6 @@ function adminRequest(
 
 const alice = { issuer: TEST_ISSUER, subject: "alice", tenant: "t-alice" };
 const bob = { issuer: TEST_ISSUER, subject: "bob", tenant: "t-bob" };
-
-function toolsList(url: string, token: string, sessionId: string): Promise<Response> {
-  return fetch(url, {
-    method: "POST",
-    headers: mcpHeaders({
-      authorization: `Bearer ${token}`,
-      "mcp-session-id": sessionId,
-      "mcp-protocol-version": "2025-11-25",
-    }),
-    body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
-  });
-}
 
 /** Opens the session's GET stream; `ended` resolves when the gateway ends it. */
 async function openStream(url: string, token: string, sessionId: string): Promise<{ ended: Promise<void> }> {

@@ -7,23 +7,17 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { type Harness, initializeSession, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
+import {
+  type Harness,
+  initializeSession,
+  mcpHeaders,
+  startHarness,
+  sessionToolsList as toolsList,
+} from "../support/gateway-harness.ts";
 import { type RecordingUpstream, startRecordingUpstream } from "../support/recording-upstream.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function toolsList(url: string, token: string, sessionId: string): Promise<Response> {
-  return fetch(url, {
-    method: "POST",
-    headers: mcpHeaders({
-      authorization: `Bearer ${token}`,
-      "mcp-session-id": sessionId,
-      "mcp-protocol-version": "2025-11-25",
-    }),
-    body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
-  });
-}
 
 /** Opens a GET stream; answers its status, and how to drop it (the client leaving). */
 async function openStream(

@@ -173,3 +173,16 @@ export async function initializeSession(url: string, token: string | undefined):
   }
   return sessionId;
 }
+
+/** A `tools/list` on a legacy (2025-11-25) session, as its owner would send it. */
+export function sessionToolsList(url: string, token: string, sessionId: string): Promise<Response> {
+  return fetch(url, {
+    method: "POST",
+    headers: mcpHeaders({
+      authorization: `Bearer ${token}`,
+      "mcp-session-id": sessionId,
+      "mcp-protocol-version": "2025-11-25",
+    }),
+    body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
+  });
+}
