@@ -2,7 +2,7 @@ import { digest } from "../crypto/ids.ts";
 import { GateError } from "../errors.ts";
 import type { Principal } from "../identity/principal.ts";
 import type { CapPool, CapRefusal, ConnectionCaps, Reservation } from "../limits/connection-caps.ts";
-import type { RateLimiter } from "../limits/rate-limiter.ts";
+import type { RateDecision, RateLimiter } from "../limits/rate-limiter.ts";
 
 /**
  * Admission at the edge (DESIGN invariant 7, "bounded, in the right order"): the connection caps'
@@ -23,6 +23,15 @@ export interface Admission {
 }
 
 export interface AdmissionTicket {
+  /**
+   * Starts the rate-limit take of a principal the request itself authenticated, so that it reaches
+   * the store alongside the owner check (one round trip before forwarding, not two). The bucket is
+   * the caller's own: taking before the owner check spends nothing of anyone else's, and a request
+   * refused as not the owner's has spent the caller's own token, as a refused request should. The
+   * per-session and per-principal caps still wait for the owner check (DESIGN invariant 7).
+   * `admitOwner` uses this take when it is for the same principal, and takes anew otherwise.
+   */
+  takeRateEarly(principal: Principal): void;
   /**
    * The second stage, after the owner check: per-session and per-principal caps, then the rate
    * limit (429 ERR_RATE_LIMITED with `retryAfterSeconds` in the error's detail). `principal` null
@@ -49,14 +58,37 @@ export const RETRY_AFTER_DETAIL_PREFIX = "retry-after:";
 /** A day: longer than any bucket refills in, and short enough to be written as plain digits. */
 const MAX_RETRY_AFTER_SECONDS = 86_400;
 
-const NO_OP_TICKET: AdmissionTicket = { admitOwner: async () => undefined };
+const NO_OP_TICKET: AdmissionTicket = { takeRateEarly: () => undefined, admitOwner: async () => undefined };
+
+/** A rate take started before the owner check, for the principal it was started for. */
+interface EarlyTake {
+  readonly principalKey: string;
+  readonly decision: Promise<RateDecision>;
+}
 
 export function createAdmission(options: AdmissionOptions): Admission {
   const { caps, rateLimiter } = options;
 
+  function ticketFor(reservation: Reservation | undefined): AdmissionTicket {
+    let early: EarlyTake | undefined;
+    return {
+      takeRateEarly(principal) {
+        if (rateLimiter === undefined || early !== undefined) return;
+        const principalKey = principalKeyOf(principal);
+        const decision = rateLimiter.take(principalKey);
+        // Awaited by admitOwner, or dropped when the request ends before it (an unknown session):
+        // a rejection then must not become an unhandled one.
+        decision.catch(() => undefined);
+        early = { principalKey, decision };
+      },
+      admitOwner: (owner) => admitOwner(reservation, owner, early),
+    };
+  }
+
   async function admitOwner(
     reservation: Reservation | undefined,
     owner: Parameters<AdmissionTicket["admitOwner"]>[0],
+    early: EarlyTake | undefined,
   ): Promise<void> {
     if (owner.exempt) return;
     const principalKey = owner.principal === null ? undefined : principalKeyOf(owner.principal);
@@ -69,7 +101,10 @@ export function createAdmission(options: AdmissionOptions): Admission {
     }
     if (rateLimiter !== undefined) {
       const bucketKey = principalKey ?? `address:${owner.clientAddress ?? "unknown"}`;
-      const verdict = await rateLimiter.take(bucketKey);
+      const verdict =
+        early !== undefined && early.principalKey === bucketKey
+          ? await early.decision
+          : await rateLimiter.take(bucketKey);
       if (!verdict.allowed) {
         throw new GateError("ERR_RATE_LIMITED", "rate limit reached", {
           detail: `${RETRY_AFTER_DETAIL_PREFIX}${retryAfterText(verdict.retryAfterSeconds)}`,
@@ -80,11 +115,7 @@ export function createAdmission(options: AdmissionOptions): Admission {
 
   return {
     async enter(pool, clientAddress, closed) {
-      if (caps === undefined) {
-        return rateLimiter === undefined
-          ? NO_OP_TICKET
-          : { admitOwner: (owner) => admitOwner(undefined, owner) };
-      }
+      if (caps === undefined) return rateLimiter === undefined ? NO_OP_TICKET : ticketFor(undefined);
       const reserved = await caps.reserveEdge(pool, { ip: addressKeyOf(clientAddress) });
       if (reserved.refused) throw refusalError(reserved);
       // Every path ends with the response: accepted, refused later, upstream error, client gone,
@@ -93,7 +124,7 @@ export function createAdmission(options: AdmissionOptions): Admission {
         () => reserved.release(),
         () => reserved.release(),
       );
-      return { admitOwner: (owner) => admitOwner(reserved, owner) };
+      return ticketFor(reserved);
     },
   };
 }

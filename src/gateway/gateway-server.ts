@@ -262,6 +262,15 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     });
   }
 
+  /**
+   * An authenticated caller's rate-limit take, started alongside the session's owner check so both
+   * reach the store in one round trip (see AdmissionTicket.takeRateEarly). An anonymous caller's
+   * bucket is its session's throwaway principal, known only after the check.
+   */
+  function takeRateEarly(context: McpContext, caller: Principal | "anonymous"): void {
+    if (caller !== "anonymous") tickets.get(context.response)?.takeRateEarly(caller);
+  }
+
   /** Whether a path names an endpoint of this gateway (any other path is client text, never logged). */
   function servesPath(path: string): boolean {
     if (path === JWKS_PATH || path === HEALTH_PATH) return true;
@@ -587,6 +596,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       if (sessionId === undefined) {
         throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
       }
+      // DELETE is exempt from the rate limit (a client can always clean up): nothing to take early.
+      if (method === "GET") takeRateEarly(context, caller);
       const session = await resolveSession(sessionId, caller, upstream, context);
       noteSession(context.response, session.session, session.principal);
       checkVersionLock(request, session.session, era.version);
@@ -720,6 +731,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         // THREATS S2: never "the most recent session"; a request without an id belongs to none.
         throw new GateError("ERR_SESSION_REQUIRED", "session id required", { detail: "no-session-id" });
       }
+      takeRateEarly(context, caller);
       const resolved = await resolveSession(sessionId, caller, upstream, context);
       noteSession(context.response, resolved.session, resolved.principal);
       checkVersionLock(request, resolved.session, version);

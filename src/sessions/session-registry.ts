@@ -833,13 +833,14 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
       // for one that does not, null is the answer (see ResolvedSession.upstreamSessionId).
       // The kill switch's next generation is read with them, for every caller: present means a kill
       // switch fired that this replica has not seen yet, and it is learned before judging.
+      // All of it is one getMany: one round trip to the store on the hot path.
       const probe = knownGeneration + 1;
-      const [recordText, sealedMapping, seen, nextKill] = await Promise.all([
-        store.get(key),
-        store.get(mappingKey(caller, sessionDigest)),
+      const [recordText = null, sealedMapping = null, nextKill = null, seen = null] = await store.getMany([
+        key,
+        mappingKey(caller, sessionDigest),
+        killKey(probe),
         // Read under the caller's own scope, like the mapping: only the owner's read can find it.
-        idleTimeoutMs === undefined ? Promise.resolve(null) : store.get(seenKey(caller, sessionDigest)),
-        store.get(killKey(probe)),
+        ...(idleTimeoutMs === undefined ? [] : [seenKey(caller, sessionDigest)]),
       ]);
       if (nextKill !== null) await learnGeneration(probe);
       const verdict = judge(wellFormed, recordText, principal, upstream);

@@ -11,6 +11,8 @@ export const MAX_TTL_MS = 30 * 24 * 60 * 60 * 1000;
 /** 1 MiB per value: the largest sealed record tenantgate writes is far smaller. */
 export const MAX_VALUE_LENGTH = 1 << 20;
 const MAX_MEMBER_LENGTH = 1024;
+/** Keys per getMany: a hot-path read of a handful of records, never a scan. */
+export const MAX_BATCH_KEYS = 64;
 
 export function checkTtl(options: TtlOptions | undefined): number | undefined {
   const ttlMs = options?.ttlMs;
@@ -25,6 +27,12 @@ export function checkValue(value: string): void {
   if (typeof value !== "string") throw invalidArgument("value", "must be a string");
   if (value.length > MAX_VALUE_LENGTH) throw invalidArgument("value", "is too long");
   if (!value.isWellFormed()) throw invalidArgument("value", "must be well-formed Unicode");
+}
+
+export function checkBatch(keys: readonly unknown[]): void {
+  if (!Array.isArray(keys) || keys.length > MAX_BATCH_KEYS) {
+    throw invalidArgument("keys", `must be an array of at most ${MAX_BATCH_KEYS} keys`);
+  }
 }
 
 export function checkMember(member: string): void {

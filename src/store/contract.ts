@@ -77,6 +77,14 @@ export interface Store {
   /** The value, or null if absent or expired. */
   get(key: RecordKey): Promise<string | null>;
 
+  /**
+   * Each key's value (null where absent or expired), in the order given, read in one round trip
+   * (one MGET, one statement): a hot path that needs several records pays one network wait. Not a
+   * snapshot across keys on every backend; callers that need one must not rely on it. At most
+   * MAX_BATCH_KEYS keys.
+   */
+  getMany(keys: readonly RecordKey[]): Promise<Array<string | null>>;
+
   /** Writes (or overwrites) the value. */
   put(key: RecordKey, value: string, options?: TtlOptions): Promise<void>;
 

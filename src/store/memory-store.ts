@@ -1,5 +1,6 @@
 import { GateError, invalidArgument } from "../errors.ts";
 import {
+  checkBatch,
   checkBucket,
   checkCounter,
   checkLease,
@@ -110,6 +111,13 @@ export class MemoryStore implements Store {
   async get(key: RecordKey): Promise<string | null> {
     this.#open();
     return this.#live(this.#records, key.encoded, this.#now())?.value ?? null;
+  }
+
+  async getMany(keys: readonly RecordKey[]): Promise<Array<string | null>> {
+    this.#open();
+    checkBatch(keys);
+    const now = this.#now();
+    return keys.map((key) => this.#live(this.#records, key.encoded, now)?.value ?? null);
   }
 
   async put(key: RecordKey, value: string, options?: TtlOptions): Promise<void> {

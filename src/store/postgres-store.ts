@@ -2,6 +2,7 @@ import { Socket } from "node:net";
 import pg from "pg";
 import { GateError, invalidArgument } from "../errors.ts";
 import {
+  checkBatch,
   checkBucket,
   checkCounter,
   checkLease,
@@ -220,6 +221,7 @@ const LIVE = "(expires_at IS NULL OR expires_at > now())";
 
 interface Statements {
   readonly get: string;
+  readonly getMany: string;
   readonly put: string;
   readonly claim: string;
   readonly take: string;
@@ -249,6 +251,7 @@ function statements(schema: string): Statements {
      ) AND expires_at <= now()`;
   return {
     get: `SELECT value FROM ${s}.records WHERE key = $1 AND ${LIVE}`,
+    getMany: `SELECT key, value FROM ${s}.records WHERE key = ANY($1::text[]) AND ${LIVE}`,
 
     put: `INSERT INTO ${s}.records AS r (key, value, expires_at, last_claim_won)
           VALUES ($1, $2, ${expiry("$3")}, false)
@@ -705,6 +708,15 @@ class PostgresStore implements Store {
   async get(key: RecordKey): Promise<string | null> {
     const { rows } = await this.#query<{ value: Buffer }>(this.#sql.get, [key.encoded]);
     return rows[0] ? decode(rows[0].value) : null;
+  }
+
+  async getMany(keys: readonly RecordKey[]): Promise<Array<string | null>> {
+    checkBatch(keys);
+    if (keys.length === 0) return [];
+    const names = keys.map((key) => key.encoded);
+    const { rows } = await this.#query<{ key: string; value: Buffer }>(this.#sql.getMany, [names]);
+    const found = new Map(rows.map((row) => [row.key, decode(row.value)]));
+    return names.map((name) => found.get(name) ?? null);
   }
 
   async put(key: RecordKey, value: string, options?: TtlOptions): Promise<void> {

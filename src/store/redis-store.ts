@@ -1,6 +1,7 @@
 import { Redis, type RedisOptions } from "ioredis";
 import { GateError } from "../errors.ts";
 import {
+  checkBatch,
   checkBucket,
   checkCounter,
   checkLease,
@@ -370,6 +371,13 @@ class RedisStore implements Store {
   async get(key: RecordKey): Promise<string | null> {
     this.#open();
     return this.#call(() => this.#client.get(this.#name(key)));
+  }
+
+  async getMany(keys: readonly RecordKey[]): Promise<Array<string | null>> {
+    this.#open();
+    checkBatch(keys);
+    if (keys.length === 0) return [];
+    return this.#call(() => this.#client.mget(keys.map((key) => this.#name(key))));
   }
 
   async put(key: RecordKey, value: string, options?: TtlOptions): Promise<void> {

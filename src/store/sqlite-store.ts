@@ -3,6 +3,7 @@ import { dirname } from "node:path";
 import { DatabaseSync, type StatementSync } from "node:sqlite";
 import { GateError, invalidArgument } from "../errors.ts";
 import {
+  checkBatch,
   checkBucket,
   checkCounter,
   checkLease,
@@ -119,6 +120,7 @@ const LIVE = "(expires_at IS NULL OR expires_at > :now)";
 
 interface Statements {
   readonly get: StatementSync;
+  readonly getMany: StatementSync;
   readonly put: StatementSync;
   readonly take: StatementSync;
   readonly takeIfEquals: StatementSync;
@@ -143,6 +145,9 @@ interface Statements {
 function prepareStatements(db: DatabaseSync): Statements {
   return {
     get: db.prepare(`SELECT value FROM records WHERE key = :key AND ${LIVE}`),
+    getMany: db.prepare(
+      `SELECT key, value FROM records WHERE key IN (SELECT value FROM json_each(:keys)) AND ${LIVE}`,
+    ),
     put: db.prepare(
       `INSERT INTO records (key, value, expires_at) VALUES (:key, :value, :expiresAt)
        ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`,
@@ -269,6 +274,18 @@ class SqliteStore implements Store {
     return guarded(() => {
       const row = this.#statements.get.get({ key: key.encoded, now: Date.now() });
       return row ? String(row["value"]) : null;
+    });
+  }
+
+  async getMany(keys: readonly RecordKey[]): Promise<Array<string | null>> {
+    this.#open();
+    checkBatch(keys);
+    if (keys.length === 0) return [];
+    const names = keys.map((key) => key.encoded);
+    return guarded(() => {
+      const rows = this.#statements.getMany.all({ keys: JSON.stringify(names), now: Date.now() });
+      const found = new Map(rows.map((row) => [String(row["key"]), String(row["value"])]));
+      return names.map((name) => found.get(name) ?? null);
     });
   }
 

@@ -170,6 +170,37 @@ export const conformanceCases: readonly ConformanceCase[] = [
     },
   },
   {
+    name: "getMany reads each key's value in the order given: absent, expired and repeated keys included",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const a = ownedKey(scopeA, "note", unique("a"));
+        const b = ownedKey(scopeA, "note", unique("b"));
+        const short = ownedKey(scopeA, "note", unique("short"));
+        const absent = ownedKey(scopeA, "note", unique("absent"));
+        // Same segments, another owner's scope: a distinct key that must not answer for `a`.
+        const foreign = ownedKey(scopeB, "note", a.segments.at(-1) ?? "");
+        await store.put(a, "nul\u0000inside 🙂");
+        await store.put(b, "");
+        await store.put(short, "soon gone", { ttlMs: 300 });
+        await store.increment(counterKey("note", unique("counter")), 1);
+        assert.deepEqual(await store.getMany([]), []);
+        assert.deepEqual(await store.getMany([absent, b, a, short, a, foreign]), [
+          null,
+          "",
+          "nul\u0000inside 🙂",
+          "soon gone",
+          "nul\u0000inside 🙂",
+          null,
+        ]);
+        await sleep(700);
+        assert.deepEqual(await store.getMany([short, a]), [null, "nul\u0000inside 🙂"], "read after expiry");
+        const many = Array.from({ length: 65 }, (_, i) => ownedKey(scopeA, "note", `k${i}`));
+        await expectCode(store.getMany(many), "ERR_ARGUMENT_INVALID", "65 keys");
+        assert.equal((await store.getMany(many.slice(0, 64))).length, 64, "64 keys are allowed");
+      });
+    },
+  },
+  {
     name: "delete removes a record and reports whether one was there",
     async run(fixture) {
       await withStore(fixture, async (store) => {

@@ -10,6 +10,8 @@ import { type DemoUpstream, startDemoUpstream } from "../../examples/demo-upstre
 import type { SecurityEventRecord } from "../../src/audit/security-events.ts";
 import { parseConfig } from "../../src/config/load-config.ts";
 import { type RunningGateway, startGateway } from "../../src/gateway/start-gateway.ts";
+import type { Store } from "../../src/store/contract.ts";
+import { openStore } from "../../src/store/open-store.ts";
 import { makeSigningKey, nowSeconds, type SigningKey, signToken, writeJwksFile } from "./token-issuer.ts";
 
 export const TEST_ISSUER = "https://issuer.test";
@@ -32,6 +34,8 @@ export interface HarnessOptions {
   readonly upstreams?: readonly HarnessUpstream[];
   /** Settings merged over the generated config (top-level keys replace). */
   readonly extra?: Record<string, unknown>;
+  /** The gateway gets the opened store through this (e.g. to observe its operations). */
+  readonly wrapStore?: (store: Store) => Store;
 }
 
 export interface TokenOptions {
@@ -65,6 +69,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const events: SecurityEventRecord[] = [];
   const masterKey = randomBytes(32).toString("base64url");
   let gateway: RunningGateway | undefined;
+  let opened: Store | undefined;
   try {
     const upstreams = (options.upstreams ?? [{ name: "notes", path: "/mcp" }]).map((upstream) => ({
       name: upstream.name,
@@ -95,7 +100,9 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       },
       { env: {} },
     );
+    if (options.wrapStore) opened = await openStore(config.store);
     gateway = await startGateway(config, {
+      ...(opened && options.wrapStore ? { store: options.wrapStore(opened) } : {}),
       env: { TG_TEST_MASTER_KEY: masterKey },
       sinks: [{ write: (record) => void events.push(record) }],
       // The JSON-lines sink runs as in production; its lines are discarded here.
@@ -129,6 +136,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       keys: Object.freeze({ main: mainKey, other: otherKey }),
       async close() {
         await running.close({ graceMs: 1_000 });
+        await opened?.close();
         await demo.close();
         await mainJwks.cleanup();
         await otherJwks.cleanup();
@@ -136,6 +144,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     };
   } catch (error) {
     await gateway?.close({ graceMs: 0 });
+    await opened?.close();
     await demo.close();
     await mainJwks.cleanup();
     await otherJwks.cleanup();

@@ -31,9 +31,17 @@ lines.on("line", (line) => {
   const call = async () => {
     const method = dispatch[request.method];
     if (typeof method !== "function") throw new Error(`no method ${request.method}`);
-    const args = request.key
-      ? [restoreKey(request.key.namespace, request.key.segments), ...request.args]
-      : request.args;
+    // getMany carries its keys as its one argument; every other method names one key.
+    const args =
+      request.method === "getMany"
+        ? [
+            (request.args[0] as Array<Required<Request>["key"]>).map((k) =>
+              restoreKey(k.namespace, k.segments),
+            ),
+          ]
+        : request.key
+          ? [restoreKey(request.key.namespace, request.key.segments), ...request.args]
+          : request.args;
     return method.apply(store, args);
   };
   call().then(

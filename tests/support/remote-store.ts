@@ -67,6 +67,8 @@ export async function openRemoteStore(url: string, backend: StoreBackend): Promi
   return {
     backend,
     get: keyed("get"),
+    getMany: (keys: ReadonlyArray<{ namespace: string; segments: readonly string[] }>) =>
+      call("getMany", null, [keys.map((key) => ({ namespace: key.namespace, segments: key.segments }))]),
     put: keyed("put"),
     claim: keyed("claim"),
     take: keyed("take"),

@@ -16,6 +16,7 @@ export function sharedHandle(store: Store): Store {
   return {
     backend: store.backend,
     get: guard(store.get),
+    getMany: guard(store.getMany),
     put: guard(store.put),
     claim: guard(store.claim),
     take: guard(store.take),
