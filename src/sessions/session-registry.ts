@@ -508,7 +508,10 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
     const at = Math.floor(now());
     const last = lastTouch.get(sessionDigest);
     if (!force && last !== undefined && at - last < touchIntervalMs) return;
+    forgetTouchesBefore(at - touchIntervalMs);
     if (lastTouch.size >= MAX_REMEMBERED_TOUCHES) lastTouch.clear();
+    // Deleted first so the map stays in the order of the writes: the oldest are at its front.
+    lastTouch.delete(sessionDigest);
     lastTouch.set(sessionDigest, at);
     const ttlMs = Math.min(idleTimeoutMs + touchIntervalMs, expiresAt - at);
     if (ttlMs <= 0) return;
@@ -519,6 +522,18 @@ export function createSessionRegistry(options: SessionRegistryOptions): SessionR
         ? undefined
         : store.leaseRenew(tenantLeaseKey(owner, killGeneration), [sessionDigest], ttlMs),
     ]);
+  }
+
+  /**
+   * A touch older than the throttle interval throttles nothing: the next use writes anyway. Dropping
+   * them from the front keeps the map to the sessions used within one interval, so the memory of a
+   * million sessions that have since expired is given back.
+   */
+  function forgetTouchesBefore(cutoff: number): void {
+    for (const [digestOfSession, at] of lastTouch) {
+      if (at > cutoff) return;
+      lastTouch.delete(digestOfSession);
+    }
   }
 
   /** How long a session's tenant slot lasts without activity: its idle window, never past its expiry. */
