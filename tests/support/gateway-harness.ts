@@ -2,7 +2,8 @@
  * A real gateway for end-to-end tests: `startGateway` on 127.0.0.1 port 0 with a real store, a test
  * issuer (real EdDSA keys, a JWKS file) and, unless the test brings its own, the bundled demo
  * upstream trusting the gateway's published keys. Events are collected through an extra sink, so
- * tests assert on exactly what the audit trail would receive.
+ * tests assert on exactly what the audit trail would receive. `TENANTGATE_TEST_PROFILE` adds its
+ * settings for the top-level keys the config does not set (tests/support/test-profile.ts).
  */
 import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
@@ -10,6 +11,7 @@ import { type DemoUpstream, startDemoUpstream } from "../../examples/demo-upstre
 import type { SecurityEventRecord } from "../../src/audit/security-events.ts";
 import { parseConfig } from "../../src/config/load-config.ts";
 import { type RunningGateway, startGateway } from "../../src/gateway/start-gateway.ts";
+import { withTestProfile } from "./test-profile.ts";
 import { makeSigningKey, nowSeconds, type SigningKey, signToken, writeJwksFile } from "./token-issuer.ts";
 
 export const TEST_ISSUER = "https://issuer.test";
@@ -80,7 +82,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       tenantClaim: "tenant",
     });
     const config = parseConfig(
-      {
+      withTestProfile({
         listen: { host: "127.0.0.1", port: 0 },
         store: options.store ?? "memory:",
         secrets: { masterKey: "env:TG_TEST_MASTER_KEY" },
@@ -92,7 +94,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
         audit: { stdout: true },
         admin: { listen: { port: 0 } },
         ...options.extra,
-      },
+      }),
       { env: {} },
     );
     gateway = await startGateway(config, {
@@ -100,7 +102,9 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       sinks: [{ write: (record) => void events.push(record) }],
       // The JSON-lines sink runs as in production; its lines are discarded here.
       eventsOut: new Writable({ write: (_chunk, _encoding, done) => done() }),
-      log: () => undefined,
+      // Log lines are discarded too, unless the config names a log file (the bench profile does:
+      // the gateway then writes its access log there, as the benchmarked one does).
+      ...(config.log.file === undefined ? { log: () => undefined } : {}),
     });
     // Port 0: the gateway rewrote its publicUrl to the bound port; tokens carry publicUrl + path.
     const publicUrl = gateway.config.publicUrl;
