@@ -26,6 +26,7 @@ import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import pg from "pg";
+import { benchSettings } from "./bench-profile.ts";
 import { renderChart } from "./chart.ts";
 import { type Child, freePort, startChild } from "./lib/children.ts";
 import {
@@ -114,15 +115,11 @@ async function main(): Promise<void> {
       secrets: { masterKey: "env:TENANTGATE_BENCH_KEY" },
       auth: { issuers: [{ issuer: ISSUER, jwksFile, algorithms: ["EdDSA"], tenantClaim: "tenant" }] },
       upstreams: [{ name: "responder", path: "/mcp", url: responderUrl, protocolVersions: [MODERN, LEGACY] }],
-      // Production settings apart from limits high enough that one benchmark principal is not refused:
-      // the caps and the rate limit still run (and cost what they cost) on every request.
-      limits: {
-        inflight: { global: 100_000, perIp: 100_000, perPrincipal: 100_000, perSession: 100_000 },
-        rate: { perSecond: 1_000_000, burst: 1_000_000_000 },
-      },
-      audit: { stdout: true },
-      log: { level: "info", file: join(dir, `gateway-${store.name}.log`) },
-      admin: { listen: { host: "127.0.0.1", port: 0 } },
+      // Production settings apart from limits high enough that one benchmark principal is never
+      // refused: the caps and the rate limit still run (and cost what they cost) on every request.
+      // One definition (bench/bench-profile.ts), shared with `npm run threats:bench`, which runs the
+      // THREATS tests with exactly these settings.
+      ...benchSettings(dir, `gateway-${store.name}`),
     };
     const configFile = join(dir, `gateway-${store.name}.json`);
     await writeFile(configFile, JSON.stringify(config), { mode: 0o600 });

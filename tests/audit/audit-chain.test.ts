@@ -21,8 +21,12 @@ import { createIdentifierTagger } from "../../src/crypto/identifier-tag.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
 import { isGateError } from "../../src/errors.ts";
 import { startGateway } from "../../src/gateway/start-gateway.ts";
+import { childEnvironment } from "../support/processes.ts";
+import { withTestProfile } from "../support/test-profile.ts";
 
-const run = promisify(execFile);
+const execFileAsync = promisify(execFile);
+/** The CLI, with the runner's environment minus `TENANTGATE_` variables (it reads them as settings). */
+const run = (file: string, args: readonly string[]) => execFileAsync(file, args, { env: childEnvironment() });
 const cli = fileURLToPath(new URL("../../src/cli/main.ts", import.meta.url));
 const root = await mkdtemp(join(tmpdir(), "tenantgate-audit-chain-"));
 after(() => rm(root, { recursive: true, force: true }));
@@ -408,7 +412,7 @@ describe("audit chain: the sink", () => {
     const dir = await folder();
     const path = join(dir, "gateway-audit.jsonl");
     const config = parseConfig(
-      {
+      withTestProfile({
         listen: { host: "127.0.0.1", port: 0 },
         store: "memory:",
         secrets: { masterKey: "env:TG_AUDIT_TEST_KEY" },
@@ -418,12 +422,13 @@ describe("audit chain: the sink", () => {
         ],
         audit: { stdout: false, file: path },
         admin: { listen: { port: 0 } },
-      },
+      }),
       { env: {} },
     );
     const gateway = await startGateway(config, {
       env: { TG_AUDIT_TEST_KEY: masterKey.toString("base64url") },
-      log: () => undefined,
+      // Discarded, unless the config names a log file (the bench profile does).
+      ...(config.log.file === undefined ? { log: () => undefined } : {}),
     });
     try {
       const response = await fetch(`${gateway.url}/mcp`, {

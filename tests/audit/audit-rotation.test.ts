@@ -31,8 +31,11 @@ import { LOCK_SUFFIX } from "../../src/audit/writer-lock.ts";
 import { createIdentifierTagger } from "../../src/crypto/identifier-tag.ts";
 import { Keyring } from "../../src/crypto/keyring.ts";
 import { isGateError } from "../../src/errors.ts";
+import { childEnvironment } from "../support/processes.ts";
 
-const run = promisify(execFile);
+const execFileAsync = promisify(execFile);
+/** The CLI, with the runner's environment minus `TENANTGATE_` variables (it reads them as settings). */
+const run = (file: string, args: readonly string[]) => execFileAsync(file, args, { env: childEnvironment() });
 const cli = fileURLToPath(new URL("../../src/cli/main.ts", import.meta.url));
 const root = await mkdtemp(join(tmpdir(), "tenantgate-audit-rotation-"));
 after(() => rm(root, { recursive: true, force: true }));

@@ -27,6 +27,7 @@ import { FaultProxy } from "../support/fault-proxy.ts";
 import { INITIALIZE, mcpHeaders, TEST_ISSUER } from "../support/gateway-harness.ts";
 import { freePort } from "../support/processes.ts";
 import { type StoreCase, storeBackendCases } from "../support/store-cases.ts";
+import { withTestProfile } from "../support/test-profile.ts";
 import {
   makeSigningKey,
   nowSeconds,
@@ -126,7 +127,7 @@ async function startReplicas(urls: readonly [string, string], shared?: Store): P
     for (const [index, port] of ports.entries()) {
       const events: SecurityEventRecord[] = [];
       const config = parseConfig(
-        {
+        withTestProfile({
           publicUrl: PUBLIC_URL,
           listen: { host: "127.0.0.1", port, allowedHosts: ports.map((p) => `127.0.0.1:${p}`) },
           store: urls[index],
@@ -141,14 +142,15 @@ async function startReplicas(urls: readonly [string, string], shared?: Store): P
           ],
           audit: { stdout: true },
           admin: { listen: { port: 0 } },
-        },
+        }),
         { env: {} },
       );
       const gateway = await startGateway(config, {
         env: { TG_REVOCATION_MASTER_KEY: masterKey },
         sinks: [{ write: (record) => void events.push(record) }],
         eventsOut: new Writable({ write: (_chunk, _encoding, done) => done() }),
-        log: () => undefined,
+        // Discarded, unless the config names a log file (the bench profile does).
+        ...(config.log.file === undefined ? { log: () => undefined } : {}),
         ...(shared ? { store: shared } : {}),
       });
       started.push({ gateway, url: gateway.url, events });

@@ -27,6 +27,7 @@ import {
   startHarness,
 } from "../support/gateway-harness.ts";
 import { type RecordingUpstream, startRecordingUpstream } from "../support/recording-upstream.ts";
+import { withTestProfile } from "../support/test-profile.ts";
 
 const WORKTREE = resolve(import.meta.dirname, "../..");
 const CLI = join(WORKTREE, "src/cli/main.ts");
@@ -178,7 +179,7 @@ describe("THREATS L3: unsafe exposure is refused at start, naming the setting", 
 
   async function configFile(name: string, settings: object): Promise<string> {
     const file = join(dir, name);
-    await writeFile(file, JSON.stringify({ ...base, ...settings }, null, 2));
+    await writeFile(file, JSON.stringify(withTestProfile({ ...base, ...settings }), null, 2));
     return file;
   }
 
@@ -236,11 +237,11 @@ describe("THREATS L3: unsafe exposure is refused at start, naming the setting", 
 
   it("L3 startGateway itself refuses anonymous on a non-loopback bound address (config built by hand)", async () => {
     const loopback = parseConfig(
-      {
+      withTestProfile({
         ...base,
         listen: { host: "127.0.0.1", port: 0 },
         auth: { anonymous: true },
-      },
+      }),
       { env: {} },
     );
     // What the config layer would have refused: only the bound-address check stands in the way.

@@ -14,6 +14,7 @@ import { type RunningGateway, startGateway } from "../../src/gateway/start-gatew
 import { ownershipKey } from "../../src/store/keys.ts";
 import { INITIALIZE, mcpHeaders } from "../support/gateway-harness.ts";
 import { type RecordingUpstream, startRecordingUpstream } from "../support/recording-upstream.ts";
+import { withTestProfile } from "../support/test-profile.ts";
 
 const masterKey = randomBytes(32);
 const tagger = createIdentifierTagger(
@@ -32,15 +33,17 @@ describe("access log through startGateway", () => {
   before(async () => {
     upstream = await startRecordingUpstream();
     const config = parseConfig(
-      {
+      withTestProfile({
         listen: { host: "127.0.0.1", port: 0 },
         store: "memory:",
         secrets: { masterKey: "env:TG_ACCESS_LOG_KEY" },
         auth: { anonymous: true },
         upstreams: [{ name: "recorder", path: "/mcp", url: upstream.url, protocolVersions: ["2025-11-25"] }],
         audit: { stdout: true },
+        // The lines asserted here are info lines: the level is this test's, whatever a profile says.
+        log: { level: "info" },
         admin: { listen: { port: 0 } },
-      },
+      }),
       { env: {} },
     );
     gateway = await startGateway(config, {

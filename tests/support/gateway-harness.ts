@@ -2,7 +2,8 @@
  * A real gateway for end-to-end tests: `startGateway` on 127.0.0.1 port 0 with a real store, a test
  * issuer (real EdDSA keys, a JWKS file) and, unless the test brings its own, the bundled demo
  * upstream trusting the gateway's published keys. Events are collected through an extra sink, so
- * tests assert on exactly what the audit trail would receive.
+ * tests assert on exactly what the audit trail would receive. `TG_TEST_PROFILE` adds its
+ * settings for the top-level keys the config does not set (tests/support/test-profile.ts).
  */
 import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
@@ -12,6 +13,7 @@ import { parseConfig } from "../../src/config/load-config.ts";
 import { type RunningGateway, startGateway } from "../../src/gateway/start-gateway.ts";
 import type { Store } from "../../src/store/contract.ts";
 import { openStore } from "../../src/store/open-store.ts";
+import { withTestProfile } from "./test-profile.ts";
 import { makeSigningKey, nowSeconds, type SigningKey, signToken, writeJwksFile } from "./token-issuer.ts";
 
 export const TEST_ISSUER = "https://issuer.test";
@@ -85,7 +87,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       tenantClaim: "tenant",
     });
     const config = parseConfig(
-      {
+      withTestProfile({
         listen: { host: "127.0.0.1", port: 0 },
         store: options.store ?? "memory:",
         secrets: { masterKey: "env:TG_TEST_MASTER_KEY" },
@@ -97,7 +99,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
         audit: { stdout: true },
         admin: { listen: { port: 0 } },
         ...options.extra,
-      },
+      }),
       { env: {} },
     );
     if (options.wrapStore) opened = await openStore(config.store);
@@ -107,7 +109,9 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       sinks: [{ write: (record) => void events.push(record) }],
       // The JSON-lines sink runs as in production; its lines are discarded here.
       eventsOut: new Writable({ write: (_chunk, _encoding, done) => done() }),
-      log: () => undefined,
+      // Log lines are discarded too, unless the config names a log file (the bench profile does:
+      // the gateway then writes its access log there, as the benchmarked one does).
+      ...(config.log.file === undefined ? { log: () => undefined } : {}),
     });
     // Port 0: the gateway rewrote its publicUrl to the bound port; tokens carry publicUrl + path.
     const publicUrl = gateway.config.publicUrl;

@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { withTestProfile } from "./test-profile.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const CLI_PATH = join(REPO_ROOT, "src", "cli", "main.ts");
@@ -33,8 +34,11 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** The environment children get: the parent's, minus tenantgate settings that would override a config. */
-function childEnvironment(extra: Record<string, string>): NodeJS.ProcessEnv {
+/**
+ * The environment children get: the parent's, minus `TENANTGATE_` variables, which the CLI reads as
+ * settings over a config (and refuses when they name none, as `TG_TEST_PROFILE` does).
+ */
+export function childEnvironment(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [name, value] of Object.entries(process.env)) {
     if (!name.startsWith("TENANTGATE_")) env[name] = value;
@@ -130,7 +134,7 @@ export interface GatewayProcess {
 }
 
 export interface SpawnGatewayOptions {
-  /** The config file's content (written as JSON). */
+  /** The config file's content (written as JSON, with `TG_TEST_PROFILE`'s settings for keys it lacks). */
   readonly config: Record<string, unknown>;
   /** Extra environment, e.g. the variable `secrets.masterKey: env:NAME` names. */
   readonly env?: Record<string, string>;
@@ -140,7 +144,8 @@ export interface SpawnGatewayOptions {
 export async function spawnGateway(options: SpawnGatewayOptions): Promise<GatewayProcess> {
   const dir = await mkdtemp(join(tmpdir(), "tenantgate-e2e-"));
   const configFile = join(dir, "gateway.json");
-  await writeFile(configFile, JSON.stringify(options.config, null, 2), { mode: 0o600 });
+  const config = withTestProfile(options.config);
+  await writeFile(configFile, JSON.stringify(config, null, 2), { mode: 0o600 });
   const child = spawn(process.execPath, [CLI_PATH, "serve", "--config", configFile], {
     cwd: REPO_ROOT,
     env: childEnvironment(options.env ?? {}),
@@ -164,7 +169,7 @@ export async function spawnGateway(options: SpawnGatewayOptions): Promise<Gatewa
   };
   try {
     // serve prints the admin listener's address right after its own, when there is one.
-    const admin = options.config["admin"] as { enabled?: unknown } | undefined;
+    const admin = config["admin"] as { enabled?: unknown } | undefined;
     const adminEnabled = admin?.enabled !== false;
     const [, last = ""] = await waitForLine(
       child,
