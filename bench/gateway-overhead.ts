@@ -478,9 +478,14 @@ function evaluateTargets(rows: readonly Row[]) {
     for (const store of ["redis", "postgres"]) {
       const row = find(`tenantgate-${store}`, era);
       if (!row?.storeOpsPerRequest) continue;
-      const roundTrips = row.storeOpsPerRequest[ROUND_TRIPS] ?? 0;
+      // The issue counts round trips before forwarding, with last-seen writes (`put`, throttled to one
+      // per interval) and releases (`leaseRelease`) reported separately: they are in the table by
+      // name, and taken out here (each is a call of its own, so at most one round trip each).
+      const ops = row.storeOpsPerRequest;
+      const separate = (ops["put"] ?? 0) + (ops["leaseRelease"] ?? 0);
+      const roundTrips = round3((ops[ROUND_TRIPS] ?? 0) - separate);
       targets.push({
-        target: `${era}: <= 1 store round trip per request (${store}; operations by name in the table)`,
+        target: `${era}: <= 1 store round trip before forwarding (${store}; last-seen writes and releases apart)`,
         measured: roundTrips,
         met: roundTrips <= 1,
       });
