@@ -16,6 +16,15 @@ export interface Child {
   stop(): Promise<void>;
 }
 
+/** Every child still running: an interrupted benchmark (Ctrl-C, SIGTERM) stops them before it exits. */
+const running = new Set<ChildProcess>();
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    for (const child of running) child.kill("SIGTERM");
+    process.exit(130);
+  });
+}
+
 export async function startChild(
   command: string,
   args: readonly string[],
@@ -31,6 +40,8 @@ export async function startChild(
     stdio: ["ignore", "pipe", "pipe"],
     ...(options.cwd ? { cwd: options.cwd } : {}),
   });
+  running.add(child);
+  child.once("exit", () => running.delete(child));
   const lines: string[] = [];
   const announced = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(
