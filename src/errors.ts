@@ -52,6 +52,7 @@ export type GateErrorCode =
   | "ERR_FETCH_FAILED"
   | "ERR_FETCH_TIMEOUT"
   | "ERR_FETCH_TOO_LARGE"
+  | "ERR_CREDENTIAL_REQUIRED"
   | "ERR_INTERNAL";
 
 export interface WireError {
@@ -145,6 +146,10 @@ const wireForm = {
   ERR_FETCH_FAILED: { status: 502, message: "fetch failed" },
   ERR_FETCH_TIMEOUT: { status: 504, message: "fetch timed out" },
   ERR_FETCH_TOO_LARGE: { status: 502, message: "fetched response too large" },
+  // upstreams[].inject names a vault entry the caller has not enrolled: the answer names the entry
+  // (the operator's configured name, never a value), so the caller knows what to enroll. Nothing is
+  // forwarded without it.
+  ERR_CREDENTIAL_REQUIRED: { status: 403, message: "credential required" },
   ERR_INTERNAL: { status: 500, message: "internal error" },
 } as const satisfies Record<GateErrorCode, { status: number; message: string }>;
 
@@ -156,17 +161,24 @@ export interface GateErrorOptions {
   /** Operator-facing detail for the audit trail. Never contains a secret or raw identifier. */
   readonly detail?: string;
   readonly cause?: unknown;
+  /**
+   * ERR_CREDENTIAL_REQUIRED only: the vault entry to enroll. It reaches the client, so only a name
+   * from the operator's config belongs here.
+   */
+  readonly credential?: string;
 }
 
 export class GateError extends Error {
   override readonly name = "GateError";
   readonly code: GateErrorCode;
   readonly detail: string | undefined;
+  readonly credential: string | undefined;
 
   constructor(code: GateErrorCode, message: string, options: GateErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.detail = options.detail;
+    this.credential = code === "ERR_CREDENTIAL_REQUIRED" ? options.credential : undefined;
   }
 
   /** What a client may see: status, code and a generic message. Nothing from `message` or `cause`. */

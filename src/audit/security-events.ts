@@ -62,6 +62,7 @@ const REQUEST_REFUSAL_REASONS = [
   "no-route",
   "query-string",
   "shutting-down",
+  "credential-missing",
   "internal",
 ] as const;
 
@@ -110,6 +111,16 @@ const ADMIN_DENIAL_REASONS = [
 ] as const;
 /** Why the admin listener refused a request before acting on it. */
 export type AdminDenialReason = (typeof ADMIN_DENIAL_REASONS)[number];
+
+const VAULT_CHANGES = [
+  "entry-put",
+  "entry-deleted",
+  "admin-put",
+  "admin-deleted",
+  "admin-deleted-all",
+] as const;
+/** A change to a principal's vault: by the principal itself (enrollment) or by an operator. */
+export type VaultChange = (typeof VAULT_CHANGES)[number];
 
 const EVENT_ID_REFUSAL_REASONS = ["malformed", "other-session"] as const;
 /** Why a `Last-Event-ID` was refused: it did not unwrap, or it was wrapped for another session. */
@@ -269,12 +280,19 @@ export interface GatewayLifecycleEvent extends SecurityEventContext {
   readonly configDigest: string;
 }
 
+/** A vault entry was written or removed; never the value, never the entry's name. */
+export interface VaultChangedEvent extends SecurityEventContext {
+  readonly type: "vault.changed";
+  readonly reason: VaultChange;
+}
+
 /** sessions.clientBinding "audit": a session was used by a client whose fingerprint differs. */
 export interface SessionBindingMismatchEvent extends SecurityEventContext {
   readonly type: "session.binding-mismatch";
 }
 
 export type SecurityEvent =
+  | VaultChangedEvent
   | SessionBindingMismatchEvent
   | AdminActionEvent
   | AdminDeniedEvent
@@ -300,6 +318,7 @@ const EVENT_TYPES: Readonly<
   Record<SecurityEventType, { reasons: ReadonlySet<string> | null; denial: boolean }>
 > = {
   "session.binding-mismatch": { reasons: null, denial: false },
+  "vault.changed": { reasons: new Set(VAULT_CHANGES), denial: false },
   "admin.action": { reasons: new Set(ADMIN_ACTIONS), denial: false },
   "admin.denied": { reasons: new Set(ADMIN_DENIAL_REASONS), denial: true },
   "gateway.started": { reasons: null, denial: false },

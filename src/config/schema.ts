@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { ASYMMETRIC_JWT_ALGORITHMS, type JwtAlgorithm } from "../identity/jwt-authenticator.ts";
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from "../log/log-level.ts";
+import { parseInjectTemplate } from "../vault/injection.ts";
 import { durationToMs } from "./duration.ts";
 import { isLoopbackHost } from "./loopback.ts";
 import {
@@ -313,7 +314,9 @@ const upstreamSchema = z
     )
       .superRefine((inject, ctx) => {
         const seen = new Set<string>();
-        for (const key of Object.keys(inject)) {
+        for (const [key, template] of Object.entries(inject)) {
+          const parsed = parseInjectTemplate(template);
+          if (typeof parsed === "string") ctx.addIssue({ code: "custom", message: parsed, path: [key] });
           const lower = key.toLowerCase();
           if (seen.has(lower)) {
             ctx.addIssue({

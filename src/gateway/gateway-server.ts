@@ -10,7 +10,7 @@ import {
 import type { GatewayConfig, UpstreamConfig } from "../config/gateway-config.ts";
 import type { AssertionSigner } from "../crypto/assertion-signer.ts";
 import type { Keyring } from "../crypto/keyring.ts";
-import { GateError } from "../errors.ts";
+import { GateError, isGateError } from "../errors.ts";
 import { ANONYMOUS_TENANT, anonymousPrincipal } from "../identity/anonymous.ts";
 import type { Authenticator } from "../identity/authenticate.ts";
 import { ANONYMOUS_ISSUER, ownerScope, type Principal } from "../identity/principal.ts";
@@ -27,6 +27,8 @@ import {
   tasksNamedBy,
 } from "../tasks/task-policy.ts";
 import { isPoliceableTaskId, type TaskRegistry } from "../tasks/task-registry.ts";
+import { type InjectionPlan, planInjection, renderInjection } from "../vault/injection.ts";
+import type { Vault } from "../vault/vault.ts";
 import { type Admission, type AdmissionTicket, RETRY_AFTER_DETAIL_PREFIX } from "./admission.ts";
 import { challengeHeaders } from "./auth-challenge.ts";
 import { clientResponseHeaders, upstreamRequestHeaders } from "./forward-headers.ts";
@@ -56,6 +58,13 @@ import { DROP, inspectJson, inspectSse, type MessageHook } from "./response-insp
 import { createEventIdCodec, rewriteSseEventIds } from "./sse-event-ids.ts";
 import type { UpstreamClient, UpstreamResponse } from "./upstream-client.ts";
 import { createUpstreamRoutes } from "./upstream-routes.ts";
+import {
+  MAX_VAULT_BODY_BYTES,
+  matchVaultPath,
+  VAULT_PREFIX,
+  type VaultRoute,
+  vaultValueOf,
+} from "./vault-endpoint.ts";
 
 /** Where the gateway publishes its assertion keys (DESIGN, Authorization). */
 export const JWKS_PATH = "/.well-known/jwks.json";
@@ -122,6 +131,8 @@ export interface GatewayDependencies {
   };
   /** Connection caps and rate limits (limits.*); absent: none. */
   readonly admission?: Admission;
+  /** The credential vault: enrollment under /.tenantgate/vault and upstreams[].inject. */
+  readonly vault?: Vault;
 }
 
 export interface GatewayHandler {
@@ -199,8 +210,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   const issuers = config.auth.issuers.map((issuer) => issuer.issuer);
   const eventIdKey = deps.keyring.purposeKey(EVENT_ID_PURPOSE);
   const supportedByUpstream = new Map<string, SupportedVersions>();
+  /** upstreams[].inject, parsed once: the upstreams that inject at least one vault entry. */
+  const injectionPlans = new Map<string, InjectionPlan>();
   for (const upstream of config.upstreams) {
     supportedByUpstream.set(upstream.name, deps.upstreamVersions?.get(upstream.name) ?? versionsOf(upstream));
+    const plan = planInjection(upstream.inject);
+    if (plan.entries.length > 0) injectionPlans.set(upstream.name, plan);
   }
 
   let draining = false;
@@ -451,6 +466,18 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         return await serveSessionInfo(request, response, upstream, clientAddress);
       }
 
+      if (path.startsWith(`${VAULT_PREFIX}/`)) {
+        const vaultRoute = deps.vault === undefined ? undefined : matchVaultPath(path, routes);
+        if (!vaultRoute) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+        draft.upstream = vaultRoute.upstream.name;
+        // The entry's name is the caller's text: the access log gets the route, not the name.
+        draft.path = `${VAULT_PREFIX}${vaultRoute.upstream.path}`;
+        if (queryAt >= 0) {
+          throw new GateError("ERR_REQUEST_INVALID", "query string refused", { detail: "query-string" });
+        }
+        return await serveVault(request, response, vaultRoute, clientAddress);
+      }
+
       const described = routes.matchMetadata(path);
       if (described) {
         if (request.method !== "GET") throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
@@ -517,6 +544,73 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       createdAt: new Date(session.createdAt).toISOString(),
       expiresAt: new Date(session.expiresAt).toISOString(),
     });
+  }
+
+  /**
+   * Enrollment (src/gateway/vault-endpoint.ts): the caller's own entries, write-only. Authenticated as
+   * a request to the route's upstream; the owner is the verified principal, never anything sent.
+   */
+  async function serveVault(
+    request: IncomingMessage,
+    response: ServerResponse,
+    route: VaultRoute,
+    clientAddress: string | undefined,
+  ): Promise<void> {
+    const vault = deps.vault;
+    if (vault === undefined) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+    const allowed = route.name === undefined ? ["GET"] : ["PUT", "DELETE"];
+    if (!allowed.includes(request.method ?? "")) {
+      throw new GateError("ERR_METHOD_NOT_ALLOWED", "method not allowed");
+    }
+    const caller = await authenticator.authenticate(request.headersDistinct, {
+      audience: route.upstream.audience,
+      requiredScopes: route.upstream.scopes,
+      clientAddress,
+    });
+    // An anonymous caller has no principal that outlives its session: nothing to enroll for.
+    if (caller === "anonymous") throw new GateError("ERR_AUTH_REQUIRED", "authentication required");
+    draftOf(response).principal = caller;
+    // The principal's caps and rate limit, as for any request of its own.
+    await tickets.get(response)?.admitOwner({ principal: caller, clientAddress });
+    const owner = ownerScope(caller);
+    const principal = { tenant: caller.tenant, issuer: caller.issuer, subject: caller.subject };
+    if (route.name === undefined) {
+      const entries = await vault.list(owner);
+      return sendJson(response, 200, {
+        entries: entries.map((entry) => ({
+          name: entry.name,
+          updatedAt: new Date(entry.updatedAt).toISOString(),
+        })),
+      });
+    }
+    if (request.method === "DELETE") {
+      const removed = await vault.delete(owner, route.name);
+      if (!removed) throw new GateError("ERR_NOT_FOUND", "not found", { detail: "vault-entry" });
+      events.emit({
+        type: "vault.changed",
+        reason: "entry-deleted",
+        principal,
+        upstream: route.upstream.name,
+      });
+      response.writeHead(204, { "cache-control": "no-store" }).end();
+      return;
+    }
+    const value = vaultValueOf(await readRequestBody(request, MAX_VAULT_BODY_BYTES), request);
+    let created: boolean;
+    try {
+      ({ created } = await vault.put(owner, route.name, value));
+    } catch (error) {
+      // The vault names the argument it refused (never the value); to the client it is one 400.
+      if (isGateError(error, "ERR_ARGUMENT_INVALID")) {
+        throw new GateError("ERR_REQUEST_INVALID", "invalid request", {
+          detail: "vault-value",
+          cause: error,
+        });
+      }
+      throw error;
+    }
+    events.emit({ type: "vault.changed", reason: "entry-put", principal, upstream: route.upstream.name });
+    response.writeHead(created ? 201 : 204, { "cache-control": "no-store" }).end();
   }
 
   async function serveMcp(context: McpContext): Promise<void> {
@@ -687,8 +781,39 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     principal: Principal,
     own: Readonly<Record<string, string>>,
   ): Promise<Record<string, string>> {
-    const assertion = await signer.sign(principal, { audience: assertionAudience(context.upstream) });
-    return upstreamRequestHeaders(context.request.headers, { ...own, "tenantgate-assertion": assertion });
+    const [injected, assertion] = await Promise.all([
+      injectedHeaders(context.upstream, principal),
+      signer.sign(principal, { audience: assertionAudience(context.upstream) }),
+    ]);
+    return upstreamRequestHeaders(context.request.headers, {
+      ...injected,
+      ...own,
+      "tenantgate-assertion": assertion,
+    });
+  }
+
+  /**
+   * upstreams[].inject: the caller's own vault entries in the upstream's headers. The owner is the
+   * verified principal of this request and nothing else: no argument or header chooses whose entries
+   * are read (THREATS C1). A missing entry refuses the request, naming the entry to enroll; nothing is
+   * forwarded without it.
+   */
+  async function injectedHeaders(
+    upstream: UpstreamConfig,
+    principal: Principal,
+  ): Promise<Record<string, string>> {
+    const plan = injectionPlans.get(upstream.name);
+    if (plan === undefined) return {};
+    if (deps.vault === undefined) throw new GateError("ERR_INTERNAL", "injection without a vault");
+    const { values, missing } = await deps.vault.reveal(ownerScope(principal), plan.entries);
+    const [first] = missing;
+    if (first !== undefined) {
+      throw new GateError("ERR_CREDENTIAL_REQUIRED", "credential required", {
+        detail: `credential-missing:${first}`,
+        credential: first,
+      });
+    }
+    return renderInjection(plan, values);
   }
 
   async function servePost(
@@ -1779,6 +1904,8 @@ function refusalReason(error: GateError): RequestRefusalReason {
       return "request-state";
     case "ERR_SESSION_LIMIT":
       return "session-limit";
+    case "ERR_CREDENTIAL_REQUIRED":
+      return "credential-missing";
     case "ERR_RATE_LIMITED":
       return "rate-limited";
     case "ERR_OVERLOADED":

@@ -76,7 +76,19 @@ export function sendError(
     {
       jsonrpc: "2.0",
       id: options.id ?? null,
-      error: { code: jsonRpcCodeOf(wire.code), message: wire.message, data: { code: wire.code } },
+      error: {
+        code: jsonRpcCodeOf(wire.code),
+        message: wire.message,
+        data: {
+          code: wire.code,
+          // The one refusal that names something: the vault entry to enroll (a configured name).
+          ...(typeof error !== "string" &&
+          error.credential !== undefined &&
+          wire.code === "ERR_CREDENTIAL_REQUIRED"
+            ? { credential: error.credential }
+            : {}),
+        },
+      },
     },
     options.headers,
   );

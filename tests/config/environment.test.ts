@@ -143,13 +143,13 @@ describe("environment overrides", () => {
     const config = parseConfig(input, {
       env: {
         TENANTGATE_UPSTREAMS__0__ENV__Api_Token: "vault:files",
-        "TENANTGATE_UPSTREAMS__0__INJECT__X-Tenant": "{{tenant}}",
+        "TENANTGATE_UPSTREAMS__0__INJECT__X-Tenant": "Bearer {vault:files_token}",
       },
     });
     const [upstream] = config.upstreams;
     assert.ok(upstream?.transport === "stdio");
     assert.deepEqual(upstream.env, { Api_Token: "vault:files" });
-    assert.deepEqual(upstream.inject, { "X-Tenant": "{{tenant}}" });
+    assert.deepEqual(upstream.inject, { "X-Tenant": "Bearer {vault:files_token}" });
   });
 
   it("refuses a TENANTGATE_ variable that names no setting, naming the variable", () => {
@@ -200,7 +200,7 @@ describe("environment overrides", () => {
   it("refuses a __proto__ key inside JSON from a variable instead of dropping it", () => {
     const lines = refusalLines(() =>
       parseConfig(minimalConfig(), {
-        env: { TENANTGATE_UPSTREAMS__0__INJECT: '{"__proto__": {"X-B": "1"}, "X-A": "v"}' },
+        env: { TENANTGATE_UPSTREAMS__0__INJECT: '{"__proto__": {"X-B": "1"}, "X-A": "{vault:a}"}' },
       }),
     );
     assert.deepEqual(lines, [

@@ -206,7 +206,7 @@ describe("config defaults", () => {
         env: { API_TOKEN: "vault:files-token" },
         scopes: ["files:read"],
         protocolVersions: ["2025-06-18", "2025-11-25"],
-        inject: { "X-Tenant": "{{tenant}}" },
+        inject: { "X-Tenant": "Bearer {vault:files_token}" },
         audience: "urn:files",
       },
     ]);
@@ -216,7 +216,7 @@ describe("config defaults", () => {
       audience: "urn:files",
       scopes: ["files:read"],
       protocolVersions: ["2025-06-18", "2025-11-25"],
-      inject: { "X-Tenant": "{{tenant}}" },
+      inject: { "X-Tenant": "Bearer {vault:files_token}" },
       transport: "stdio",
       command: "node",
       args: ["server.js", "--stdio"],

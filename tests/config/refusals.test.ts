@@ -469,6 +469,24 @@ const table: Array<[string, string, unknown, string]> = [
     'upstreams[0].inject["X Bad"] must be an HTTP header name',
   ],
   [
+    "an injected header that names no vault entry",
+    "upstreams",
+    [upstream({ inject: { "X-Api-Key": "static-secret" } })],
+    'upstreams[0].inject["X-Api-Key"] names no {vault:NAME} entry',
+  ],
+  [
+    "an injected header with another placeholder",
+    "upstreams",
+    [upstream({ inject: { Authorization: "Bearer {vault:gh} {{tenant}}" } })],
+    "upstreams[0].inject.Authorization has a brace that is not a {vault:NAME} placeholder",
+  ],
+  [
+    "an injected header naming a bad entry",
+    "upstreams",
+    [upstream({ inject: { Authorization: "Bearer {vault:GitHub-Token}" } })],
+    "upstreams[0].inject.Authorization names a vault entry that is not",
+  ],
+  [
     "injecting a framing header",
     "upstreams",
     [upstream({ inject: { "Content-Length": "1" } })],
