@@ -99,7 +99,17 @@ const TASK_DENIAL_REASONS = ["not-owned", "malformed", "modern-method"] as const
  */
 export type TaskDenialReason = (typeof TASK_DENIAL_REASONS)[number];
 
-const ADMIN_ACTIONS = ["sessions-list", "session-revoke", "principal-revoke", "kill-switch"] as const;
+const ADMIN_ACTIONS = [
+  "sessions-list",
+  "session-revoke",
+  "principal-revoke",
+  "kill-switch",
+  "vault-list",
+  "vault-put",
+  "vault-delete",
+  "vault-keys",
+  "vault-reseal",
+] as const;
 /** What an operator did through the admin API. */
 export type AdminAction = (typeof ADMIN_ACTIONS)[number];
 

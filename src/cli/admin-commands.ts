@@ -28,7 +28,12 @@ interface Flags {
   readonly switches: ReadonlySet<string>;
 }
 
-function parseFlags(args: readonly string[], valued: readonly string[], switches: readonly string[]): Flags {
+function parseFlags(
+  args: readonly string[],
+  valued: readonly string[],
+  switches: readonly string[],
+  command = "sessions",
+): Flags {
   const values = new Map<string, string>();
   const on = new Set<string>();
   for (let index = 0; index < args.length; index++) {
@@ -46,17 +51,20 @@ function parseFlags(args: readonly string[], valued: readonly string[], switches
       index++;
     } else {
       // Not echoed: a mistyped argument may be a secret pasted in the wrong place.
-      throw new GateError("ERR_ARGUMENT_INVALID", `sessions: unexpected argument at position ${index + 2}`);
+      throw new GateError("ERR_ARGUMENT_INVALID", `${command}: unexpected argument at position ${index + 2}`);
     }
   }
   return { values, switches: on };
 }
 
-function principalFrom(flags: Flags): { issuer: string; subject: string; tenant?: string } {
+function principalFrom(
+  flags: Flags,
+  command = "sessions",
+): { issuer: string; subject: string; tenant?: string } {
   const issuer = flags.values.get("issuer");
   const subject = flags.values.get("subject");
   if (issuer === undefined || subject === undefined) {
-    throw new GateError("ERR_ARGUMENT_INVALID", "sessions: --issuer and --subject name the principal");
+    throw new GateError("ERR_ARGUMENT_INVALID", `${command}: --issuer and --subject name the principal`);
   }
   const named = issuer === "api-key" ? API_KEY_ISSUER : issuer === "anonymous" ? ANONYMOUS_ISSUER : issuer;
   const tenant = flags.values.get("tenant");
@@ -121,6 +129,98 @@ export async function sessionsCommand(
     return 0;
   }
   throw new GateError("ERR_ARGUMENT_INVALID", "sessions: list or revoke (tenantgate help)");
+}
+
+export const VAULT_USAGE = `  vault list --issuer I --subject S [--tenant T] [--json]
+                               a principal's vault entries: names, when written, key id (never values)
+  vault put --issuer I --subject S [--tenant T] --name NAME
+                               store the value read on stdin as the principal's entry NAME
+  vault delete --issuer I --subject S [--tenant T] --name NAME
+  vault delete --issuer I --subject S [--tenant T] --all --yes
+  vault keys                   how many entries each master key id seals
+  vault reseal                 re-seal every entry under the active key (after secrets.activeKeyId
+                               changes); a key id at 0 in vault keys can then be removed
+`;
+
+/** `tenantgate vault …`: an operator enrolls, lists and removes a principal's entries; values go in on stdin only. */
+export async function vaultCommand(
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+  out: (text: string) => void,
+  readValue: () => Promise<string>,
+): Promise<number> {
+  const [action, ...rest] = args;
+  const principalFlags = ["issuer", "subject", "tenant"];
+  if (action === "list") {
+    const flags = parseFlags(rest, principalFlags, ["json"], "vault");
+    const answer = (await callAdmin(env, "/admin/vault/list", {
+      principal: principalFrom(flags, "vault"),
+    })) as {
+      entries: Array<Record<string, string>>;
+    };
+    if (flags.switches.has("json")) out(`${JSON.stringify(answer)}\n`);
+    else if (answer.entries.length === 0) out("no entries\n");
+    else
+      for (const entry of answer.entries)
+        out(`${entry["name"]}  written ${entry["updatedAt"]}  key ${entry["keyId"]}\n`);
+    return 0;
+  }
+  if (action === "put") {
+    const flags = parseFlags(rest, [...principalFlags, "name"], [], "vault");
+    const name = flags.values.get("name");
+    if (name === undefined) throw new GateError("ERR_ARGUMENT_INVALID", "vault: put needs --name");
+    // The value comes on stdin, never as an argument: arguments show in process listings and history.
+    const value = await readValue();
+    if (value.length === 0)
+      throw new GateError("ERR_ARGUMENT_INVALID", "vault: put reads the value on stdin");
+    const answer = (await callAdmin(env, "/admin/vault/put", {
+      principal: principalFrom(flags, "vault"),
+      name,
+      value,
+    })) as { created: boolean };
+    out(answer.created ? "entry stored\n" : "entry replaced\n");
+    return 0;
+  }
+  if (action === "delete") {
+    const flags = parseFlags(rest, [...principalFlags, "name"], ["all", "yes"], "vault");
+    const principal = principalFrom(flags, "vault");
+    const name = flags.values.get("name");
+    if (flags.switches.has("all")) {
+      if (!flags.switches.has("yes") || name !== undefined) {
+        throw new GateError(
+          "ERR_ARGUMENT_INVALID",
+          "vault: delete --all removes every entry; confirm with --yes",
+        );
+      }
+      const answer = (await callAdmin(env, "/admin/vault/delete", { principal, all: true })) as {
+        removed: number;
+      };
+      out(`removed ${answer.removed} entr${answer.removed === 1 ? "y" : "ies"}\n`);
+      return 0;
+    }
+    if (name === undefined || flags.switches.size > 0) {
+      throw new GateError("ERR_ARGUMENT_INVALID", "vault: delete needs --name, or --all --yes");
+    }
+    const answer = (await callAdmin(env, "/admin/vault/delete", { principal, name })) as { removed: number };
+    out(answer.removed === 1 ? "entry removed\n" : "no such entry\n");
+    return answer.removed === 1 ? 0 : 1;
+  }
+  if (action === "keys" || action === "reseal") {
+    parseFlags(rest, [], [], "vault");
+    if (action === "keys") {
+      const answer = (await callAdmin(env, "/admin/vault/keys", {})) as { usage: Record<string, number> };
+      for (const [keyId, count] of Object.entries(answer.usage))
+        out(`${keyId}  ${count} entr${count === 1 ? "y" : "ies"}\n`);
+      return 0;
+    }
+    const report = (await callAdmin(env, "/admin/vault/reseal", {})) as {
+      resealed: number;
+      unreadable: number;
+    };
+    out(`resealed ${report.resealed}; unreadable ${report.unreadable}\n`);
+    return report.unreadable === 0 ? 0 : 1;
+  }
+  throw new GateError("ERR_ARGUMENT_INVALID", "vault: list, put, delete, keys or reseal (tenantgate help)");
 }
 
 async function callAdmin(env: NodeJS.ProcessEnv, path: string, body: unknown): Promise<unknown> {

@@ -4,6 +4,7 @@
  * the setting at fault (never a secret) and exit non-zero.
  */
 import { writeFile } from "node:fs/promises";
+import { resolve } from "node:path";
 import { CHECKPOINT_SUFFIX, verifyAuditSeries } from "../audit/audit-chain.ts";
 import { loadConfig } from "../config/load-config.ts";
 import { digest, mintId } from "../crypto/ids.ts";
@@ -11,7 +12,7 @@ import { generateMasterKey, loadKeyring } from "../crypto/keyring.ts";
 import { GateError, isGateError } from "../errors.ts";
 import { ADMIN_TOKEN_PURPOSE } from "../gateway/admin-server.ts";
 import { startGateway } from "../gateway/start-gateway.ts";
-import { SESSIONS_USAGE, sessionsCommand } from "./admin-commands.ts";
+import { SESSIONS_USAGE, sessionsCommand, VAULT_USAGE, vaultCommand } from "./admin-commands.ts";
 import { demoBanner, startDemo } from "./demo.ts";
 
 const USAGE = `usage: tenantgate <command>
@@ -20,6 +21,9 @@ const USAGE = `usage: tenantgate <command>
   keys api-key                 print a new API key (256 bits) and the digest to put in auth.apiKeys[]
   keys digest                  read an API key on stdin and print its digest (keys under 32 characters refused)
   keys admin-token             print a new admin API token (256 bits) and the digest for admin.tokenDigest
+  keys rotate --config FILE --out KEYFILE [--id ID]
+                               a new master key in KEYFILE (0600) and the secrets section that adds it as
+                               the active key (then: restart, tenantgate vault reseal, tenantgate vault keys)
   serve --config FILE          run the gateway a config file (JSON or YAML) describes; SIGTERM stops it gracefully
   demo [--port N]              the gateway on its embedded default: loopback (127.0.0.1:8787), SQLite
                                under ./.tenantgate/, a demo upstream, a development issuer and tokens
@@ -28,7 +32,7 @@ const USAGE = `usage: tenantgate <command>
                                check an audit file's chain with the master keys CONFIG names (several
                                files: a rotated series, oldest first, the current file last); prints
                                "ok: N lines, head H", or names the file and first bad line and exits 1
-${SESSIONS_USAGE}  help                         this text
+${SESSIONS_USAGE}${VAULT_USAGE}  help                         this text
 `;
 
 async function readStdin(maxBytes = 4096): Promise<string> {
@@ -56,6 +60,9 @@ async function keysCommand(args: string[]): Promise<number> {
     if (rest.length > 0) throw new GateError("ERR_ARGUMENT_INVALID", "keys generate takes only --out FILE");
     process.stdout.write(`${key}\n`);
     return 0;
+  }
+  if (action === "rotate") {
+    return rotateKeys(rest);
   }
   if (action === "api-key") {
     const apiKey = `tg_${mintId(32)}`;
@@ -86,6 +93,53 @@ async function keysCommand(args: string[]): Promise<number> {
   }
   process.stderr.write(USAGE);
   return 2;
+}
+
+/**
+ * `keys rotate --config FILE --out KEYFILE [--id ID]`: a new master key in KEYFILE (0600, never
+ * overwriting) and the `secrets` section that keeps every current key and makes the new one active.
+ * The config is not edited: the operator applies the section, restarts the replicas, runs
+ * `tenantgate vault reseal`, and removes an old key once `tenantgate vault keys` counts 0 for it.
+ */
+async function rotateKeys(args: string[]): Promise<number> {
+  const values = new Map<string, string>();
+  for (let index = 0; index < args.length; index += 2) {
+    const flag = args[index] ?? "";
+    const value = args[index + 1];
+    if (!["--config", "--out", "--id"].includes(flag) || value === undefined || values.has(flag)) {
+      throw new GateError("ERR_ARGUMENT_INVALID", "keys rotate takes --config FILE --out KEYFILE [--id ID]");
+    }
+    values.set(flag, value);
+  }
+  const file = values.get("--config");
+  const out = values.get("--out");
+  if (file === undefined || out === undefined) {
+    throw new GateError("ERR_ARGUMENT_INVALID", "keys rotate takes --config FILE --out KEYFILE [--id ID]");
+  }
+  const { secrets } = await loadConfig({ file });
+  const id = values.get("--id") ?? `k${new Date().toISOString().slice(0, 10).replaceAll("-", "")}`;
+  if (!/^[A-Za-z0-9_-]{1,32}$/.test(id) || secrets.masterKeys.some((key) => key.id === id)) {
+    throw new GateError(
+      "ERR_ARGUMENT_INVALID",
+      "keys rotate: --id must be a new key id (A-Z a-z 0-9 _ -, at most 32)",
+    );
+  }
+  await writeFile(out, `${generateMasterKey()}\n`, { mode: 0o600, flag: "wx" });
+  const section = {
+    secrets: {
+      masterKeys: [
+        ...secrets.masterKeys.map((key) => ({ id: key.id, key: key.key })),
+        { id, key: `file:${resolve(out)}` },
+      ],
+      activeKeyId: id,
+      ...(secrets.tagKey === undefined ? {} : { tagKey: secrets.tagKey }),
+    },
+  };
+  process.stdout.write(`${JSON.stringify(section, null, 2)}\n`);
+  process.stderr.write(
+    `wrote a new master key to ${out} (mode 0600). Replace secrets in ${file} with the section above, restart every replica, run \`tenantgate vault reseal\`, and remove the old key once \`tenantgate vault keys\` counts 0 for it.\n`,
+  );
+  return 0;
 }
 
 async function serveCommand(args: string[]): Promise<number> {
@@ -226,6 +280,13 @@ export async function main(argv: string[]): Promise<number> {
       return auditCommand(args);
     case "sessions":
       return sessionsCommand(args, process.env, (text) => process.stdout.write(text));
+    case "vault":
+      return vaultCommand(
+        args,
+        process.env,
+        (text) => process.stdout.write(text),
+        () => readStdin(16 * 1024),
+      );
     case undefined:
     case "help":
     case "--help":

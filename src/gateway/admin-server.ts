@@ -17,6 +17,7 @@ import {
   type Principal,
 } from "../identity/principal.ts";
 import type { Session } from "../sessions/session-registry.ts";
+import { VAULT_ENTRY_NAME, type Vault } from "../vault/vault.ts";
 import { sendJson } from "./http-responses.ts";
 import { readRequestBody } from "./json-rpc-body.ts";
 
@@ -44,6 +45,8 @@ export interface AdminActions {
   revokePrincipal(principal: Principal): Promise<{ sessions: number; tasks: number }>;
   /** Every legacy session becomes unusable and every open stream ends, on every replica. */
   killSwitch(): Promise<void>;
+  /** The credential vault; an operator writes, lists and removes a principal's entries (never reads one). */
+  readonly vault: Vault;
 }
 
 export interface AdminHandlerOptions {
@@ -222,6 +225,81 @@ const ADMIN_OPERATIONS: Readonly<Record<string, AdminOperation>> = Object.freeze
       attempt.principal = ownerScope(principal);
       const removed = await actions.revokePrincipal(principal);
       return { count: removed.sessions + removed.tasks, result: removed };
+    },
+  },
+
+  "/admin/vault/list": {
+    action: "vault-list",
+    async run(body, actions, attempt) {
+      onlyKeys(body, ["principal"]);
+      const principal = principalFrom(body["principal"]);
+      attempt.principal = ownerScope(principal);
+      const entries = await actions.vault.list(ownerScope(principal));
+      return {
+        count: entries.length,
+        result: {
+          entries: entries.map((entry) => ({
+            name: entry.name,
+            updatedAt: new Date(entry.updatedAt).toISOString(),
+            keyId: entry.keyId,
+          })),
+        },
+      };
+    },
+  },
+
+  "/admin/vault/put": {
+    action: "vault-put",
+    async run(body, actions, attempt) {
+      onlyKeys(body, ["principal", "name", "value"]);
+      const principal = principalFrom(body["principal"]);
+      attempt.principal = ownerScope(principal);
+      const { name, value } = body;
+      if (typeof name !== "string" || typeof value !== "string") throw badRequest();
+      try {
+        const { created } = await actions.vault.put(ownerScope(principal), name, value);
+        return { count: 1, result: { created } };
+      } catch (error) {
+        // The vault names what it refused, never the value; to the operator it is one 400.
+        if (isGateError(error, "ERR_ARGUMENT_INVALID")) throw badRequest();
+        throw error;
+      }
+    },
+  },
+
+  "/admin/vault/delete": {
+    action: "vault-delete",
+    async run(body, actions, attempt) {
+      const principal = principalFrom(body["principal"]);
+      attempt.principal = ownerScope(principal);
+      if (body["all"] === true) {
+        onlyKeys(body, ["principal", "all"]);
+        const removed = await actions.vault.deleteAll(ownerScope(principal));
+        return { count: removed, result: { removed } };
+      }
+      onlyKeys(body, ["principal", "name"]);
+      const name = body["name"];
+      if (typeof name !== "string" || !VAULT_ENTRY_NAME.test(name)) throw badRequest();
+      const removed = (await actions.vault.delete(ownerScope(principal), name)) ? 1 : 0;
+      return { count: removed, result: { removed } };
+    },
+  },
+
+  "/admin/vault/keys": {
+    action: "vault-keys",
+    async run(body, actions) {
+      onlyKeys(body, []);
+      const usage = await actions.vault.keyUsage();
+      return { count: 0, result: { usage } };
+    },
+  },
+
+  "/admin/vault/reseal": {
+    action: "vault-reseal",
+    async run(body, actions) {
+      onlyKeys(body, []);
+      const report = await actions.vault.resealAll();
+      return { count: report.resealed, result: report };
     },
   },
 
