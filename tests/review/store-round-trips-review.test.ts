@@ -13,6 +13,7 @@ import type { Store } from "../../src/store/contract.ts";
 import {
   type Harness,
   initializeSession,
+  mcpHeaders,
   sessionToolsList,
   startHarness,
 } from "../support/gateway-harness.ts";
@@ -124,5 +125,46 @@ describe("rate limiter: takeShared never decides from the local fallback", () =>
     const limiter = createRateLimiter({ store, capacity: 2, refillPerSecond: 1 });
     assert.ok(limiter.takeShared);
     await assert.rejects(limiter.takeShared("scope"), /boom/);
+  });
+});
+
+describe("DELETE stays exempt from the rate limit: no early take", () => {
+  let harness: Harness;
+  const names: string[] = [];
+  before(async () => {
+    harness = await startHarness({
+      wrapStore: (opened) =>
+        new Proxy(opened, {
+          get(target, property, receiver) {
+            const value: unknown = Reflect.get(target, property, receiver);
+            if (typeof value !== "function" || property === "close") return value;
+            return (...args: unknown[]) => {
+              names.push(String(property));
+              return (value as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+            };
+          },
+        }),
+    });
+  });
+  after(async () => {
+    await harness?.close();
+  });
+
+  it("ending a session takes no rate token", async () => {
+    const url = `${harness.url}/mcp`;
+    const token = await harness.token("alice");
+    const sessionId = await initializeSession(url, token);
+    names.length = 0;
+    const ended = await fetch(url, {
+      method: "DELETE",
+      headers: mcpHeaders({
+        authorization: `Bearer ${token}`,
+        "mcp-session-id": sessionId,
+        "mcp-protocol-version": "2025-11-25",
+      }),
+    });
+    await ended.arrayBuffer();
+    assert.ok(ended.status < 300, `status ${ended.status}`);
+    assert.ok(!names.includes("takeTokens"), `operations: ${names.join(", ")}`);
   });
 });
