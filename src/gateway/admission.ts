@@ -63,7 +63,8 @@ const NO_OP_TICKET: AdmissionTicket = { takeRateEarly: () => undefined, admitOwn
 /** A rate take started before the owner check, for the principal it was started for. */
 interface EarlyTake {
   readonly principalKey: string;
-  readonly decision: Promise<RateDecision>;
+  /** null: no shared decision (the store did not answer); admitOwner then takes as usual. */
+  readonly decision: Promise<RateDecision | null>;
 }
 
 export function createAdmission(options: AdmissionOptions): Admission {
@@ -75,7 +76,11 @@ export function createAdmission(options: AdmissionOptions): Admission {
       takeRateEarly(principal) {
         if (rateLimiter === undefined || early !== undefined) return;
         const principalKey = principalKeyOf(principal);
-        const decision = rateLimiter.take(principalKey);
+        // The shared bucket only: a take decided from the reduced local fallback would be spent by
+        // requests that then fail closed (503, store down) and leave the owner 429 once it is back.
+        const decision = rateLimiter.takeShared
+          ? rateLimiter.takeShared(principalKey)
+          : rateLimiter.take(principalKey);
         // Awaited by admitOwner, or dropped when the request ends before it (an unknown session):
         // a rejection then must not become an unhandled one.
         decision.catch(() => undefined);
@@ -101,10 +106,9 @@ export function createAdmission(options: AdmissionOptions): Admission {
     }
     if (rateLimiter !== undefined) {
       const bucketKey = principalKey ?? `address:${owner.clientAddress ?? "unknown"}`;
-      const verdict =
-        early !== undefined && early.principalKey === bucketKey
-          ? await early.decision
-          : await rateLimiter.take(bucketKey);
+      const earlyVerdict =
+        early !== undefined && early.principalKey === bucketKey ? await early.decision : null;
+      const verdict = earlyVerdict ?? (await rateLimiter.take(bucketKey));
       if (!verdict.allowed) {
         throw new GateError("ERR_RATE_LIMITED", "rate limit reached", {
           detail: `${RETRY_AFTER_DETAIL_PREFIX}${retryAfterText(verdict.retryAfterSeconds)}`,

@@ -58,6 +58,15 @@ export interface RateLimiter {
    * store and no two scope keys share a bucket however they are spelt.
    */
   take(scopeKey: string): Promise<RateDecision>;
+  /**
+   * The shared bucket's decision only, for a take started before the request is known to be
+   * admitted (AdmissionTicket.takeRateEarly): null, with nothing taken from the reduced local bucket
+   * and no outage started or probed, when the decision would come from the local fallback (the store
+   * does not answer, or is known not to). A request then refused for another reason (503 while the
+   * store is down) has spent nothing of the local budget; `take` decides for one that is admitted.
+   * Every other failure rejects, as with `take` (fail closed).
+   */
+  takeShared?(scopeKey: string): Promise<RateDecision | null>;
 }
 
 const DEFAULT_FALLBACK_FACTOR = 0.25;
@@ -133,13 +142,33 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
     }
   };
 
+  const bucketOf = (scopeKey: string) => {
+    if (typeof scopeKey !== "string" || scopeKey.length === 0) {
+      throw invalidArgument("scopeKey", "must be a non-empty string");
+    }
+    const bucketId = digest("rate-limit", scopeKey);
+    return { bucketId, key: bucketKey(kind, bucketId) };
+  };
+
   return {
-    async take(scopeKey: string): Promise<RateDecision> {
-      if (typeof scopeKey !== "string" || scopeKey.length === 0) {
-        throw invalidArgument("scopeKey", "must be a non-empty string");
+    async takeShared(scopeKey: string): Promise<RateDecision | null> {
+      const { key } = bucketOf(scopeKey);
+      if (degraded) return null;
+      try {
+        const outcome = await store.takeTokens(key, shared);
+        return {
+          allowed: outcome.allowed,
+          retryAfterSeconds: outcome.allowed ? 0 : Math.max(1, Math.ceil(outcome.retryAfterMs / 1000)),
+          degraded: false,
+        };
+      } catch (error) {
+        if (canFallBack && isGateError(error, "ERR_STORE_UNAVAILABLE")) return null;
+        throw error;
       }
-      const bucketId = digest("rate-limit", scopeKey);
-      const key = bucketKey(kind, bucketId);
+    },
+
+    async take(scopeKey: string): Promise<RateDecision> {
+      const { bucketId, key } = bucketOf(scopeKey);
       if (degraded && (attemptInFlight || now() - lastAttemptAt < retryIntervalMs)) {
         return decideLocally(bucketId);
       }

@@ -711,6 +711,9 @@ class PostgresStore implements Store {
   }
 
   async getMany(keys: readonly RecordKey[]): Promise<Array<string | null>> {
+    // As on every other backend: a closed handle refuses before anything else (an empty batch
+    // never reaches #query, which would check it).
+    this.#open();
     checkBatch(keys);
     if (keys.length === 0) return [];
     const names = keys.map((key) => key.encoded);

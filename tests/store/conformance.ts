@@ -774,6 +774,19 @@ export const conformanceCases: readonly ConformanceCase[] = [
     },
   },
   {
+    name: "a closed handle refuses getMany with ERR_STORE_UNAVAILABLE, an empty or oversized batch too",
+    async run(fixture) {
+      const store = await fixture.open();
+      await store.close();
+      const key = ownedKey(scopeA, "note", "k");
+      await expectCode(store.getMany([key]), "ERR_STORE_UNAVAILABLE", "getMany after close");
+      // Like get, and like every other backend: closed is the answer before anything else is judged.
+      await expectCode(store.getMany([]), "ERR_STORE_UNAVAILABLE", "empty getMany after close");
+      const many = Array.from({ length: 65 }, (_, i) => ownedKey(scopeA, "note", `k${i}`));
+      await expectCode(store.getMany(many), "ERR_STORE_UNAVAILABLE", "65 keys after close");
+    },
+  },
+  {
     name: "data survives closing the adapter and opening it again",
     requires: ["durable"],
     async run(fixture) {
@@ -813,6 +826,18 @@ export const conformanceCases: readonly ConformanceCase[] = [
             await expectCode(store.get(key), "ERR_STORE_UNAVAILABLE", `${mode} attempt ${attempt}`);
             const elapsed = Date.now() - started;
             assert.ok(elapsed < bound, `${mode}: failed after ${elapsed} ms, bound ${bound} ms`);
+            // getMany (the session read on the hot path) fails closed the same way, as fast.
+            const manyStarted = Date.now();
+            await expectCode(
+              store.getMany([key, key]),
+              "ERR_STORE_UNAVAILABLE",
+              `${mode} getMany ${attempt}`,
+            );
+            const manyElapsed = Date.now() - manyStarted;
+            assert.ok(
+              manyElapsed < bound,
+              `${mode}: getMany failed after ${manyElapsed} ms, bound ${bound} ms`,
+            );
           }
           // Callers queued behind the outage are bounded too, not only the first in line.
           const started = Date.now();
