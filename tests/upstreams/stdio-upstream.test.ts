@@ -32,8 +32,13 @@ const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.m
 const PROTOCOL_VERSION = "2025-11-25";
 /** Generous: a loaded two-core machine starts Node processes slowly. */
 const WAIT_MS = 20_000;
-/** uids for the distinct-uid tests: no account on a Debian-like system has them. */
-const UID_RANGE: [number, number] = [61_000, 61_009];
+/**
+ * uids for the distinct-uid tests, above every account on a Debian-like system (nobody is 65534).
+ * Ten per run, placed by pid: a range must belong to one gateway only (the bridge kills whatever is
+ * left with a uid it handed out), and another checkout may be running these tests at the same time.
+ */
+const UID_BASE = 100_000 + (process.pid % 5_000) * 10;
+const UID_RANGE: [number, number] = [UID_BASE, UID_BASE + 9];
 
 const isRoot = process.getuid?.() === 0;
 
