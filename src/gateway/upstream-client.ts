@@ -1,6 +1,7 @@
 import type { Readable } from "node:stream";
 import { Pool } from "undici";
 import { GateError } from "../errors.ts";
+import type { Principal } from "../identity/principal.ts";
 
 export interface UpstreamResponse {
   readonly status: number;
@@ -15,6 +16,8 @@ export interface UpstreamRequest {
   readonly body?: Buffer;
   /** Aborts the call (GET streams whose client left); POSTs are never given one (see below). */
   readonly signal?: AbortSignal;
+  /** The verified caller; in-process upstreams (stdio) act for it; never sent anywhere. */
+  readonly principal?: Principal;
 }
 
 export interface UpstreamClient {
