@@ -99,6 +99,18 @@ export interface StdioUpstreamConfig extends UpstreamCommon {
   readonly args: readonly string[];
   /** Values as written; `vault:NAME` references are resolved by the gateway per principal. */
   readonly env: Readonly<Record<string, string>>;
+  /** upstreams[].stdio: how its processes run; unset fields take the bridge's defaults. */
+  readonly stdio: StdioProcessSettings;
+}
+
+export interface StdioProcessSettings {
+  readonly runAs?: "gateway" | "distinct-uid";
+  readonly uidRange?: readonly [number, number];
+  readonly maxProcesses?: number;
+  readonly maxProcessesPerPrincipal?: number;
+  readonly startTimeoutMs?: number;
+  readonly requestTimeoutMs?: number;
+  readonly workRoot?: string;
 }
 
 export type UpstreamConfig = HttpUpstreamConfig | StdioUpstreamConfig;

@@ -1,6 +1,11 @@
 import { isAbsolute, resolve } from "node:path";
 import { type EnvironmentSource, environmentSourceOf } from "./environment.ts";
-import { DEFAULT_MASTER_KEY_ID, type GatewayConfig, type UpstreamConfig } from "./gateway-config.ts";
+import {
+  DEFAULT_MASTER_KEY_ID,
+  type GatewayConfig,
+  type StdioProcessSettings,
+  type UpstreamConfig,
+} from "./gateway-config.ts";
 import { type ConfigIssue, type ConfigPath, issueAt } from "./issues.ts";
 import { isLoopbackHost } from "./loopback.ts";
 import { canonicalPublicUrl } from "./network-values.ts";
@@ -127,6 +132,7 @@ export function resolveConfig(
           command: upstream.command ?? "",
           args: upstream.args ?? [],
           env: upstream.env ?? {},
+          stdio: stdioSettings(upstream.stdio),
         };
   });
 
@@ -203,4 +209,20 @@ export function resolveConfig(
     },
   };
   return { config: deepFreeze(config) };
+}
+
+/** upstreams[].stdio with durations in ms; absent fields stay absent (the bridge's defaults apply). */
+function stdioSettings(stdio: ParsedConfig["upstreams"][number]["stdio"]): StdioProcessSettings {
+  if (stdio === undefined) return {};
+  return {
+    ...(stdio.runAs === undefined ? {} : { runAs: stdio.runAs }),
+    ...(stdio.uidRange === undefined ? {} : { uidRange: stdio.uidRange }),
+    ...(stdio.maxProcesses === undefined ? {} : { maxProcesses: stdio.maxProcesses }),
+    ...(stdio.maxProcessesPerPrincipal === undefined
+      ? {}
+      : { maxProcessesPerPrincipal: stdio.maxProcessesPerPrincipal }),
+    ...(stdio.startTimeout === undefined ? {} : { startTimeoutMs: stdio.startTimeout }),
+    ...(stdio.requestTimeout === undefined ? {} : { requestTimeoutMs: stdio.requestTimeout }),
+    ...(stdio.workRoot === undefined ? {} : { workRoot: stdio.workRoot }),
+  };
 }

@@ -298,6 +298,24 @@ const upstreamSchema = z
       "must not contain NUL",
     ).optional(),
     audience: checked((value) => isPlainText(value, 2048), "must be 1-2048 printable characters").optional(),
+    // A command upstream's processes (src/upstreams/stdio-upstream.ts); defaults there.
+    stdio: z
+      .strictObject({
+        runAs: z.enum(["gateway", "distinct-uid"]).optional(),
+        uidRange: z
+          .tuple([integer(1, 2 ** 31 - 2), integer(1, 2 ** 31 - 2)])
+          .refine(([low, high]) => low <= high, "must be [lowest, highest]")
+          .optional(),
+        maxProcesses: integer(1, 100_000).optional(),
+        maxProcessesPerPrincipal: integer(1, 1_000).optional(),
+        startTimeout: duration(100, 300_000, "from 100ms to 5m").optional(),
+        requestTimeout: duration(1_000, 86_400_000, "from 1s to 24h").optional(),
+        workRoot: checked(
+          (value) => value.startsWith("/") && isPlainText(value, 1024),
+          "must be an absolute path",
+        ).optional(),
+      })
+      .optional(),
     scopes,
     protocolVersions: uniqueList(checked(isProtocolVersion, "must be a protocol revision (YYYY-MM-DD)"))
       .min(1)
@@ -335,7 +353,7 @@ const upstreamSchema = z
       ctx.addIssue({ code: "custom", message: "must set exactly one of url and command" });
     }
     if (upstream.url !== undefined) {
-      for (const key of ["args", "env"] as const) {
+      for (const key of ["args", "env", "stdio"] as const) {
         if (upstream[key] !== undefined) {
           ctx.addIssue({ code: "custom", message: "applies only to a command upstream", path: [key] });
         }

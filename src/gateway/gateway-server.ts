@@ -868,6 +868,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         throw new GateError("ERR_BATCH_REFUSED", "batch refused", { detail: "batches not allowed" });
       }
       const answer = await context.client.request({
+        principal: resolved.principal,
         method: "POST",
         body: openListCursors(resolved.principal, upstream.name, body, payload),
         headers: await upstreamHeaders(context, resolved.principal, sessionHeaders(resolved.session)),
@@ -895,6 +896,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
     await admitOwner(context, caller === "anonymous" ? null : principal);
     const answer = await context.client.request({
+      principal: principal,
       method: "POST",
       body,
       headers: await upstreamHeaders(context, principal, {}),
@@ -1091,6 +1093,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       if (!response.writableFinished) abort.abort();
     });
     const answer = await context.client.request({
+      principal: principal,
       method: "POST",
       body: forwarded,
       headers: await upstreamHeaders(context, principal, { ...mirrored, [VERSION_HEADER]: version }),
@@ -1442,7 +1445,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       [SESSION_HEADER]: upstreamSessionId,
       [VERSION_HEADER]: protocolVersion,
     })
-      .then((headers) => context.client.request({ method: "DELETE", headers }))
+      .then((headers) => context.client.request({ method: "DELETE", headers, principal }))
       .then((answer) => answer.body.resume())
       .catch(() => undefined);
   }
@@ -1477,6 +1480,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const abort = new AbortController();
     response.once("close", () => abort.abort());
     const answer = await context.client.request({
+      principal: resolved.principal,
       method: "GET",
       headers: await upstreamHeaders(context, resolved.principal, own),
       signal: abort.signal,
@@ -1499,6 +1503,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     if (session.upstreamSessionId !== null) {
       try {
         const answer = await context.client.request({
+          principal: principal,
           method: "DELETE",
           headers: await upstreamHeaders(context, principal, sessionHeaders(session)),
         });

@@ -37,12 +37,14 @@ import type { Store } from "../store/contract.ts";
 import { leaseKey } from "../store/keys.ts";
 import { openStore } from "../store/open-store.ts";
 import { createTaskRegistry } from "../tasks/task-registry.ts";
+import { createStdioUpstreamClient } from "../upstreams/stdio-upstream.ts";
+import { createVault } from "../vault/vault.ts";
 import { type AdminActions, createAdminHandler } from "./admin-server.ts";
 import { createAdmission } from "./admission.ts";
 import { createClientAddressResolver } from "./client-address.ts";
 import { checkExposure } from "./exposure-guard.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./gateway-metrics.ts";
-import { assertionAudience, createGatewayHandler } from "./gateway-server.ts";
+import { assertionAudience, createGatewayHandler, versionsOf } from "./gateway-server.ts";
 import { GATEWAY_PROTOCOL_VERSIONS, type SupportedVersions } from "./protocol-era.ts";
 import { createUpstreamClient, type UpstreamClient } from "./upstream-client.ts";
 import { discoverUpstreamVersions } from "./upstream-discovery.ts";
@@ -116,10 +118,11 @@ export async function startGateway(
           `upstreams[${index}].protocolVersions lists no version this gateway serves (${servable.join(", ")})`,
         );
       }
-      if (upstream.transport !== "http") {
+      if (upstream.transport === "stdio" && versionsOf(upstream).modern.length > 0) {
+        // One process per legacy session: a stdio server is initialized once, by the session's owner.
         throw new GateError(
           "ERR_CONFIG_INVALID",
-          `upstreams[${index}].command: stdio upstreams are not supported by this version`,
+          `upstreams[${index}].protocolVersions: a command upstream serves legacy sessions only (2025-03-26 to 2025-11-25)`,
         );
       }
     }
@@ -234,9 +237,26 @@ export async function startGateway(
       onDenied: (denial) => securityEvents.emit(sessionDeniedEvent(denial)),
     });
 
+    const vault = createVault({ store, keyring });
     const upstreamClients = new Map<string, UpstreamClient>();
     for (const upstream of config.upstreams) {
-      if (upstream.transport === "http")
+      if (upstream.transport === "stdio") {
+        upstreamClients.set(
+          upstream.name,
+          metrics.instrumentUpstream(
+            upstream.name,
+            createStdioUpstreamClient(upstream, {
+              vault,
+              ...upstream.stdio,
+              // A process lives as long as its session may: the gateway's idle timeout, not a shorter
+              // one of the bridge's (which would end sessions as "upstream gone").
+              idleTimeoutMs: config.sessions.idleTimeoutMs,
+              onStderr: (line, context) =>
+                log("info", `upstreams ${context.upstream} process ${context.processRef}: ${line}`),
+            }),
+          ),
+        );
+      } else
         upstreamClients.set(
           upstream.name,
           metrics.instrumentUpstream(
@@ -341,6 +361,7 @@ export async function startGateway(
       events: securityEvents,
       upstreamClients,
       upstreamVersions,
+      vault,
       publishRevocation: (notice) => bus.publish(notice),
       clientAddressOf: createClientAddressResolver(config.listen.trustedProxies),
       onRequestDone: (record) => {
@@ -365,6 +386,7 @@ export async function startGateway(
       revokeSession: (sessionDigest) => revocation.revokeSession(sessionDigest),
       revokePrincipal: (principal) => revocation.revokePrincipal(principal),
       killSwitch: () => revocation.killSwitch(),
+      vault,
     };
     let adminUrl: string | undefined;
     if (config.admin.enabled) {
@@ -432,7 +454,10 @@ async function discoverUndeclared(
   await Promise.all(
     config.upstreams.map(async (upstream, index) => {
       const client = clients.get(upstream.name);
-      if (upstream.protocolVersions !== undefined || client === undefined) return;
+      // A command upstream is legacy-only (checked at start): nothing to discover, and its bridge
+      // starts processes only for a principal's initialize.
+      if (upstream.protocolVersions !== undefined || client === undefined || upstream.transport === "stdio")
+        return;
       const { versions, how } = await discoverUpstreamVersions(client, signer, assertionAudience(upstream));
       if (versions.legacy.length === 0 && versions.modern.length === 0) {
         throw new GateError(

@@ -5,14 +5,26 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { type Harness, initializeSession, mcpHeaders, sessionToolsList, startHarness } from "../support/gateway-harness.ts";
+import {
+  type Harness,
+  initializeSession,
+  mcpHeaders,
+  sessionToolsList,
+  startHarness,
+} from "../support/gateway-harness.ts";
 import { type RecordingUpstream, startRecordingUpstream } from "../support/recording-upstream.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
 const ALICE_SECRET = "ghp_alice_0123456789abcdefALICE";
 const BOB_SECRET = "ghp_bob_0123456789abcdefBOB";
 
-function enroll(harness: Harness, token: string, name: string, value: unknown, path = "/mcp"): Promise<Response> {
+function enroll(
+  harness: Harness,
+  token: string,
+  name: string,
+  value: unknown,
+  path = "/mcp",
+): Promise<Response> {
   return fetch(`${harness.url}/.tenantgate/vault${path}/${name}`, {
     method: "PUT",
     headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
@@ -83,7 +95,10 @@ for (const backend of await storeBackendCases("vault-e2e")) {
           jsonrpc: "2.0",
           id: 7,
           method: "tools/call",
-          params: { name: "whoami", arguments: { user_google_email: "alice", owner: "alice", vault: "github_token" } },
+          params: {
+            name: "whoami",
+            arguments: { user_google_email: "alice", owner: "alice", vault: "github_token" },
+          },
         }),
       });
       assert.equal(bobCall.status, 200);
@@ -92,7 +107,10 @@ for (const backend of await storeBackendCases("vault-e2e")) {
       // Bob's own client headers never reach the upstream; the credential is the gateway's to set.
       const bobRequest = upstream.requests.at(-1);
       assert.equal(bobRequest?.headers["x-vault-owner"], undefined);
-      assert.ok(!JSON.stringify(upstream.requests.slice(from)).includes(bob), "the client's token never goes upstream");
+      assert.ok(
+        !JSON.stringify(upstream.requests.slice(from)).includes(bob),
+        "the client's token never goes upstream",
+      );
     });
 
     it("C1 a principal without the entry gets ERR_CREDENTIAL_REQUIRED naming it, and nothing is forwarded", async () => {
@@ -105,7 +123,11 @@ for (const backend of await storeBackendCases("vault-e2e")) {
           jsonrpc: "2.0",
           id: 1,
           method: "initialize",
-          params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "c", version: "1" } },
+          params: {
+            protocolVersion: "2025-11-25",
+            capabilities: {},
+            clientInfo: { name: "c", version: "1" },
+          },
         }),
       });
       assert.equal(response.status, 403);
@@ -113,12 +135,16 @@ for (const backend of await storeBackendCases("vault-e2e")) {
       assert.deepEqual(body.error.data, { code: "ERR_CREDENTIAL_REQUIRED", credential: "github_token" });
       assert.equal(upstream.requests.length, from, "nothing reached the upstream");
       assert.ok(
-        harness.events.some((event) => event.type === "request.refused" && event.reason === "credential-missing"),
+        harness.events.some(
+          (event) => event.type === "request.refused" && event.reason === "credential-missing",
+        ),
       );
     });
 
     it("enrollment is write-only: the list shows names, no method answers a value", async () => {
-      const list = await fetch(`${harness.url}/.tenantgate/vault/mcp`, { headers: { authorization: `Bearer ${alice}` } });
+      const list = await fetch(`${harness.url}/.tenantgate/vault/mcp`, {
+        headers: { authorization: `Bearer ${alice}` },
+      });
       assert.equal(list.status, 200);
       const text = await list.text();
       assert.ok(!text.includes(ALICE_SECRET));

@@ -3,6 +3,7 @@
  * each driven through a real gateway on a real store (memory, one replica: the notices these tests
  * need are the replica's own), or through the module whose own behaviour is the finding.
  */
+
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
@@ -25,6 +26,7 @@ import { ownershipKey } from "../../src/store/keys.ts";
 import { MemoryStore } from "../../src/store/memory-store.ts";
 import { createTaskRegistry } from "../../src/tasks/task-registry.ts";
 import { type Harness, initializeSession, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
+import { createVaultDouble } from "../support/vault-double.ts";
 
 const LEGACY = "2025-11-25";
 const MODERN = "2026-07-28";
@@ -488,6 +490,7 @@ describe("review: admin actions in the audit trail", () => {
     revokeSession: failing,
     revokePrincipal: failing,
     killSwitch: failing,
+    vault: createVaultDouble(),
   };
 
   before(async () => {
@@ -563,6 +566,7 @@ describe("review: the admin listener's Host guard (no token)", () => {
         describeSessions: async () => [],
         revokeSession: async () => false,
         revokePrincipal: async () => ({ sessions: 0, tasks: 0 }),
+        vault: createVaultDouble(),
         killSwitch: async () => {
           killed += 1;
         },

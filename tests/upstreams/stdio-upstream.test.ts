@@ -68,6 +68,7 @@ function upstreamConfig(overrides: Partial<StdioUpstreamConfig> = {}): StdioUpst
     command: process.execPath,
     args: [PROBE],
     env: {},
+    stdio: {},
     ...overrides,
   };
 }
