@@ -49,6 +49,7 @@ const STORE_OPERATIONS = [
   "claim",
   "take",
   "takeIfEquals",
+  "replaceIfEquals",
   "delete",
   "increment",
   "indexAdd",

@@ -10,7 +10,8 @@ import type { CounterOptions, StoreBackend, TokenBucket, TtlOptions } from "./co
 export const MAX_TTL_MS = 30 * 24 * 60 * 60 * 1000;
 /** 1 MiB per value: the largest sealed record tenantgate writes is far smaller. */
 export const MAX_VALUE_LENGTH = 1 << 20;
-const MAX_MEMBER_LENGTH = 1024;
+/** Characters per index or lease member. */
+export const MAX_MEMBER_LENGTH = 1024;
 /** Keys per getMany: a hot-path read of a handful of records, never a scan. */
 export const MAX_BATCH_KEYS = 64;
 

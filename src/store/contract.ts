@@ -106,6 +106,17 @@ export interface Store {
    */
   takeIfEquals(key: RecordKey, expected: string): Promise<boolean>;
 
+  /**
+   * Compare-and-set: replaces the value with `value` only if the live value equals `expected`
+   * exactly (atomically), keeping the record's expiry; true if it did. An absent or expired record,
+   * or a different value, answers false and writes nothing. Lets a caller rewrite exactly what it
+   * read (a value re-sealed under a new key) without overwriting a concurrent `put`: of concurrent
+   * replacements of one value, on every connection and process, exactly one succeeds. `value` is
+   * checked as for `put`; an `expected` that is not well-formed Unicode never matches (as in
+   * `takeIfEquals`).
+   */
+  replaceIfEquals(key: RecordKey, expected: string, value: string): Promise<boolean>;
+
   /** True if an unexpired record was deleted. */
   delete(key: RecordKey): Promise<boolean>;
 

@@ -7,7 +7,8 @@ import { invalidArgument } from "../errors.ts";
  * - Ownership records (`own/…`) are keyed globally by the digest of the id, with the owner as the
  *   value, so a race for one id has exactly one winner whoever the racers are.
  * - Owned data (`data/…`) and per-owner indexes (`index/…`) live under (tenant, issuer, subject),
- *   every segment escaped, so no id can forge another tenant's or principal's prefix.
+ *   every segment escaped, so no id can forge another tenant's or principal's prefix. Global indexes
+ *   (`index/<kind>/<part>…`) have fewer segments than any owner index, so neither can spell the other.
  * - Counters (`count/…`), token buckets (`bucket/…`) and lease sets (`lease/…`) are named by kind and
  *   segments, also escaped.
  *
@@ -131,6 +132,25 @@ export function ownedKey(scope: OwnerScope, kind: string, ...parts: string[]): R
 export function ownerIndexKey(scope: OwnerScope, kind: string): IndexKey {
   checkKind(kind);
   return build("index", [...scopeSegments(scope), kind]) as IndexKey;
+}
+
+/**
+ * An index that belongs to no one principal, e.g. `globalIndexKey("vault-key", keyId)`: the vault
+ * entries sealed under one master key, which rotation walks across principals (so reading one is an
+ * operator's act, never a client's).
+ *
+ * One or two parts, so a global index has two or three segments after `index/`, and an owner index
+ * (`ownerIndexKey`) always has four (tenant, issuer, subject, kind). Segments never contain `/`, so
+ * keys with different segment counts are different strings: no tenant, issuer or subject however
+ * chosen names a global index, and no global index spells a principal's. (Matching on the first
+ * segment would not do: a tenant may be called "vault-key".)
+ */
+export function globalIndexKey(kind: string, ...parts: [string] | [string, string]): IndexKey {
+  checkKind(kind);
+  if (parts.length < 1 || parts.length > 2) {
+    throw invalidArgument("parts", "must name one or two segments");
+  }
+  return build("index", [kind, ...parts]) as IndexKey;
 }
 
 /**

@@ -167,6 +167,20 @@ export class MemoryStore implements Store {
     return true;
   }
 
+  async replaceIfEquals(key: RecordKey, expected: string, value: string): Promise<boolean> {
+    this.#open();
+    checkValue(value);
+    const now = this.#now();
+    const existing = this.#live(this.#records, key.encoded, now);
+    if (!existing || existing.value !== expected) return false;
+    // The same accounting as an overwrite by put; the expiry is left as it is.
+    const growth = recordBytes(key.encoded, value) - recordBytes(key.encoded, existing.value);
+    if (growth > 0) this.#reserve(growth, false, now);
+    else this.#bytes += growth;
+    existing.value = value;
+    return true;
+  }
+
   async delete(key: RecordKey): Promise<boolean> {
     return (await this.take(key)) !== null;
   }

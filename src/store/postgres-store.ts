@@ -226,6 +226,7 @@ interface Statements {
   readonly claim: string;
   readonly take: string;
   readonly takeIfEquals: string;
+  readonly replaceIfEquals: string;
   readonly increment: string;
   readonly indexAdd: string;
   readonly indexRemove: string;
@@ -303,6 +304,11 @@ function statements(schema: string): Statements {
     // the latest row version after waiting for a lock, so a value overwritten by a concurrent put is
     // compared in its new form, and a mismatch deletes nothing.
     takeIfEquals: `DELETE FROM ${s}.records WHERE key = $1 AND value = $2 AND ${LIVE}`,
+
+    // Atomicity: as takeIfEquals. UPDATE locks the row and, after waiting for a concurrent writer,
+    // re-evaluates its WHERE on the latest row version: of two replacements of one value the second
+    // finds the first's value, not `expected`, and writes nothing. `expires_at` is left as it is.
+    replaceIfEquals: `UPDATE ${s}.records SET value = $3 WHERE key = $1 AND value = $2 AND ${LIVE}`,
 
     // Atomicity, first path: when a limit is given, `delta` is an increase, and the snapshot's value
     // (0 if absent or expired) plus `delta` exceeds the limit, the increment is refused at the
@@ -755,6 +761,19 @@ class PostgresStore implements Store {
     // and could match a stored value that really holds U+FFFD.
     if (typeof expected !== "string" || !expected.isWellFormed()) return false;
     const { rowCount } = await this.#query(this.#sql.takeIfEquals, [key.encoded, encode(expected)]);
+    return rowCount === 1;
+  }
+
+  async replaceIfEquals(key: RecordKey, expected: string, value: string): Promise<boolean> {
+    this.#open();
+    checkValue(value);
+    // As in takeIfEquals: a malformed `expected` equals no stored value and must not reach the driver.
+    if (typeof expected !== "string" || !expected.isWellFormed()) return false;
+    const { rowCount } = await this.#query(this.#sql.replaceIfEquals, [
+      key.encoded,
+      encode(expected),
+      encode(value),
+    ]);
     return rowCount === 1;
   }
 

@@ -77,6 +77,18 @@ return 0
 `;
 
 /**
+ * Compare and replace as one step. KEEPTTL keeps the record's expiry (a plain SET would drop it);
+ * GET on an expired key is nil, so an expired record never matches.
+ */
+const REPLACE_IF_EQUALS = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+`;
+
+/**
  * Read, limit check and add in one script, so concurrent increments cannot both pass a cap. The limit
  * holds back increases only; a release is never refused. A sum at or below 0 deletes the key (the
  * contract: counters floor at 0 and a counter at 0 is gone, so the next increment starts a new
@@ -258,6 +270,7 @@ return redis.call('ZCARD', KEYS[1])
 const scripts = {
   tenantgateClaim: { lua: CLAIM, numberOfKeys: 1 },
   tenantgateTakeIfEquals: { lua: TAKE_IF_EQUALS, numberOfKeys: 1 },
+  tenantgateReplaceIfEquals: { lua: REPLACE_IF_EQUALS, numberOfKeys: 1 },
   tenantgateIncrement: { lua: INCREMENT, numberOfKeys: 1 },
   tenantgateRelease: { lua: RELEASE, numberOfKeys: 1 },
   tenantgateIndexAdd: { lua: INDEX_ADD, numberOfKeys: 1 },
@@ -273,6 +286,7 @@ const scripts = {
 interface ScriptedRedis extends Redis {
   tenantgateClaim(key: string, value: string, ttlMs: string): Promise<[number, string]>;
   tenantgateTakeIfEquals(key: string, expected: string): Promise<number>;
+  tenantgateReplaceIfEquals(key: string, expected: string, value: string): Promise<number>;
   tenantgateIncrement(key: string, delta: string, limit: string, ttlMs: string): Promise<[number, string]>;
   tenantgateRelease(key: string, delta: string): Promise<[number, string]>;
   tenantgateIndexAdd(key: string, member: string, ttlMs: string): Promise<number>;
@@ -414,6 +428,17 @@ class RedisStore implements Store {
     if (typeof expected !== "string" || !expected.isWellFormed()) return false;
     const deleted = await this.#call(() => this.#client.tenantgateTakeIfEquals(this.#name(key), expected));
     return deleted === 1;
+  }
+
+  async replaceIfEquals(key: RecordKey, expected: string, value: string): Promise<boolean> {
+    this.#open();
+    checkValue(value);
+    // As in takeIfEquals: ioredis would send a lone surrogate as U+FFFD, which could match.
+    if (typeof expected !== "string" || !expected.isWellFormed()) return false;
+    const replaced = await this.#call(() =>
+      this.#client.tenantgateReplaceIfEquals(this.#name(key), expected, value),
+    );
+    return replaced === 1;
   }
 
   async delete(key: RecordKey): Promise<boolean> {

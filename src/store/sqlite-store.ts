@@ -33,8 +33,9 @@ import { stepBucket, tokenOutcome } from "./token-bucket.ts";
  * Atomicity. node:sqlite is synchronous: a method runs its statements without yielding to the event
  * loop, so calls on one connection never interleave. Across processes, SQLite's write lock is the only
  * arbiter, and each read-modify-write takes it before it reads:
- * - take, takeIfEquals, delete, indexAdd and indexRemove are one statement each (`DELETE … RETURNING`,
- *   `DELETE … WHERE value = ?`, `INSERT … ON CONFLICT DO UPDATE`). A write statement acquires the
+ * - take, takeIfEquals, replaceIfEquals, delete, indexAdd and indexRemove are one statement each
+ *   (`DELETE … RETURNING`, `DELETE … WHERE value = ?`, `UPDATE … WHERE value = ?`,
+ *   `INSERT … ON CONFLICT DO UPDATE`). A write statement acquires the
  *   write lock before it reads a row and holds it until it commits, so its check and its change see
  *   the same row.
  * - claim and increment must report what they found when they do not write (the winner; the unchanged
@@ -124,6 +125,7 @@ interface Statements {
   readonly put: StatementSync;
   readonly take: StatementSync;
   readonly takeIfEquals: StatementSync;
+  readonly replaceIfEquals: StatementSync;
   readonly counterGet: StatementSync;
   readonly counterCreate: StatementSync;
   readonly counterUpdate: StatementSync;
@@ -155,6 +157,10 @@ function prepareStatements(db: DatabaseSync): Statements {
     // Deleting an expired row here is harmless (it reads as absent anyway); only a live one is returned.
     take: db.prepare("DELETE FROM records WHERE key = :key RETURNING value, expires_at"),
     takeIfEquals: db.prepare(`DELETE FROM records WHERE key = :key AND value = :expected AND ${LIVE}`),
+    // expires_at is not in the SET list: a replaced value keeps the record's expiry.
+    replaceIfEquals: db.prepare(
+      `UPDATE records SET value = :value WHERE key = :key AND value = :expected AND ${LIVE}`,
+    ),
     counterGet: db.prepare(`SELECT value FROM counters WHERE key = :key AND ${LIVE}`),
     // Replaces an expired row, if any: a counter recreated after expiry starts again with a new TTL.
     counterCreate: db.prepare(
@@ -327,6 +333,18 @@ class SqliteStore implements Store {
     if (typeof expected !== "string" || !expected.isWellFormed()) return false;
     return guarded(
       () => this.#statements.takeIfEquals.run({ key: key.encoded, expected, now: Date.now() }).changes === 1,
+    );
+  }
+
+  async replaceIfEquals(key: RecordKey, expected: string, value: string): Promise<boolean> {
+    this.#open();
+    checkValue(value);
+    // As in takeIfEquals: an ill-formed `expected` would be bound with U+FFFD and could match.
+    if (typeof expected !== "string" || !expected.isWellFormed()) return false;
+    return guarded(
+      () =>
+        this.#statements.replaceIfEquals.run({ key: key.encoded, expected, value, now: Date.now() })
+          .changes === 1,
     );
   }
 

@@ -76,6 +76,7 @@ const STORE_METHODS = [
   "claim",
   "take",
   "takeIfEquals",
+  "replaceIfEquals",
   "delete",
   "increment",
   "indexAdd",

@@ -317,6 +317,63 @@ export const conformanceCases: readonly ConformanceCase[] = [
     },
   },
   {
+    name: "replaceIfEquals replaces only the exact live value and keeps its TTL; otherwise it writes nothing",
+    async run(fixture) {
+      await withStore(fixture, async (store) => {
+        const key = ownedKey(scopeA, "note", unique("k"));
+        assert.equal(await store.replaceIfEquals(key, "v1", "v2"), false, "absent");
+        assert.equal(await store.get(key), null, "nothing was written for an absent record");
+
+        await store.put(key, "v1", { ttlMs: 600 });
+        assert.equal(await store.replaceIfEquals(key, "v0", "v2"), false, "different value");
+        assert.equal(await store.replaceIfEquals(key, "v", "v2"), false, "a prefix is not equal");
+        assert.equal(await store.get(key), "v1", "a mismatch leaves the value");
+        assert.equal(await store.replaceIfEquals(key, "v1", "v2 ünï\u0000🙂"), true);
+        assert.equal(await store.get(key), "v2 ünï\u0000🙂");
+        await sleep(900);
+        assert.equal(await store.get(key), null, "the replaced value expired with the record's TTL");
+        assert.equal(await store.replaceIfEquals(key, "v2 ünï\u0000🙂", "v3"), false, "expired");
+        assert.equal(await store.get(key), null, "nothing was written for an expired record");
+
+        const lasting = ownedKey(scopeA, "note", unique("lasting"));
+        await store.put(lasting, "");
+        assert.equal(await store.replaceIfEquals(lasting, "", "filled"), true, "an empty value matches");
+        await sleep(50);
+        assert.equal(await store.get(lasting), "filled", "a record without TTL still has none");
+
+        const marked = ownershipKey("code", unique("c"));
+        await store.put(marked, "\ufffd");
+        assert.equal(await store.replaceIfEquals(marked, "\ud800", "x"), false, "ill-formed expected");
+        assert.equal(await store.get(marked), "\ufffd");
+        await expectCode(
+          store.replaceIfEquals(marked, "\ufffd", "\ud800"),
+          "ERR_ARGUMENT_INVALID",
+          "ill-formed value",
+        );
+        assert.equal(await store.get(marked), "\ufffd", "nothing was written by a refused call");
+      });
+    },
+  },
+  {
+    name: "replaceIfEquals race: of concurrent replacements of one value over two handles exactly one wins",
+    async run(fixture, harness) {
+      await withRacers(fixture, async (racers) => {
+        for (let round = 0; round < Math.max(2, Math.floor((harness.raceRounds ?? 10) / 2)); round++) {
+          const key = ownedKey(scopeA, "note", unique(`replace-${round}`));
+          await racers[0]!.put(key, "sealed-under-old-key", { ttlMs: 60_000 });
+          const results = await Promise.all(
+            Array.from({ length: 200 }, (_, i) =>
+              racers[i % racers.length]!.replaceIfEquals(key, "sealed-under-old-key", `writer-${i}`),
+            ),
+          );
+          const winners = results.flatMap((won, i) => (won ? [i] : []));
+          assert.equal(winners.length, 1, `round ${round}: ${winners.length} winners`);
+          assert.equal(await racers[1]!.get(key), `writer-${winners[0]}`, "the winner's value is stored");
+        }
+      });
+    },
+  },
+  {
     name: "counters: increments add up, negative deltas subtract, a limit refuses without changing the value",
     async run(fixture) {
       await withStore(fixture, async (store) => {

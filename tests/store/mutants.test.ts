@@ -33,6 +33,16 @@ const takeIfEqualsDestroysOnMismatch: Mutation = (inner) => ({
   },
 });
 
+// A compare-and-set written as a read and a write: every racer that read the old value "wins", and
+// a re-seal overwrites the put that landed in between.
+const replaceIfEqualsAsGetThenPut: Mutation = (inner) => ({
+  async replaceIfEquals(key: RecordKey, expected: string, value: string) {
+    if ((await inner.get(key)) !== expected) return false;
+    await inner.put(key, value);
+    return true;
+  },
+});
+
 // HumaneProxy: owner records that never expire.
 const ttlIgnored: Mutation = (inner) => ({
   put: (key: RecordKey, value: string) => inner.put(key, value),
@@ -70,6 +80,8 @@ const keyWithoutBuilder: Mutation = (inner) => {
     claim: (key: RecordKey, value: string, options?: TtlOptions) => inner.claim(naive(key), value, options),
     take: (key: RecordKey) => inner.take(naive(key)),
     takeIfEquals: (key: RecordKey, expected: string) => inner.takeIfEquals(naive(key), expected),
+    replaceIfEquals: (key: RecordKey, expected: string, value: string) =>
+      inner.replaceIfEquals(naive(key), expected, value),
     delete: (key: RecordKey) => inner.delete(naive(key)),
     increment: (key: CounterKey, delta: number, options?: CounterOptions) =>
       inner.increment(naive(key), delta, options),
@@ -87,6 +99,10 @@ const mutants: Record<string, { mutation: Mutation; caughtBy: string }> = {
   "takeIfEquals that deletes on a mismatch": {
     mutation: takeIfEqualsDestroysOnMismatch,
     caughtBy: "takeIfEquals deletes only on a match",
+  },
+  "replaceIfEquals as get-then-put": {
+    mutation: replaceIfEqualsAsGetThenPut,
+    caughtBy: "replaceIfEquals race",
   },
   "TTL ignored": { mutation: ttlIgnored, caughtBy: "records expire after their TTL" },
   "limit checked before the add": { mutation: limitCheckedBeforeAdd, caughtBy: "counter race" },

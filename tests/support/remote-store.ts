@@ -73,6 +73,7 @@ export async function openRemoteStore(url: string, backend: StoreBackend): Promi
     claim: keyed("claim"),
     take: keyed("take"),
     takeIfEquals: keyed("takeIfEquals"),
+    replaceIfEquals: keyed("replaceIfEquals"),
     delete: keyed("delete"),
     increment: keyed("increment"),
     indexAdd: keyed("indexAdd"),

@@ -21,6 +21,7 @@ export function sharedHandle(store: Store): Store {
     claim: guard(store.claim),
     take: guard(store.take),
     takeIfEquals: guard(store.takeIfEquals),
+    replaceIfEquals: guard(store.replaceIfEquals),
     delete: guard(store.delete),
     increment: guard(store.increment),
     indexAdd: guard(store.indexAdd),

@@ -6,6 +6,7 @@ import {
   bucketKey,
   counterKey,
   escapeSegment,
+  globalIndexKey,
   leaseKey,
   ownedKey,
   ownerIndexKey,
@@ -82,6 +83,40 @@ describe("store key builder", () => {
       leaseKey("session", "x").encoded,
     ];
     assert.equal(new Set(encodings.map((e) => e.split("/")[0])).size, 6);
+  });
+
+  it("a global index never equals a principal's index, whatever the principal is called", () => {
+    assert.equal(globalIndexKey("vault-key", "k1").encoded, "index/vault-key/k1");
+    // The owner index with every segment chosen to spell the global one still has four segments.
+    const spelled = ownerIndexKey({ tenant: "vault-key", issuer: "k1", subject: "x" }, "y");
+    assert.equal(spelled.encoded.split("/").length, 5);
+    const segment = fc.string({ minLength: 1, maxLength: 8 });
+    fc.assert(
+      fc.property(
+        segment,
+        segment,
+        segment,
+        fc.constantFrom("vault-key", "vault", "session"),
+        (a, b, c, kind) => {
+          const owners = [
+            ownerIndexKey({ tenant: kind, issuer: a, subject: b }, "vault").encoded,
+            ownerIndexKey({ tenant: a, issuer: b, subject: c }, kind).encoded,
+          ];
+          for (const global of [globalIndexKey(kind, a).encoded, globalIndexKey(kind, a, b).encoded]) {
+            assert.ok(!owners.includes(global));
+          }
+        },
+      ),
+      fastCheckParameters(500),
+    );
+    const invalid = (fn: () => unknown) =>
+      assert.throws(fn, (e: unknown) => isGateError(e, "ERR_ARGUMENT_INVALID"));
+    invalid(() => (globalIndexKey as (kind: string, ...parts: string[]) => unknown)("vault-key"));
+    invalid(() =>
+      (globalIndexKey as (kind: string, ...parts: string[]) => unknown)("vault-key", "a", "b", "c"),
+    );
+    invalid(() => globalIndexKey("vault-key", ""));
+    invalid(() => globalIndexKey("Vault", "k1"));
   });
 
   it("refuses empty, oversized and ill-formed segments and bad kinds", () => {
