@@ -1,0 +1,169 @@
+/**
+ * stdio upstreams through the gateway (issue 6), with the official SDK client over real HTTP: one
+ * process per session, started for the session's owner with an environment built from nothing and
+ * that owner's own vault entries (THREATS C1, C4), on every store backend; and
+ * `@modelcontextprotocol/server-everything` in stdio mode.
+ */
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { type Harness, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
+import { storeBackendCases } from "../support/store-cases.ts";
+
+const PROBE = new URL("../support/stdio-probe-server.ts", import.meta.url).pathname;
+const EVERYTHING = join(
+  dirname(createRequire(import.meta.url).resolve("@modelcontextprotocol/server-everything/package.json")),
+  "dist/index.js",
+);
+const CANARY = "stdio-canary-3f9a1c7e";
+const ALLOWED_ENV = ["GITHUB_TOKEN", "HOME", "LANG", "MODE", "PATH", "TEMP", "TMP", "TMPDIR"];
+
+function textOf(result: unknown): string {
+  const content = (result as { content?: Array<{ type: string; text?: string }> }).content ?? [];
+  return content.map((part) => part.text ?? "").join("");
+}
+
+async function connect(url: string, token: string): Promise<Client> {
+  const transport = new StreamableHTTPClientTransport(new URL(url), {
+    requestInit: { headers: { authorization: `Bearer ${token}` } },
+  });
+  const client = new Client({ name: "e2e-stdio", version: "1.0.0" });
+  await client.connect(transport);
+  return client;
+}
+
+async function tool(
+  client: Client,
+  name: string,
+  args: Record<string, unknown> = {},
+): Promise<Record<string, unknown>> {
+  return JSON.parse(textOf(await client.callTool({ name, arguments: args }))) as Record<string, unknown>;
+}
+
+function enroll(harness: Harness, token: string, value: string): Promise<Response> {
+  return fetch(`${harness.url}/.tenantgate/vault/probe/github_token`, {
+    method: "PUT",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({ value }),
+  });
+}
+
+for (const backend of await storeBackendCases("stdio-e2e")) {
+  describe(`stdio upstreams through the gateway on ${backend.name}`, { skip: backend.skip }, () => {
+    let harness: Harness;
+    let cleanup: () => Promise<void>;
+    const clients: Client[] = [];
+    const probeUrl = () => `${harness.url}/probe`;
+    /** A token for the upstream at `path` (RFC 8707: each upstream is its own audience). */
+    const token = (subject: string, path = "/probe") =>
+      harness.token(subject, { audience: `${harness.gateway.config.publicUrl}${path}` });
+
+    before(async () => {
+      // In the gateway's own environment: a child must never see it.
+      process.env["STDIO_CANARY"] = CANARY;
+      const store = await backend.open();
+      cleanup = store.cleanup;
+      harness = await startHarness({
+        store: store.url,
+        extra: {
+          upstreams: [
+            {
+              name: "probe",
+              path: "/probe",
+              command: process.execPath,
+              args: [PROBE],
+              env: { GITHUB_TOKEN: "vault:github_token", MODE: "probe" },
+              stdio: { maxProcessesPerPrincipal: 2, startTimeout: "20s" },
+            },
+            {
+              name: "everything",
+              path: "/everything",
+              command: process.execPath,
+              args: [EVERYTHING, "stdio"],
+            },
+          ],
+        },
+      });
+    });
+    after(async () => {
+      for (const client of clients) await client.close().catch(() => undefined);
+      await harness?.close();
+      await cleanup?.();
+      delete process.env["STDIO_CANARY"];
+    });
+
+    it("C4 each session's process has only its owner's credential, an explicit environment and its own 0700 directories", async () => {
+      const [aliceToken, bobToken] = [await token("alice"), await token("bob")];
+      assert.equal((await enroll(harness, aliceToken, "ghp_alice_stdio_secret")).status, 201);
+      assert.equal((await enroll(harness, bobToken, "ghp_bob_stdio_secret")).status, 201);
+      const alice = await connect(probeUrl(), aliceToken);
+      const bob = await connect(probeUrl(), bobToken);
+      clients.push(alice, bob);
+      const [aliceEnv, bobEnv] = [await tool(alice, "env"), await tool(bob, "env")];
+      assert.equal(aliceEnv["GITHUB_TOKEN"], "ghp_alice_stdio_secret");
+      assert.equal(bobEnv["GITHUB_TOKEN"], "ghp_bob_stdio_secret");
+      for (const env of [aliceEnv, bobEnv]) {
+        assert.deepEqual(Object.keys(env).sort(), ALLOWED_ENV);
+        assert.ok(!JSON.stringify(env).includes(CANARY), "nothing of the gateway's environment");
+      }
+      const [aliceSelf, bobSelf] = [await tool(alice, "whoami"), await tool(bob, "whoami")];
+      for (const field of ["home", "tmpdir", "cwd"]) assert.notEqual(aliceSelf[field], bobSelf[field], field);
+      for (const self of [aliceSelf, bobSelf]) {
+        assert.deepEqual(self["modes"], { home: "700", tmpdir: "700", cwd: "700" });
+      }
+    });
+
+    it("C1 a principal without the entry gets ERR_CREDENTIAL_REQUIRED and no process starts", async () => {
+      const carol = await token("carol");
+      const response = await fetch(probeUrl(), {
+        method: "POST",
+        headers: mcpHeaders({ authorization: `Bearer ${carol}` }),
+        body: JSON.stringify({
+          jsonrpc: "2.0",
+          id: 1,
+          method: "initialize",
+          params: {
+            protocolVersion: "2025-11-25",
+            capabilities: {},
+            clientInfo: { name: "c", version: "1" },
+          },
+        }),
+      });
+      assert.equal(response.status, 403);
+      const body = (await response.json()) as { error: { data: Record<string, unknown> } };
+      assert.deepEqual(body.error.data, { code: "ERR_CREDENTIAL_REQUIRED", credential: "github_token" });
+    });
+
+    it("a crash ends only that session; the per-principal process cap holds", async () => {
+      const daveToken = await token("dave");
+      const erinToken = await token("erin");
+      assert.equal((await enroll(harness, daveToken, "ghp_dave")).status, 201);
+      assert.equal((await enroll(harness, erinToken, "ghp_erin")).status, 201);
+      const dave = await connect(probeUrl(), daveToken);
+      const erin = await connect(probeUrl(), erinToken);
+      clients.push(dave, erin);
+      await dave.callTool({ name: "crash", arguments: {} }).catch(() => undefined);
+      await assert.rejects(tool(dave, "whoami"), "the crashed session is gone");
+      assert.equal((await tool(erin, "env"))["GITHUB_TOKEN"], "ghp_erin");
+      // Two processes per principal: Erin has one; a second is admitted, a third is refused.
+      const second = await connect(probeUrl(), erinToken);
+      clients.push(second);
+      await assert.rejects(connect(probeUrl(), erinToken), /429|too many/i);
+    });
+
+    it("server-everything in stdio mode answers the official SDK client through the gateway", async () => {
+      const client = await connect(`${harness.url}/everything`, await token("frank", "/everything"));
+      clients.push(client);
+      const { tools } = await client.listTools();
+      assert.ok(
+        tools.some((entry) => entry.name === "echo"),
+        tools.map((entry) => entry.name).join(", "),
+      );
+      const echoed = await client.callTool({ name: "echo", arguments: { message: "hello stdio" } });
+      assert.match(textOf(echoed), /hello stdio/);
+    });
+  });
+}
