@@ -55,6 +55,8 @@ const RATE_SECONDS = QUICK ? 2 : Number(values["rate-seconds"]);
 const MODERN = "2026-07-28";
 const LEGACY = "2025-11-25";
 const ISSUER = "https://bench-issuer.invalid";
+/** Stores whose gateways are also measured through a route that injects a vault entry. */
+const INJECTION_STORES = ["memory", "redis"];
 const CLI = new URL("../src/cli/main.ts", import.meta.url).pathname;
 const HERE = new URL(".", import.meta.url).pathname;
 const redisUrl = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379";
@@ -114,7 +116,18 @@ async function main(): Promise<void> {
       store: store.url,
       secrets: { masterKey: "env:TENANTGATE_BENCH_KEY" },
       auth: { issuers: [{ issuer: ISSUER, jwksFile, algorithms: ["EdDSA"], tenantClaim: "tenant" }] },
-      upstreams: [{ name: "responder", path: "/mcp", url: responderUrl, protocolVersions: [MODERN, LEGACY] }],
+      upstreams: [
+        { name: "responder", path: "/mcp", url: responderUrl, protocolVersions: [MODERN, LEGACY] },
+        // The same responder behind a route that injects the caller's vault entry: the difference
+        // between the two is what injection costs per request (issue 6's figure).
+        {
+          name: "responder-vault",
+          path: "/vault/mcp",
+          url: responderUrl,
+          protocolVersions: [MODERN, LEGACY],
+          inject: { Authorization: "Bearer {vault:bench_token}" },
+        },
+      ],
       // Production settings apart from limits high enough that one benchmark principal is never
       // refused: the caps and the rate limit still run (and cost what they cost) on every request.
       // One definition (bench/bench-profile.ts), shared with `npm run threats:bench`, which runs the
@@ -133,6 +146,20 @@ async function main(): Promise<void> {
       url: `${publicUrl}/mcp`,
       gateway: { adminUrl: gateway.announced, token: await token(`${publicUrl}/mcp`) },
     });
+    if (INJECTION_STORES.includes(store.name)) {
+      const vaultToken = await token(`${publicUrl}/vault/mcp`);
+      const enrolled = await fetch(`${publicUrl}/.tenantgate/vault/vault/mcp/bench_token`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${vaultToken}`, "content-type": "application/json" },
+        body: JSON.stringify({ value: `bench_${randomBytes(24).toString("hex")}` }),
+      });
+      if (enrolled.status !== 201) throw new Error(`vault enrollment answered ${enrolled.status}`);
+      paths.push({
+        name: `tenantgate-${store.name}+inject`,
+        url: `${publicUrl}/vault/mcp`,
+        gateway: { adminUrl: gateway.announced, token: vaultToken },
+      });
+    }
   }
 
   const shapes = new Map<string, { modern: RequestShape; legacy: RequestShape }>();
@@ -231,6 +258,26 @@ async function main(): Promise<void> {
   }
 
   const targets = evaluateTargets(rows);
+  // What injection costs: the same gateway and responder, with and without a vault entry injected.
+  const injection = [];
+  for (const era of eras) {
+    for (const store of INJECTION_STORES) {
+      const plain = rows.find((row) => row.era === era && row.path === `tenantgate-${store}`);
+      const injected = rows.find((row) => row.era === era && row.path === `tenantgate-${store}+inject`);
+      if (!plain || !injected || plain.requestsPerSecond === 0 || injected.requestsPerSecond === 0) continue;
+      injection.push({
+        era,
+        store,
+        plainRequestsPerSecond: plain.requestsPerSecond,
+        injectedRequestsPerSecond: injected.requestsPerSecond,
+        ratio: round3(injected.requestsPerSecond / plain.requestsPerSecond),
+        // At saturation on the same cores: the added time per request, from the two throughputs.
+        addedMicrosecondsPerRequest: Math.round(
+          1e6 / injected.requestsPerSecond - 1e6 / plain.requestsPerSecond,
+        ),
+      });
+    }
+  }
   const result = {
     when: new Date().toISOString(),
     machine: machine(),
@@ -245,6 +292,7 @@ async function main(): Promise<void> {
     notes,
     rows,
     targets,
+    injection,
   };
   await mkdir(join(HERE, "results"), { recursive: true });
   await writeFile(join(HERE, "results/latest.json"), `${JSON.stringify(result, null, 2)}\n`);
@@ -503,6 +551,14 @@ function renderMarkdown(result: {
     Row & { p50Ms: number; p99Ms: number; targetRate: number | null; achievedRate: number; errors: number }
   >;
   targets: Array<{ target: string; measured: number; met: boolean }>;
+  injection: Array<{
+    era: string;
+    store: string;
+    plainRequestsPerSecond: number;
+    injectedRequestsPerSecond: number;
+    ratio: number;
+    addedMicrosecondsPerRequest: number;
+  }>;
 }): string {
   const lines = [
     `# tenantgate overhead (${result.when})`,
@@ -527,6 +583,15 @@ function renderMarkdown(result: {
     "| target | measured | met |",
     "| --- | ---: | --- |",
     ...result.targets.map((t) => `| ${t.target} | ${t.measured} | ${t.met ? "yes" : "**no**"} |`),
+    "",
+    "Vault injection (same gateway and responder, a route that injects one vault entry vs one that does not):",
+    "",
+    "| era | store | req/s plain | req/s injecting | ratio | added µs / request |",
+    "| --- | --- | ---: | ---: | ---: | ---: |",
+    ...result.injection.map(
+      (i) =>
+        `| ${i.era} | ${i.store} | ${i.plainRequestsPerSecond} | ${i.injectedRequestsPerSecond} | ${i.ratio} | ${i.addedMicrosecondsPerRequest} |`,
+    ),
     "",
   ];
   return `${lines.join("\n")}\n`;

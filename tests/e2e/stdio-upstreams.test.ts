@@ -18,6 +18,7 @@ const EVERYTHING = join(
   dirname(createRequire(import.meta.url).resolve("@modelcontextprotocol/server-everything/package.json")),
   "dist/index.js",
 );
+const DEMO_STDIO = new URL("../../examples/demo-upstream/stdio.ts", import.meta.url).pathname;
 const CANARY = "stdio-canary-3f9a1c7e";
 const ALLOWED_ENV = ["GITHUB_TOKEN", "HOME", "LANG", "MODE", "PATH", "TEMP", "TMP", "TMPDIR"];
 
@@ -152,6 +153,34 @@ for (const backend of await storeBackendCases("stdio-e2e")) {
       const second = await connect(probeUrl(), erinToken);
       clients.push(second);
       await assert.rejects(connect(probeUrl(), erinToken), /429|too many/i);
+    });
+
+    it("the demo's stdio notes server: each session's process keeps its notes to itself", async () => {
+      const alice = await connect(`${harness.url}/demo`, await token("grace", "/demo"));
+      const bob = await connect(`${harness.url}/demo`, await token("heidi", "/demo"));
+      clients.push(alice, bob);
+      assert.match(
+        textOf(await alice.callTool({ name: "add_note", arguments: { text: "grace's secret note" } })),
+        /stored note 1/,
+      );
+      assert.equal(
+        textOf(await alice.callTool({ name: "list_notes", arguments: {} })),
+        "grace's secret note",
+      );
+      assert.equal(
+        textOf(await bob.callTool({ name: "list_notes", arguments: {} })),
+        "",
+        "another principal's process",
+      );
+      // A new session is a new process with a fresh home: nothing of the last one is left in it.
+      const again = await connect(`${harness.url}/demo`, await token("grace", "/demo"));
+      clients.push(again);
+      assert.equal(textOf(await again.callTool({ name: "list_notes", arguments: {} })), "");
+      const [first, second] = [
+        JSON.parse(textOf(await alice.callTool({ name: "where_am_i", arguments: {} }))) as { home: string },
+        JSON.parse(textOf(await again.callTool({ name: "where_am_i", arguments: {} }))) as { home: string },
+      ];
+      assert.notEqual(first.home, second.home);
     });
 
     it("server-everything in stdio mode answers the official SDK client through the gateway", async () => {
