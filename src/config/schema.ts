@@ -2,6 +2,7 @@ import { z } from "zod";
 import { ASYMMETRIC_JWT_ALGORITHMS, type JwtAlgorithm } from "../identity/jwt-authenticator.ts";
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from "../log/log-level.ts";
 import { parseInjectTemplate } from "../vault/injection.ts";
+import { VAULT_ENTRY_NAME } from "../vault/vault.ts";
 import { durationToMs } from "./duration.ts";
 import { isLoopbackHost } from "./loopback.ts";
 import {
@@ -351,6 +352,17 @@ const upstreamSchema = z
   .superRefine((upstream, ctx) => {
     if ((upstream.url === undefined) === (upstream.command === undefined)) {
       ctx.addIssue({ code: "custom", message: "must set exactly one of url and command" });
+    }
+    // `vault:NAME` in a command's environment names the caller's vault entry: a malformed name would
+    // only be found when the first session starts, so it is refused here, naming the variable.
+    for (const [variable, value] of Object.entries(upstream.env ?? {})) {
+      if (value.startsWith("vault:") && !VAULT_ENTRY_NAME.test(value.slice("vault:".length))) {
+        ctx.addIssue({
+          code: "custom",
+          message: "names a vault entry that is not 1-64 characters of a-z 0-9 _ starting with a letter",
+          path: ["env", variable],
+        });
+      }
     }
     if (upstream.url !== undefined) {
       for (const key of ["args", "env", "stdio"] as const) {

@@ -203,7 +203,13 @@ describe("config defaults", () => {
         path: "/files",
         command: "node",
         args: ["server.js", "--stdio"],
-        env: { API_TOKEN: "vault:files-token" },
+        env: { API_TOKEN: "vault:files_token" },
+        stdio: {
+          runAs: "distinct-uid",
+          uidRange: [200_000, 200_099],
+          startTimeout: "20s",
+          requestTimeout: "2m",
+        },
         scopes: ["files:read"],
         protocolVersions: ["2025-06-18", "2025-11-25"],
         inject: { "X-Tenant": "Bearer {vault:files_token}" },
@@ -220,7 +226,13 @@ describe("config defaults", () => {
       transport: "stdio",
       command: "node",
       args: ["server.js", "--stdio"],
-      env: { API_TOKEN: "vault:files-token" },
+      env: { API_TOKEN: "vault:files_token" },
+      stdio: {
+        runAs: "distinct-uid",
+        uidRange: [200_000, 200_099],
+        startTimeoutMs: 20_000,
+        requestTimeoutMs: 120_000,
+      },
     });
   });
 

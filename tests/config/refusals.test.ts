@@ -487,6 +487,18 @@ const table: Array<[string, string, unknown, string]> = [
     "upstreams[0].inject.Authorization names a vault entry that is not",
   ],
   [
+    "a command environment naming a malformed vault entry",
+    "upstreams",
+    [{ name: "files", path: "/files", command: "files-server", env: { TOKEN: "vault:Files-Token" } }],
+    "upstreams[0].env.TOKEN names a vault entry that is not",
+  ],
+  [
+    "stdio settings on a url upstream",
+    "upstreams",
+    [upstream({ stdio: { maxProcesses: 2 } })],
+    "upstreams[0].stdio applies only to a command upstream",
+  ],
+  [
     "injecting a framing header",
     "upstreams",
     [upstream({ inject: { "Content-Length": "1" } })],
