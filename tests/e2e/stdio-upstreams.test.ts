@@ -85,6 +85,7 @@ for (const backend of await storeBackendCases("stdio-e2e")) {
               command: process.execPath,
               args: [EVERYTHING, "stdio"],
             },
+            { name: "demo", path: "/demo", command: process.execPath, args: [DEMO_STDIO] },
           ],
         },
       });
