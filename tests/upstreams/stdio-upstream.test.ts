@@ -966,6 +966,37 @@ describe("stdio upstream bridge", () => {
     assert.equal(readFileSync(join(occupied, "notes.txt"), "utf8"), "not the bridge's");
   });
 
+  it("C4 runAs distinct-uid: a file a process left in /tmp is gone before its uid serves another principal", {
+    skip: !isRoot && "needs root",
+  }, async () => {
+    // One uid in the range: the next process is certain to get the uid the last one had.
+    const { client, log } = newClient({ runAs: "distinct-uid", uidRange: [UID_RANGE[0], UID_RANGE[0]] });
+    const aliceSession = await openSession(client, alice);
+    const aliceWho = await callTool(client, alice, aliceSession, "whoami");
+    const stash = join("/tmp", `tenantgate-review-stash-${randomBytes(8).toString("hex")}`);
+    const shm = join("/dev/shm", `tenantgate-review-stash-${randomBytes(8).toString("hex")}`);
+    try {
+      await callTool(client, alice, aliceSession, "writefile", { path: stash, content: "alice's token" });
+      await callTool(client, alice, aliceSession, "writefile", { path: shm, content: "alice's token" });
+      assert.equal(statSync(stash).uid, aliceWho["uid"]);
+      assert.equal((await del(client, alice, aliceSession)).status, 204);
+      await log.waitFor((e) => e.type === "process.ended");
+
+      const bobSession = await openSession(client, bob);
+      const bobWho = await callTool(client, bob, bobSession, "whoami");
+      assert.equal(bobWho["uid"], aliceWho["uid"], "the one uid is handed out again");
+      for (const path of [stash, shm]) {
+        assert.deepEqual(await callTool(client, bob, bobSession, "readfile", { path }), {
+          ok: false,
+          code: "ENOENT",
+        });
+      }
+    } finally {
+      await rm(stash, { force: true });
+      await rm(shm, { force: true });
+    }
+  });
+
   it("server-everything in stdio mode: initialize, tools/list and a tool call", async () => {
     const manifest = JSON.parse(
       readFileSync(
