@@ -42,7 +42,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { chmod, chown, mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { PassThrough, Readable } from "node:stream";
@@ -148,6 +148,13 @@ const MAX_BATCH = 1024;
 const DRAIN_AFTER_EXIT_MS = 500;
 const SWEEP_ROUNDS = 10;
 const SWEEP_PAUSE_MS = 100;
+/**
+ * Where a process can write outside its own directory on a usual host: world-writable places. What a
+ * uid owns there is removed before the uid is handed out again (anywhere else is a container's job).
+ */
+const SHARED_WRITABLE_ROOTS = ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
+/** Entries looked at per removal; past it the uid is quarantined rather than handed out unchecked. */
+const MAX_SHARED_ENTRIES_WALKED = 100_000;
 /** 128 random bits, hex: a process directory's name, unguessable by its siblings. */
 const PROCESS_DIRECTORY_NAME = /^[0-9a-f]{32}$/;
 
@@ -481,7 +488,10 @@ export function createStdioUpstreamClient(
     child.stdout?.destroy();
     child.stderr?.destroy();
     // Survivors first: one still running could write into the directory while it is removed.
-    const swept = proc.uid === undefined ? true : await sweepUid(proc.uid);
+    // Then what it left in the shared writable places (/tmp, /dev/shm, ...): the next process given
+    // this uid, likely another principal's, could otherwise read it as its own.
+    const swept =
+      proc.uid === undefined ? true : (await sweepUid(proc.uid)) && (await removeFilesOfUid(proc.uid));
     await rm(proc.dir, { recursive: true, force: true }).catch(() => undefined);
     if (proc.uid !== undefined) {
       if (swept) uidsInUse.delete(proc.uid);
@@ -1029,6 +1039,50 @@ async function processTable(): Promise<{ pid: number; uids: number[] }[]> {
     if (match) table.push({ pid: Number(entry), uids: match.slice(1).map(Number) });
   }
   return table;
+}
+
+/**
+ * Removes every file and directory `uid` owns under the shared writable roots, looking inside
+ * world-writable directories of other owners too (a sibling may have made one). Runs once every process
+ * of the uid is gone, so nothing of it can race the removal. Answers whether the uid is clean; if
+ * not (a removal failed, or too much to walk), it must not be handed out again.
+ */
+async function removeFilesOfUid(uid: number): Promise<boolean> {
+  const budget = { left: MAX_SHARED_ENTRIES_WALKED };
+  let clean = true;
+  for (const root of new Set([...SHARED_WRITABLE_ROOTS, tmpdir()])) {
+    if (!(await removeOwnedUnder(root, uid, budget))) clean = false;
+  }
+  return clean;
+}
+
+async function removeOwnedUnder(dir: string, uid: number, budget: { left: number }): Promise<boolean> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return true;
+  }
+  let clean = true;
+  for (const name of names) {
+    if (--budget.left < 0) return false;
+    const path = join(dir, name);
+    let stat: Awaited<ReturnType<typeof lstat>>;
+    try {
+      stat = await lstat(path);
+    } catch {
+      continue;
+    }
+    if (stat.uid === uid) {
+      // rm does not follow symbolic links: a link the process left is removed, never its target.
+      await rm(path, { recursive: true, force: true }).catch(() => {
+        clean = false;
+      });
+    } else if (stat.isDirectory() && (stat.mode & 0o002) !== 0) {
+      if (!(await removeOwnedUnder(path, uid, budget))) clean = false;
+    }
+  }
+  return clean;
 }
 
 /**
