@@ -997,6 +997,48 @@ describe("stdio upstream bridge", () => {
     }
   });
 
+  it("a server that stops reading its input cannot make the bridge buffer without bound", async () => {
+    // Answers initialize, then never reads stdin again (a server blocked in a long synchronous call).
+    const deaf = [
+      "let buffer = '';",
+      "const onData = (chunk) => {",
+      "  buffer += chunk;",
+      "  const end = buffer.indexOf('\\n');",
+      "  if (end < 0) return;",
+      "  const message = JSON.parse(buffer.slice(0, end));",
+      "  process.stdin.off('data', onData);",
+      "  process.stdin.pause();",
+      "  process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id: message.id, result: {",
+      "    protocolVersion: message.params.protocolVersion, capabilities: {},",
+      "    serverInfo: { name: 'deaf', version: '1' } } }) + '\\n');",
+      "};",
+      "process.stdin.setEncoding('utf8');",
+      "process.stdin.on('data', onData);",
+      "setInterval(() => {}, 1000);",
+    ].join("\n");
+    const { client } = newClient({}, upstreamConfig({ args: ["-e", deaf] }));
+    const session = await openSession(client, alice);
+    const padding = "x".repeat(1024 * 1024);
+    let accepted = 0;
+    let refused: unknown;
+    for (let i = 0; i < 64 && refused === undefined; i++) {
+      try {
+        const answer = await post(client, alice, session, {
+          jsonrpc: "2.0",
+          method: "notifications/message",
+          params: { level: "info", data: padding },
+        });
+        await readAll(answer.body);
+        if (answer.status === 202) accepted++;
+        else refused = answer.status;
+      } catch (error) {
+        refused = error;
+      }
+    }
+    assert.ok(refused !== undefined, `all 64 MiB were taken into the bridge's memory (${accepted} accepted)`);
+    assert.ok(accepted <= 32, `${accepted} MiB accepted before the refusal`);
+  });
+
   it("server-everything in stdio mode: initialize, tools/list and a tool call", async () => {
     const manifest = JSON.parse(
       readFileSync(
