@@ -143,6 +143,8 @@ const MIN_SCRUBBED_LENGTH = 4;
 const MAX_STDERR_LINE = 8192;
 /** The GET buffer is bounded in bytes too: 1,000 messages of 4 MiB would be 4 GB. */
 const MAX_QUEUED_BYTES = 16 * 1024 * 1024;
+/** What may wait in the gateway for a process to read it from its stdin. */
+const MAX_INPUT_BACKLOG_BYTES = 16 * 1024 * 1024;
 const MAX_BATCH = 1024;
 /** After the leader exits, how long its remaining output may take to be read before the pipes close. */
 const DRAIN_AFTER_EXIT_MS = 500;
@@ -659,6 +661,20 @@ export function createStdioUpstreamClient(
     stdin.write(messages.map((message) => `${JSON.stringify(message)}\n`).join(""));
   }
 
+  /**
+   * A server that does not read its input (blocked in a long call, or hostile) would otherwise have
+   * every message a client sends kept in the gateway's memory, which all principals share: past the
+   * bound the request is refused, unwritten, and the session lives on (the server may catch up).
+   */
+  function checkInputRoom(proc: BridgedProcess, body: Buffer | undefined): void {
+    const waiting = proc.child.stdin?.writableLength ?? 0;
+    if (waiting + (body?.length ?? 0) > MAX_INPUT_BACKLOG_BYTES) {
+      throw new GateError("ERR_OVERLOADED", "stdio server is not reading its input", {
+        detail: "stdio-input-backlog",
+      });
+    }
+  }
+
   /** The process for `sessionId` if it exists and belongs to `principal`; else undefined (404). */
   function owned(sessionId: string, principal: Principal): BridgedProcess | undefined {
     const proc = sessions.get(sessionId);
@@ -725,6 +741,7 @@ export function createStdioUpstreamClient(
 
   async function post(proc: BridgedProcess, request: UpstreamRequest): Promise<UpstreamResponse> {
     const parsed = parseBody(request.body);
+    checkInputRoom(proc, request.body);
     const keys: string[] = [];
     for (const message of parsed.payload.messages) {
       if (message.kind !== "request") continue;
