@@ -212,10 +212,23 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   const supportedByUpstream = new Map<string, SupportedVersions>();
   /** upstreams[].inject, parsed once: the upstreams that inject at least one vault entry. */
   const injectionPlans = new Map<string, InjectionPlan>();
+  /**
+   * The entries each upstream uses (its inject templates, a command's `vault:NAME` env values): the
+   * only ones enrollable at its path, so a token for one upstream (its audience, its scopes) can
+   * never replace or remove the credential another upstream injects.
+   */
+  const enrollable = new Map<string, ReadonlySet<string>>();
   for (const upstream of config.upstreams) {
     supportedByUpstream.set(upstream.name, deps.upstreamVersions?.get(upstream.name) ?? versionsOf(upstream));
     const plan = planInjection(upstream.inject);
     if (plan.entries.length > 0) injectionPlans.set(upstream.name, plan);
+    const used = new Set(plan.entries);
+    if (upstream.transport === "stdio") {
+      for (const value of Object.values(upstream.env)) {
+        if (value.startsWith("vault:")) used.add(value.slice("vault:".length));
+      }
+    }
+    enrollable.set(upstream.name, used);
   }
 
   let draining = false;
@@ -468,7 +481,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
 
       if (path.startsWith(`${VAULT_PREFIX}/`)) {
         const vaultRoute = deps.vault === undefined ? undefined : matchVaultPath(path, routes);
-        if (!vaultRoute) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+        if (
+          !vaultRoute ||
+          (vaultRoute.name !== undefined && !enrollable.get(vaultRoute.upstream.name)?.has(vaultRoute.name))
+        ) {
+          throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+        }
         draft.upstream = vaultRoute.upstream.name;
         // The entry's name is the caller's text: the access log gets the route, not the name.
         draft.path = `${VAULT_PREFIX}${vaultRoute.upstream.path}`;
