@@ -1039,6 +1039,46 @@ describe("stdio upstream bridge", () => {
     assert.ok(accepted <= 32, `${accepted} MiB accepted before the refusal`);
   });
 
+  it("a server that floods stderr cannot flood the gateway's log: lines beyond a rate are dropped and counted", async () => {
+    // Answers initialize, then writes stderr lines as fast as it can.
+    const noisy = [
+      "process.stdin.setEncoding('utf8');",
+      "let buffer = '';",
+      "process.stdin.on('data', (chunk) => {",
+      "  buffer += chunk;",
+      "  const end = buffer.indexOf('\\n');",
+      "  if (end < 0 || buffer === null) return;",
+      "  const message = JSON.parse(buffer.slice(0, end));",
+      "  buffer = '';",
+      "  if (message.method !== 'initialize') return;",
+      "  process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id: message.id, result: {",
+      "    protocolVersion: message.params.protocolVersion, capabilities: {},",
+      "    serverInfo: { name: 'noisy', version: '1' } } }) + '\\n');",
+      "  const line = 'noise '.repeat(20) + '\\n';",
+      "  const flood = () => { while (process.stderr.write(line.repeat(100))) {} process.stderr.once('drain', flood); };",
+      "  flood();",
+      "});",
+    ].join("\n");
+    let lines = 0;
+    const seen: string[] = [];
+    const { client } = newClient(
+      {
+        onStderr: (line) => {
+          lines++;
+          if (!line.startsWith("noise")) seen.push(line);
+        },
+      },
+      upstreamConfig({ args: ["-e", noisy] }),
+    );
+    await openSession(client, alice);
+    await delay(2_000);
+    assert.ok(lines < 5_000, `${lines} stderr lines reached the log sink in 2 s`);
+    assert.ok(
+      seen.some((line) => /^\[\d+ stderr lines dropped\]$/.test(line)),
+      "the loss is reported",
+    );
+  });
+
   it("server-everything in stdio mode: initialize, tools/list and a tool call", async () => {
     const manifest = JSON.parse(
       readFileSync(
