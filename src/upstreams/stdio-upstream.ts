@@ -141,6 +141,9 @@ const REDACTED = "[redacted]";
 /** Shorter values would redact common substrings without protecting anything. */
 const MIN_SCRUBBED_LENGTH = 4;
 const MAX_STDERR_LINE = 8192;
+/** stderr lines per process that reach the sink: a sustained rate, and a burst above it. */
+const STDERR_LINES_PER_SECOND = 100;
+const STDERR_BURST_LINES = 500;
 /** The GET buffer is bounded in bytes too: 1,000 messages of 4 MiB would be 4 GB. */
 const MAX_QUEUED_BYTES = 16 * 1024 * 1024;
 /** What may wait in the gateway for a process to read it from its stdin. */
@@ -204,6 +207,10 @@ interface BridgedProcess {
   readonly queue: string[];
   queuedBytes: number;
   dropped: number;
+  /** stderr lines the process may still send to the sink now (refilled over time), and those it lost. */
+  stderrTokens: number;
+  stderrRefilledAt: number;
+  stderrDropped: number;
   stream: PassThrough | undefined;
   inFlight: number;
   idleTimer: NodeJS.Timeout | undefined;
@@ -419,6 +426,9 @@ export function createStdioUpstreamClient(
       queue: [],
       queuedBytes: 0,
       dropped: 0,
+      stderrTokens: STDERR_BURST_LINES,
+      stderrRefilledAt: performance.now(),
+      stderrDropped: 0,
       stream: undefined,
       inFlight: 0,
       idleTimer: undefined,
@@ -489,6 +499,7 @@ export function createStdioUpstreamClient(
     child.stdin?.destroy();
     child.stdout?.destroy();
     child.stderr?.destroy();
+    reportDroppedStderr(proc);
     // Survivors first: one still running could write into the directory while it is removed.
     // Then what it left in the shared writable places (/tmp, /dev/shm, ...): the next process given
     // this uid, likely another principal's, could otherwise read it as its own.
@@ -614,9 +625,33 @@ export function createStdioUpstreamClient(
 
   function onStderrLine(proc: BridgedProcess, text: string, truncated: boolean): void {
     if (options.onStderr === undefined) return;
-    const line = scrub(text, proc.secrets, truncated);
+    // The sink is the gateway's log, shared by every principal: a process that writes stderr as fast
+    // as it can gets a bounded rate of lines into it (its own session's activity is not slowed), and
+    // how many it lost is said once lines get through again.
+    const now = performance.now();
+    proc.stderrTokens = Math.min(
+      STDERR_BURST_LINES,
+      proc.stderrTokens + ((now - proc.stderrRefilledAt) / 1000) * STDERR_LINES_PER_SECOND,
+    );
+    proc.stderrRefilledAt = now;
+    if (proc.stderrTokens < 1) {
+      proc.stderrDropped++;
+      return;
+    }
+    proc.stderrTokens--;
+    reportDroppedStderr(proc);
+    toStderrSink(proc, scrub(text, proc.secrets, truncated));
+  }
+
+  function reportDroppedStderr(proc: BridgedProcess): void {
+    if (proc.stderrDropped === 0) return;
+    toStderrSink(proc, `[${proc.stderrDropped} stderr lines dropped]`);
+    proc.stderrDropped = 0;
+  }
+
+  function toStderrSink(proc: BridgedProcess, line: string): void {
     try {
-      options.onStderr(line, proc.context);
+      options.onStderr?.(line, proc.context);
     } catch {
       // The sink's failure is the sink's: the process and its session carry on.
     }
