@@ -88,3 +88,64 @@ describe("vault review: enrollment is bound to the upstreams that use an entry",
     );
   });
 });
+
+describe("stdio review: an initialize the gateway turns down ends the process it started", () => {
+  let harness: Harness;
+  const PROBE = new URL("../support/stdio-probe-server.ts", import.meta.url).pathname;
+
+  before(async () => {
+    harness = await startHarness({
+      extra: {
+        upstreams: [
+          {
+            name: "probe",
+            path: "/probe",
+            command: process.execPath,
+            args: [PROBE],
+            stdio: { maxProcessesPerPrincipal: 1, startTimeout: "20s" },
+          },
+        ],
+      },
+    });
+  });
+  after(async () => {
+    await harness?.close();
+  });
+
+  function initialize(token: string, protocolVersion: string): Promise<Response> {
+    return fetch(`${harness.url}/probe`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${token}`,
+        "content-type": "application/json",
+        accept: "application/json, text/event-stream",
+      },
+      body: JSON.stringify({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "initialize",
+        params: { protocolVersion, capabilities: {}, clientInfo: { name: "review", version: "1" } },
+      }),
+    });
+  }
+
+  it("a version the gateway does not serve: no session, and no process left holding the principal's slot", async () => {
+    const alice = await harness.token("alice", { audience: `${harness.gateway.config.publicUrl}/probe` });
+    // The probe answers with the version asked for; the gateway serves 2025-03-26 and later only.
+    const refused = await initialize(alice, "2024-11-05");
+    assert.notEqual(refused.status, 200);
+    assert.equal(refused.headers.get("mcp-session-id"), null);
+    await refused.text();
+    // The process that answered belongs to no session: it must not hold the one slot for the idle timeout.
+    let answer: Response | undefined;
+    for (let attempt = 0; attempt < 50; attempt++) {
+      answer = await initialize(alice, "2025-11-25");
+      if (answer.status === 200) break;
+      await answer.text();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.equal(answer?.status, 200, "the principal can start a session again");
+    assert.ok(answer?.headers.get("mcp-session-id"));
+    await answer?.text();
+  });
+});
