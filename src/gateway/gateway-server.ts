@@ -929,23 +929,38 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     // Not a successful initialize (an error status, or a JSON-RPC error below): relayed as it is, and
     // no session exists, so nothing names one.
     if (answer.status !== 200) return relayWithoutSession(context, answer);
-    const result = await readInitializeResult(answer.body, {
-      contentType,
-      id,
-      maxBytes: MAX_INITIALIZE_RESPONSE_BYTES,
-      timeoutMs: INITIALIZE_RESPONSE_TIMEOUT_MS,
-    });
+    const upstreamSessionId = headerText(answer.headers[SESSION_HEADER]);
+    // An upstream session the gateway turns down (below) belongs to no gateway session: nobody can
+    // reach it again, so it is ended now, not left to the upstream's idle timeout (for a stdio
+    // upstream, a process holding the principal's cap slot and credentials).
+    const abandon = (protocolVersion: string | null): void => {
+      if (upstreamSessionId === undefined || !UPSTREAM_SESSION_ID.test(upstreamSessionId)) return;
+      endUpstreamSession(context, principal, upstreamSessionId, protocolVersion ?? DEFAULT_PROTOCOL_VERSION);
+    };
+    let result: Awaited<ReturnType<typeof readInitializeResult>>;
+    try {
+      result = await readInitializeResult(answer.body, {
+        contentType,
+        id,
+        maxBytes: MAX_INITIALIZE_RESPONSE_BYTES,
+        timeoutMs: INITIALIZE_RESPONSE_TIMEOUT_MS,
+      });
+    } catch (error) {
+      abandon(null);
+      throw error;
+    }
     if (result.protocolVersion === null) {
+      abandon(null);
       return writeBuffered(context, answer.status, answer.headers, result.raw, {});
     }
 
     const legacy = supportedByUpstream.get(upstream.name)?.legacy ?? [];
     if (!legacy.includes(result.protocolVersion)) {
+      abandon(result.protocolVersion);
       throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream negotiated an unsupported version", {
         detail: "negotiated-version-unsupported",
       });
     }
-    const upstreamSessionId = headerText(answer.headers[SESSION_HEADER]);
     if (upstreamSessionId !== undefined && !UPSTREAM_SESSION_ID.test(upstreamSessionId)) {
       throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream session id unusable", {
         detail: "upstream-session-id-invalid",
