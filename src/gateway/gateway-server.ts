@@ -481,12 +481,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
 
       if (path.startsWith(`${VAULT_PREFIX}/`)) {
         const vaultRoute = deps.vault === undefined ? undefined : matchVaultPath(path, routes);
-        if (
-          !vaultRoute ||
-          (vaultRoute.name !== undefined && !enrollable.get(vaultRoute.upstream.name)?.has(vaultRoute.name))
-        ) {
-          throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
-        }
+        if (!vaultRoute) throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
         draft.upstream = vaultRoute.upstream.name;
         // The entry's name is the caller's text: the access log gets the route, not the name.
         draft.path = `${VAULT_PREFIX}${vaultRoute.upstream.path}`;
@@ -590,6 +585,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     draftOf(response).principal = caller;
     // The principal's caps and rate limit, as for any request of its own.
     await tickets.get(response)?.admitOwner({ principal: caller, clientAddress });
+    // After authentication, so which names an upstream uses is not told to whoever asks.
+    if (route.name !== undefined && !enrollable.get(route.upstream.name)?.has(route.name)) {
+      throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+    }
     const owner = ownerScope(caller);
     const principal = { tenant: caller.tenant, issuer: caller.issuer, subject: caller.subject };
     if (route.name === undefined) {
