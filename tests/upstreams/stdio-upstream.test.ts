@@ -841,6 +841,25 @@ describe("stdio upstream bridge", () => {
     assert.ok(lines.every((l) => !l.line.includes(secret)));
   });
 
+  it("stderr redaction covers the value as a server would print it in JSON or a URL, not only raw", async () => {
+    const vault = createVaultDouble();
+    const secret = `pa"ss\\word with/space-${randomBytes(8).toString("hex")}`;
+    await vault.put(ownerScope(alice), "api_token", secret);
+    const lines: string[] = [];
+    const { client } = newClient(
+      { vault, onStderr: (line) => lines.push(line) },
+      upstreamConfig({ env: { API_TOKEN: "vault:api_token" } }),
+    );
+    const session = await openSession(client, alice);
+    const json = JSON.stringify({ token: secret });
+    const url = `https://api.example/?token=${encodeURIComponent(secret)}`;
+    await callTool(client, alice, session, "stderr", { text: `json ${json}` });
+    await callTool(client, alice, session, "stderr", { text: `url ${url}` });
+    await eventually(() => lines.some((l) => l.startsWith("url ")), "both lines");
+    assert.ok(!lines.join("\n").includes(JSON.stringify(secret).slice(1, -1)), lines.join("\n"));
+    assert.ok(!lines.join("\n").includes(encodeURIComponent(secret)), lines.join("\n"));
+  });
+
   it("a missing vault entry is ERR_CREDENTIAL_REQUIRED naming it, before any process or directory exists", async () => {
     const vault: VaultDouble = createVaultDouble();
     await vault.put(ownerScope(alice), "api_token", "alice-token-value");
