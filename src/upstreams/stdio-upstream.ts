@@ -302,7 +302,10 @@ export function createStdioUpstreamClient(
           throw new GateError("ERR_INTERNAL", "vault answered without an entry it did not report missing");
         }
         env[name] = value;
-        if (value.length >= MIN_SCRUBBED_LENGTH) secrets.push(value);
+        if (value.length >= MIN_SCRUBBED_LENGTH) {
+          // Also as servers commonly print it: inside a JSON string, or percent-encoded in a URL.
+          secrets.push(value, JSON.stringify(value).slice(1, -1), encodeURIComponent(value));
+        }
       }
     }
     // Longest first, so a value containing another is redacted whole.
