@@ -7,7 +7,15 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -1096,6 +1104,26 @@ describe("stdio upstream bridge", () => {
       seen.some((line) => /^\[\d+ stderr lines dropped\]$/.test(line)),
       "the loss is reported",
     );
+  });
+
+  it("C4 runAs distinct-uid: what a uid owns in /tmp from before this bridge (a gateway that crashed) is gone before the uid is used", {
+    skip: !isRoot && "needs root",
+  }, async () => {
+    const uid = UID_RANGE[0] + 1;
+    const left = join("/tmp", `tenantgate-review-left-${randomBytes(8).toString("hex")}`);
+    writeFileSync(left, "a token from an earlier gateway's session", { mode: 0o600 });
+    chownSync(left, uid, uid);
+    try {
+      const { client } = newClient({ runAs: "distinct-uid", uidRange: [uid, uid] });
+      const session = await openSession(client, alice);
+      assert.equal((await callTool(client, alice, session, "whoami"))["uid"], uid);
+      assert.deepEqual(await callTool(client, alice, session, "readfile", { path: left }), {
+        ok: false,
+        code: "ENOENT",
+      });
+    } finally {
+      await rm(left, { force: true });
+    }
   });
 
   it("server-everything in stdio mode: initialize, tools/list and a tool call", async () => {
