@@ -324,7 +324,10 @@ export function createStdioUpstreamClient(
       if (uidsInUse.has(candidate) || taken.has(candidate)) continue;
       uidsInUse.add(candidate);
       uidCursor = candidate + 1 > max ? min : candidate + 1;
-      return candidate;
+      // Files the uid owns from before this bridge knew it (a gateway that crashed, or was killed,
+      // never cleaned up after its processes): no process has the uid, so none can race this. A uid
+      // that cannot be cleaned stays held, never handed out.
+      if (await removeFilesOfUid(candidate)) return candidate;
     }
     throw new GateError("ERR_OVERLOADED", "no free uid for a stdio process", {
       detail: "stdio-uid-range-full",
