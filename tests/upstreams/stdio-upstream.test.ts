@@ -780,6 +780,29 @@ describe("stdio upstream bridge", () => {
     assert.equal(log.events.filter((e) => e.type === "process.started").length, 4);
   });
 
+  it("caps hold under concurrent initializes: of 12 at once, exactly the cap start, the rest are refused", async () => {
+    const { client, log } = newClient({ maxProcesses: 6, maxProcessesPerPrincipal: 3 });
+    const outcomes = await Promise.allSettled([
+      ...Array.from({ length: 12 }, () => openSession(client, alice)),
+      ...Array.from({ length: 12 }, () => openSession(client, bob)),
+    ]);
+    const started = outcomes.filter((o) => o.status === "fulfilled").length;
+    assert.equal(started, 6);
+    const per = (n: number) => outcomes.slice(n * 12, n * 12 + 12).filter((o) => o.status === "fulfilled");
+    assert.equal(per(0).length, 3);
+    assert.equal(per(1).length, 3);
+    for (const outcome of outcomes) {
+      if (outcome.status === "rejected") {
+        const reason = outcome.reason as unknown;
+        assert.ok(
+          isGateError(reason, "ERR_CONNECTION_LIMIT") || isGateError(reason, "ERR_OVERLOADED"),
+          String(reason),
+        );
+      }
+    }
+    assert.equal(log.events.filter((e) => e.type === "process.started").length, 6);
+  });
+
   it("a server that never answers initialize is killed after startTimeoutMs: ERR_UPSTREAM_UNAVAILABLE", async () => {
     const { client, log, workRoot } = newClient(
       { startTimeoutMs: 1_500, maxProcessesPerPrincipal: 1 },
