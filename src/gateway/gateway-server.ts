@@ -212,10 +212,23 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
   const supportedByUpstream = new Map<string, SupportedVersions>();
   /** upstreams[].inject, parsed once: the upstreams that inject at least one vault entry. */
   const injectionPlans = new Map<string, InjectionPlan>();
+  /**
+   * The entries each upstream uses (its inject templates, a command's `vault:NAME` env values): the
+   * only ones enrollable at its path, so a token for one upstream (its audience, its scopes) can
+   * never replace or remove the credential another upstream injects.
+   */
+  const enrollable = new Map<string, ReadonlySet<string>>();
   for (const upstream of config.upstreams) {
     supportedByUpstream.set(upstream.name, deps.upstreamVersions?.get(upstream.name) ?? versionsOf(upstream));
     const plan = planInjection(upstream.inject);
     if (plan.entries.length > 0) injectionPlans.set(upstream.name, plan);
+    const used = new Set(plan.entries);
+    if (upstream.transport === "stdio") {
+      for (const value of Object.values(upstream.env)) {
+        if (value.startsWith("vault:")) used.add(value.slice("vault:".length));
+      }
+    }
+    enrollable.set(upstream.name, used);
   }
 
   let draining = false;
@@ -572,6 +585,10 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     draftOf(response).principal = caller;
     // The principal's caps and rate limit, as for any request of its own.
     await tickets.get(response)?.admitOwner({ principal: caller, clientAddress });
+    // After authentication, so which names an upstream uses is not told to whoever asks.
+    if (route.name !== undefined && !enrollable.get(route.upstream.name)?.has(route.name)) {
+      throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
+    }
     const owner = ownerScope(caller);
     const principal = { tenant: caller.tenant, issuer: caller.issuer, subject: caller.subject };
     if (route.name === undefined) {
@@ -911,23 +928,38 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     // Not a successful initialize (an error status, or a JSON-RPC error below): relayed as it is, and
     // no session exists, so nothing names one.
     if (answer.status !== 200) return relayWithoutSession(context, answer);
-    const result = await readInitializeResult(answer.body, {
-      contentType,
-      id,
-      maxBytes: MAX_INITIALIZE_RESPONSE_BYTES,
-      timeoutMs: INITIALIZE_RESPONSE_TIMEOUT_MS,
-    });
+    const upstreamSessionId = headerText(answer.headers[SESSION_HEADER]);
+    // An upstream session the gateway turns down (below) belongs to no gateway session: nobody can
+    // reach it again, so it is ended now, not left to the upstream's idle timeout (for a stdio
+    // upstream, a process holding the principal's cap slot and credentials).
+    const abandon = (protocolVersion: string | null): void => {
+      if (upstreamSessionId === undefined || !UPSTREAM_SESSION_ID.test(upstreamSessionId)) return;
+      endUpstreamSession(context, principal, upstreamSessionId, protocolVersion ?? DEFAULT_PROTOCOL_VERSION);
+    };
+    let result: Awaited<ReturnType<typeof readInitializeResult>>;
+    try {
+      result = await readInitializeResult(answer.body, {
+        contentType,
+        id,
+        maxBytes: MAX_INITIALIZE_RESPONSE_BYTES,
+        timeoutMs: INITIALIZE_RESPONSE_TIMEOUT_MS,
+      });
+    } catch (error) {
+      abandon(null);
+      throw error;
+    }
     if (result.protocolVersion === null) {
+      abandon(null);
       return writeBuffered(context, answer.status, answer.headers, result.raw, {});
     }
 
     const legacy = supportedByUpstream.get(upstream.name)?.legacy ?? [];
     if (!legacy.includes(result.protocolVersion)) {
+      abandon(result.protocolVersion);
       throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream negotiated an unsupported version", {
         detail: "negotiated-version-unsupported",
       });
     }
-    const upstreamSessionId = headerText(answer.headers[SESSION_HEADER]);
     if (upstreamSessionId !== undefined && !UPSTREAM_SESSION_ID.test(upstreamSessionId)) {
       throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "upstream session id unusable", {
         detail: "upstream-session-id-invalid",

@@ -11,10 +11,12 @@ import type { UpstreamRoutes } from "./upstream-routes.ts";
  *   PUT    /.tenantgate/vault<upstream path>/<name>    body {"value": "..."}: 201 new, 204 replaced
  *   DELETE /.tenantgate/vault<upstream path>/<name>    204, or 404 when there was none
  *
- * The upstream path only chooses the token audience (RFC 8707: the same token the client uses for
- * that upstream), as for `/.tenantgate/session<path>`; the entries belong to the principal, whatever
- * upstream injects them. No method ever answers a value: a stolen access token can overwrite or
- * delete the caller's own entries, never read them.
+ * The upstream path chooses the token audience and scopes (RFC 8707: the same token the client uses
+ * for that upstream), as for `/.tenantgate/session<path>`, and which entries may be written: only
+ * those that upstream uses (its `inject`, a command's `vault:NAME` env values; any other name is 404),
+ * so a token for one upstream never replaces or removes the credential another injects. The entries
+ * belong to the principal. No method ever answers a value: a stolen access token can overwrite or
+ * delete the caller's own entries for that upstream, never read them.
  */
 export const VAULT_PREFIX = "/.tenantgate/vault";
 

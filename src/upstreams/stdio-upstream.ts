@@ -42,7 +42,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { chmod, chown, mkdir, readdir, readFile, rm } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { PassThrough, Readable } from "node:stream";
@@ -141,13 +141,25 @@ const REDACTED = "[redacted]";
 /** Shorter values would redact common substrings without protecting anything. */
 const MIN_SCRUBBED_LENGTH = 4;
 const MAX_STDERR_LINE = 8192;
+/** stderr lines per process that reach the sink: a sustained rate, and a burst above it. */
+const STDERR_LINES_PER_SECOND = 100;
+const STDERR_BURST_LINES = 500;
 /** The GET buffer is bounded in bytes too: 1,000 messages of 4 MiB would be 4 GB. */
 const MAX_QUEUED_BYTES = 16 * 1024 * 1024;
+/** What may wait in the gateway for a process to read it from its stdin. */
+const MAX_INPUT_BACKLOG_BYTES = 16 * 1024 * 1024;
 const MAX_BATCH = 1024;
 /** After the leader exits, how long its remaining output may take to be read before the pipes close. */
 const DRAIN_AFTER_EXIT_MS = 500;
 const SWEEP_ROUNDS = 10;
 const SWEEP_PAUSE_MS = 100;
+/**
+ * Where a process can write outside its own directory on a usual host: world-writable places. What a
+ * uid owns there is removed before the uid is handed out again (anywhere else is a container's job).
+ */
+const SHARED_WRITABLE_ROOTS = ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
+/** Entries looked at per removal; past it the uid is quarantined rather than handed out unchecked. */
+const MAX_SHARED_ENTRIES_WALKED = 100_000;
 /** 128 random bits, hex: a process directory's name, unguessable by its siblings. */
 const PROCESS_DIRECTORY_NAME = /^[0-9a-f]{32}$/;
 
@@ -195,6 +207,10 @@ interface BridgedProcess {
   readonly queue: string[];
   queuedBytes: number;
   dropped: number;
+  /** stderr lines the process may still send to the sink now (refilled over time), and those it lost. */
+  stderrTokens: number;
+  stderrRefilledAt: number;
+  stderrDropped: number;
   stream: PassThrough | undefined;
   inFlight: number;
   idleTimer: NodeJS.Timeout | undefined;
@@ -286,7 +302,10 @@ export function createStdioUpstreamClient(
           throw new GateError("ERR_INTERNAL", "vault answered without an entry it did not report missing");
         }
         env[name] = value;
-        if (value.length >= MIN_SCRUBBED_LENGTH) secrets.push(value);
+        if (value.length >= MIN_SCRUBBED_LENGTH) {
+          // Also as servers commonly print it: inside a JSON string, or percent-encoded in a URL.
+          secrets.push(value, JSON.stringify(value).slice(1, -1), encodeURIComponent(value));
+        }
       }
     }
     // Longest first, so a value containing another is redacted whole.
@@ -305,7 +324,10 @@ export function createStdioUpstreamClient(
       if (uidsInUse.has(candidate) || taken.has(candidate)) continue;
       uidsInUse.add(candidate);
       uidCursor = candidate + 1 > max ? min : candidate + 1;
-      return candidate;
+      // Files the uid owns from before this bridge knew it (a gateway that crashed, or was killed,
+      // never cleaned up after its processes): no process has the uid, so none can race this. A uid
+      // that cannot be cleaned stays held, never handed out.
+      if (await removeFilesOfUid(candidate)) return candidate;
     }
     throw new GateError("ERR_OVERLOADED", "no free uid for a stdio process", {
       detail: "stdio-uid-range-full",
@@ -410,6 +432,9 @@ export function createStdioUpstreamClient(
       queue: [],
       queuedBytes: 0,
       dropped: 0,
+      stderrTokens: STDERR_BURST_LINES,
+      stderrRefilledAt: performance.now(),
+      stderrDropped: 0,
       stream: undefined,
       inFlight: 0,
       idleTimer: undefined,
@@ -480,8 +505,12 @@ export function createStdioUpstreamClient(
     child.stdin?.destroy();
     child.stdout?.destroy();
     child.stderr?.destroy();
+    reportDroppedStderr(proc);
     // Survivors first: one still running could write into the directory while it is removed.
-    const swept = proc.uid === undefined ? true : await sweepUid(proc.uid);
+    // Then what it left in the shared writable places (/tmp, /dev/shm, ...): the next process given
+    // this uid, likely another principal's, could otherwise read it as its own.
+    const swept =
+      proc.uid === undefined ? true : (await sweepUid(proc.uid)) && (await removeFilesOfUid(proc.uid));
     await rm(proc.dir, { recursive: true, force: true }).catch(() => undefined);
     if (proc.uid !== undefined) {
       if (swept) uidsInUse.delete(proc.uid);
@@ -602,9 +631,33 @@ export function createStdioUpstreamClient(
 
   function onStderrLine(proc: BridgedProcess, text: string, truncated: boolean): void {
     if (options.onStderr === undefined) return;
-    const line = scrub(text, proc.secrets, truncated);
+    // The sink is the gateway's log, shared by every principal: a process that writes stderr as fast
+    // as it can gets a bounded rate of lines into it (its own session's activity is not slowed), and
+    // how many it lost is said once lines get through again.
+    const now = performance.now();
+    proc.stderrTokens = Math.min(
+      STDERR_BURST_LINES,
+      proc.stderrTokens + ((now - proc.stderrRefilledAt) / 1000) * STDERR_LINES_PER_SECOND,
+    );
+    proc.stderrRefilledAt = now;
+    if (proc.stderrTokens < 1) {
+      proc.stderrDropped++;
+      return;
+    }
+    proc.stderrTokens--;
+    reportDroppedStderr(proc);
+    toStderrSink(proc, scrub(text, proc.secrets, truncated));
+  }
+
+  function reportDroppedStderr(proc: BridgedProcess): void {
+    if (proc.stderrDropped === 0) return;
+    toStderrSink(proc, `[${proc.stderrDropped} stderr lines dropped]`);
+    proc.stderrDropped = 0;
+  }
+
+  function toStderrSink(proc: BridgedProcess, line: string): void {
     try {
-      options.onStderr(line, proc.context);
+      options.onStderr?.(line, proc.context);
     } catch {
       // The sink's failure is the sink's: the process and its session carry on.
     }
@@ -647,6 +700,20 @@ export function createStdioUpstreamClient(
     const stdin = proc.child.stdin;
     if (stdin === null || stdin.destroyed || messages.length === 0) return;
     stdin.write(messages.map((message) => `${JSON.stringify(message)}\n`).join(""));
+  }
+
+  /**
+   * A server that does not read its input (blocked in a long call, or hostile) would otherwise have
+   * every message a client sends kept in the gateway's memory, which all principals share: past the
+   * bound the request is refused, unwritten, and the session lives on (the server may catch up).
+   */
+  function checkInputRoom(proc: BridgedProcess, body: Buffer | undefined): void {
+    const waiting = proc.child.stdin?.writableLength ?? 0;
+    if (waiting + (body?.length ?? 0) > MAX_INPUT_BACKLOG_BYTES) {
+      throw new GateError("ERR_OVERLOADED", "stdio server is not reading its input", {
+        detail: "stdio-input-backlog",
+      });
+    }
   }
 
   /** The process for `sessionId` if it exists and belongs to `principal`; else undefined (404). */
@@ -715,6 +782,7 @@ export function createStdioUpstreamClient(
 
   async function post(proc: BridgedProcess, request: UpstreamRequest): Promise<UpstreamResponse> {
     const parsed = parseBody(request.body);
+    checkInputRoom(proc, request.body);
     const keys: string[] = [];
     for (const message of parsed.payload.messages) {
       if (message.kind !== "request") continue;
@@ -1029,6 +1097,50 @@ async function processTable(): Promise<{ pid: number; uids: number[] }[]> {
     if (match) table.push({ pid: Number(entry), uids: match.slice(1).map(Number) });
   }
   return table;
+}
+
+/**
+ * Removes every file and directory `uid` owns under the shared writable roots, looking inside
+ * world-writable directories of other owners too (a sibling may have made one). Runs once every process
+ * of the uid is gone, so nothing of it can race the removal. Answers whether the uid is clean; if
+ * not (a removal failed, or too much to walk), it must not be handed out again.
+ */
+async function removeFilesOfUid(uid: number): Promise<boolean> {
+  const budget = { left: MAX_SHARED_ENTRIES_WALKED };
+  let clean = true;
+  for (const root of new Set([...SHARED_WRITABLE_ROOTS, tmpdir()])) {
+    if (!(await removeOwnedUnder(root, uid, budget))) clean = false;
+  }
+  return clean;
+}
+
+async function removeOwnedUnder(dir: string, uid: number, budget: { left: number }): Promise<boolean> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return true;
+  }
+  let clean = true;
+  for (const name of names) {
+    if (--budget.left < 0) return false;
+    const path = join(dir, name);
+    let stat: Awaited<ReturnType<typeof lstat>>;
+    try {
+      stat = await lstat(path);
+    } catch {
+      continue;
+    }
+    if (stat.uid === uid) {
+      // rm does not follow symbolic links: a link the process left is removed, never its target.
+      await rm(path, { recursive: true, force: true }).catch(() => {
+        clean = false;
+      });
+    } else if (stat.isDirectory() && (stat.mode & 0o002) !== 0) {
+      if (!(await removeOwnedUnder(path, uid, budget))) clean = false;
+    }
+  }
+  return clean;
 }
 
 /**

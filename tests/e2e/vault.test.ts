@@ -191,7 +191,7 @@ for (const backend of await storeBackendCases("vault-e2e")) {
 
     it("refuses values that could split a header, unauthenticated callers and tokens for another audience", async () => {
       for (const value of ["a\r\nX-Evil: 1", "nul\u0000", "ünïcode", "", 42]) {
-        const response = await enroll(harness, alice, "other_token", value);
+        const response = await enroll(harness, alice, "github_token", value);
         assert.equal(response.status, 400, JSON.stringify(value));
         assert.ok(!(await response.text()).includes("Evil"));
       }
@@ -212,6 +212,10 @@ for (const backend of await storeBackendCases("vault-e2e")) {
       const badName = await enroll(harness, alice, "GitHub-Token", "x");
       assert.equal(badName.status, 404);
       await badName.text();
+      // An entry no upstream at that path uses is not enrollable there.
+      const unused = await enroll(harness, alice, "other_token", "x");
+      assert.equal(unused.status, 404);
+      await unused.text();
     });
   });
 }

@@ -7,7 +7,15 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -772,6 +780,29 @@ describe("stdio upstream bridge", () => {
     assert.equal(log.events.filter((e) => e.type === "process.started").length, 4);
   });
 
+  it("caps hold under concurrent initializes: of 12 at once, exactly the cap start, the rest are refused", async () => {
+    const { client, log } = newClient({ maxProcesses: 6, maxProcessesPerPrincipal: 3 });
+    const outcomes = await Promise.allSettled([
+      ...Array.from({ length: 12 }, () => openSession(client, alice)),
+      ...Array.from({ length: 12 }, () => openSession(client, bob)),
+    ]);
+    const started = outcomes.filter((o) => o.status === "fulfilled").length;
+    assert.equal(started, 6);
+    const per = (n: number) => outcomes.slice(n * 12, n * 12 + 12).filter((o) => o.status === "fulfilled");
+    assert.equal(per(0).length, 3);
+    assert.equal(per(1).length, 3);
+    for (const outcome of outcomes) {
+      if (outcome.status === "rejected") {
+        const reason = outcome.reason as unknown;
+        assert.ok(
+          isGateError(reason, "ERR_CONNECTION_LIMIT") || isGateError(reason, "ERR_OVERLOADED"),
+          String(reason),
+        );
+      }
+    }
+    assert.equal(log.events.filter((e) => e.type === "process.started").length, 6);
+  });
+
   it("a server that never answers initialize is killed after startTimeoutMs: ERR_UPSTREAM_UNAVAILABLE", async () => {
     const { client, log, workRoot } = newClient(
       { startTimeoutMs: 1_500, maxProcessesPerPrincipal: 1 },
@@ -839,6 +870,25 @@ describe("stdio upstream bridge", () => {
     assert.ok(long.endsWith("[redacted] [truncated]"), long.slice(-40));
     assert.ok(!long.includes(secret.slice(0, 10)));
     assert.ok(lines.every((l) => !l.line.includes(secret)));
+  });
+
+  it("stderr redaction covers the value as a server would print it in JSON or a URL, not only raw", async () => {
+    const vault = createVaultDouble();
+    const secret = `pa"ss\\word with/space-${randomBytes(8).toString("hex")}`;
+    await vault.put(ownerScope(alice), "api_token", secret);
+    const lines: string[] = [];
+    const { client } = newClient(
+      { vault, onStderr: (line) => lines.push(line) },
+      upstreamConfig({ env: { API_TOKEN: "vault:api_token" } }),
+    );
+    const session = await openSession(client, alice);
+    const json = JSON.stringify({ token: secret });
+    const url = `https://api.example/?token=${encodeURIComponent(secret)}`;
+    await callTool(client, alice, session, "stderr", { text: `json ${json}` });
+    await callTool(client, alice, session, "stderr", { text: `url ${url}` });
+    await eventually(() => lines.some((l) => l.startsWith("url ")), "both lines");
+    assert.ok(!lines.join("\n").includes(JSON.stringify(secret).slice(1, -1)), lines.join("\n"));
+    assert.ok(!lines.join("\n").includes(encodeURIComponent(secret)), lines.join("\n"));
   });
 
   it("a missing vault entry is ERR_CREDENTIAL_REQUIRED naming it, before any process or directory exists", async () => {
@@ -964,6 +1014,139 @@ describe("stdio upstream bridge", () => {
       );
     }
     assert.equal(readFileSync(join(occupied, "notes.txt"), "utf8"), "not the bridge's");
+  });
+
+  it("C4 runAs distinct-uid: a file a process left in /tmp is gone before its uid serves another principal", {
+    skip: !isRoot && "needs root",
+  }, async () => {
+    // One uid in the range: the next process is certain to get the uid the last one had.
+    const { client, log } = newClient({ runAs: "distinct-uid", uidRange: [UID_RANGE[0], UID_RANGE[0]] });
+    const aliceSession = await openSession(client, alice);
+    const aliceWho = await callTool(client, alice, aliceSession, "whoami");
+    const stash = join("/tmp", `tenantgate-review-stash-${randomBytes(8).toString("hex")}`);
+    const shm = join("/dev/shm", `tenantgate-review-stash-${randomBytes(8).toString("hex")}`);
+    try {
+      await callTool(client, alice, aliceSession, "writefile", { path: stash, content: "alice's token" });
+      await callTool(client, alice, aliceSession, "writefile", { path: shm, content: "alice's token" });
+      assert.equal(statSync(stash).uid, aliceWho["uid"]);
+      assert.equal((await del(client, alice, aliceSession)).status, 204);
+      await log.waitFor((e) => e.type === "process.ended");
+
+      const bobSession = await openSession(client, bob);
+      const bobWho = await callTool(client, bob, bobSession, "whoami");
+      assert.equal(bobWho["uid"], aliceWho["uid"], "the one uid is handed out again");
+      for (const path of [stash, shm]) {
+        assert.deepEqual(await callTool(client, bob, bobSession, "readfile", { path }), {
+          ok: false,
+          code: "ENOENT",
+        });
+      }
+    } finally {
+      await rm(stash, { force: true });
+      await rm(shm, { force: true });
+    }
+  });
+
+  it("a server that stops reading its input cannot make the bridge buffer without bound", async () => {
+    // Answers initialize, then never reads stdin again (a server blocked in a long synchronous call).
+    const deaf = [
+      "let buffer = '';",
+      "const onData = (chunk) => {",
+      "  buffer += chunk;",
+      "  const end = buffer.indexOf('\\n');",
+      "  if (end < 0) return;",
+      "  const message = JSON.parse(buffer.slice(0, end));",
+      "  process.stdin.off('data', onData);",
+      "  process.stdin.pause();",
+      "  process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id: message.id, result: {",
+      "    protocolVersion: message.params.protocolVersion, capabilities: {},",
+      "    serverInfo: { name: 'deaf', version: '1' } } }) + '\\n');",
+      "};",
+      "process.stdin.setEncoding('utf8');",
+      "process.stdin.on('data', onData);",
+      "setInterval(() => {}, 1000);",
+    ].join("\n");
+    const { client } = newClient({}, upstreamConfig({ args: ["-e", deaf] }));
+    const session = await openSession(client, alice);
+    const padding = "x".repeat(1024 * 1024);
+    let accepted = 0;
+    let refused: unknown;
+    for (let i = 0; i < 64 && refused === undefined; i++) {
+      try {
+        const answer = await post(client, alice, session, {
+          jsonrpc: "2.0",
+          method: "notifications/message",
+          params: { level: "info", data: padding },
+        });
+        await readAll(answer.body);
+        if (answer.status === 202) accepted++;
+        else refused = answer.status;
+      } catch (error) {
+        refused = error;
+      }
+    }
+    assert.ok(refused !== undefined, `all 64 MiB were taken into the bridge's memory (${accepted} accepted)`);
+    assert.ok(accepted <= 32, `${accepted} MiB accepted before the refusal`);
+  });
+
+  it("a server that floods stderr cannot flood the gateway's log: lines beyond a rate are dropped and counted", async () => {
+    // Answers initialize, then writes stderr lines as fast as it can.
+    const noisy = [
+      "process.stdin.setEncoding('utf8');",
+      "let buffer = '';",
+      "process.stdin.on('data', (chunk) => {",
+      "  buffer += chunk;",
+      "  const end = buffer.indexOf('\\n');",
+      "  if (end < 0 || buffer === null) return;",
+      "  const message = JSON.parse(buffer.slice(0, end));",
+      "  buffer = '';",
+      "  if (message.method !== 'initialize') return;",
+      "  process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id: message.id, result: {",
+      "    protocolVersion: message.params.protocolVersion, capabilities: {},",
+      "    serverInfo: { name: 'noisy', version: '1' } } }) + '\\n');",
+      "  const line = 'noise '.repeat(20) + '\\n';",
+      "  const flood = () => { while (process.stderr.write(line.repeat(100))) {} process.stderr.once('drain', flood); };",
+      "  flood();",
+      "});",
+    ].join("\n");
+    let lines = 0;
+    const seen: string[] = [];
+    const { client } = newClient(
+      {
+        onStderr: (line) => {
+          lines++;
+          if (!line.startsWith("noise")) seen.push(line);
+        },
+      },
+      upstreamConfig({ args: ["-e", noisy] }),
+    );
+    await openSession(client, alice);
+    await delay(2_000);
+    assert.ok(lines < 5_000, `${lines} stderr lines reached the log sink in 2 s`);
+    assert.ok(
+      seen.some((line) => /^\[\d+ stderr lines dropped\]$/.test(line)),
+      "the loss is reported",
+    );
+  });
+
+  it("C4 runAs distinct-uid: what a uid owns in /tmp from before this bridge (a gateway that crashed) is gone before the uid is used", {
+    skip: !isRoot && "needs root",
+  }, async () => {
+    const uid = UID_RANGE[0] + 1;
+    const left = join("/tmp", `tenantgate-review-left-${randomBytes(8).toString("hex")}`);
+    writeFileSync(left, "a token from an earlier gateway's session", { mode: 0o600 });
+    chownSync(left, uid, uid);
+    try {
+      const { client } = newClient({ runAs: "distinct-uid", uidRange: [uid, uid] });
+      const session = await openSession(client, alice);
+      assert.equal((await callTool(client, alice, session, "whoami"))["uid"], uid);
+      assert.deepEqual(await callTool(client, alice, session, "readfile", { path: left }), {
+        ok: false,
+        code: "ENOENT",
+      });
+    } finally {
+      await rm(left, { force: true });
+    }
   });
 
   it("server-everything in stdio mode: initialize, tools/list and a tool call", async () => {
