@@ -202,3 +202,20 @@ export {
 } from "./store/keys.ts";
 export { MemoryStore, type MemoryStoreOptions } from "./store/memory-store.ts";
 export { type OpenStoreOptions, openStore } from "./store/open-store.ts";
+export {
+  type InjectionPlan,
+  parseInjectTemplate,
+  planInjection,
+  renderInjection,
+} from "./vault/injection.ts";
+export {
+  createVault,
+  MAX_VAULT_ENTRIES_PER_PRINCIPAL,
+  MAX_VAULT_VALUE_LENGTH,
+  type ResealReport,
+  type RevealedEntries,
+  VAULT_ENTRY_NAME,
+  type Vault,
+  type VaultEntryInfo,
+  type VaultOptions,
+} from "./vault/vault.ts";
