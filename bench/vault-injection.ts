@@ -12,6 +12,7 @@ import { Keyring } from "../src/crypto/keyring.ts";
 import { openStore } from "../src/store/open-store.ts";
 import { planInjection, renderInjection } from "../src/vault/injection.ts";
 import { createVault } from "../src/vault/vault.ts";
+import { quantile } from "./lib/load.ts";
 
 const { values } = parseArgs({ options: { calls: { type: "string", default: "20000" } } });
 const CALLS = Number(values.calls);
@@ -19,10 +20,6 @@ const redisUrl = process.env["REDIS_URL"] ?? "redis://127.0.0.1:6379";
 
 const owner = { tenant: "bench-tenant", issuer: "https://bench-issuer.invalid", subject: "bench-user" };
 const plan = planInjection({ Authorization: "Bearer {vault:github_token}" });
-
-function percentile(sorted: Float64Array, p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] ?? 0;
-}
 
 async function measure(name: string, url: string): Promise<Record<string, unknown>> {
   const store = await openStore(url);
@@ -54,8 +51,8 @@ async function measure(name: string, url: string): Promise<Record<string, unknow
     await vault.deleteAll(owner);
     return {
       store: name,
-      sequentialMicrosecondsP50: Math.round(percentile(latencies, 0.5)),
-      sequentialMicrosecondsP99: Math.round(percentile(latencies, 0.99)),
+      sequentialMicrosecondsP50: Math.round(quantile(latencies, 0.5)),
+      sequentialMicrosecondsP99: Math.round(quantile(latencies, 0.99)),
       concurrentRevealsPerSecond: perSecond,
     };
   } finally {

@@ -187,13 +187,16 @@ export async function fixedRate(
   await Promise.all(inFlight);
   await pool.close();
   const measured = latencies.subarray(0, completed).sort();
-  const pick = (q: number) =>
-    measured[Math.min(measured.length - 1, Math.floor(q * measured.length))] ?? Number.NaN;
   return {
     targetRate: options.rate,
     achievedRate: completed / ((lastDone - start) / 1000),
-    p50Ms: pick(0.5),
-    p99Ms: pick(0.99),
+    p50Ms: quantile(measured, 0.5),
+    p99Ms: quantile(measured, 0.99),
     errors,
   };
+}
+
+/** The value at quantile `q` (0..1) of values sorted ascending; NaN when there are none. */
+export function quantile(sorted: Float64Array, q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
 }

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { ASYMMETRIC_JWT_ALGORITHMS, type JwtAlgorithm } from "../identity/jwt-authenticator.ts";
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from "../log/log-level.ts";
-import { parseInjectTemplate } from "../vault/injection.ts";
+import { environmentVaultReference, parseInjectTemplate } from "../vault/injection.ts";
 import { VAULT_ENTRY_NAME } from "../vault/vault.ts";
 import { durationToMs } from "./duration.ts";
 import { isLoopbackHost } from "./loopback.ts";
@@ -356,7 +356,8 @@ const upstreamSchema = z
     // `vault:NAME` in a command's environment names the caller's vault entry: a malformed name would
     // only be found when the first session starts, so it is refused here, naming the variable.
     for (const [variable, value] of Object.entries(upstream.env ?? {})) {
-      if (value.startsWith("vault:") && !VAULT_ENTRY_NAME.test(value.slice("vault:".length))) {
+      const entry = environmentVaultReference(value);
+      if (entry !== undefined && !VAULT_ENTRY_NAME.test(entry)) {
         ctx.addIssue({
           code: "custom",
           message: "names a vault entry that is not 1-64 characters of a-z 0-9 _ starting with a letter",

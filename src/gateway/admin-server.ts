@@ -18,7 +18,7 @@ import {
 } from "../identity/principal.ts";
 import type { Session } from "../sessions/session-registry.ts";
 import { VAULT_ENTRY_NAME, type Vault } from "../vault/vault.ts";
-import { sendJson } from "./http-responses.ts";
+import { mediaTypeOf, sendJson } from "./http-responses.ts";
 import { readRequestBody } from "./json-rpc-body.ts";
 
 /**
@@ -138,8 +138,9 @@ export function createAdminHandler(
     const operation = ADMIN_OPERATIONS[url];
     if (operation === undefined) return sendAdminError(response, "ERR_NOT_FOUND");
     if (method !== "POST") return sendAdminError(response, "ERR_METHOD_NOT_ALLOWED", { allow: "POST" });
-    const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
-    if (type !== "application/json") return sendAdminError(response, "ERR_MEDIA_TYPE_UNSUPPORTED");
+    if (mediaTypeOf(request.headers["content-type"]) !== "application/json") {
+      return sendAdminError(response, "ERR_MEDIA_TYPE_UNSUPPORTED");
+    }
     // Every attempt is evidence, with whom it named: one that failed (a kill switch or revoke the
     // store cut short may have half happened) or was malformed as much as one that succeeded.
     const attempt: AdminAttempt = { action: operation.action };

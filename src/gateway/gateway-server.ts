@@ -27,13 +27,18 @@ import {
   tasksNamedBy,
 } from "../tasks/task-policy.ts";
 import { isPoliceableTaskId, type TaskRegistry } from "../tasks/task-registry.ts";
-import { type InjectionPlan, planInjection, renderInjection } from "../vault/injection.ts";
+import {
+  environmentVaultReference,
+  type InjectionPlan,
+  planInjection,
+  renderInjection,
+} from "../vault/injection.ts";
 import type { Vault } from "../vault/vault.ts";
 import { type Admission, type AdmissionTicket, RETRY_AFTER_DETAIL_PREFIX } from "./admission.ts";
 import { challengeHeaders } from "./auth-challenge.ts";
 import { clientResponseHeaders, upstreamRequestHeaders } from "./forward-headers.ts";
 import { createHostOriginPolicy } from "./host-origin-policy.ts";
-import { asGateError, type EchoedId, sendError, sendJson } from "./http-responses.ts";
+import { asGateError, type EchoedId, mediaTypeOf, sendError, sendJson } from "./http-responses.ts";
 import { readInitializeResult } from "./initialize-result.ts";
 import {
   DUPLICATE_KEY_DETAIL,
@@ -225,7 +230,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const used = new Set(plan.entries);
     if (upstream.transport === "stdio") {
       for (const value of Object.values(upstream.env)) {
-        if (value.startsWith("vault:")) used.add(value.slice("vault:".length));
+        const entry = environmentVaultReference(value);
+        if (entry !== undefined) used.add(entry);
       }
     }
     enrollable.set(upstream.name, used);
@@ -590,7 +596,6 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       throw new GateError("ERR_NOT_FOUND", "no such route", { detail: "no-route" });
     }
     const owner = ownerScope(caller);
-    const principal = { tenant: caller.tenant, issuer: caller.issuer, subject: caller.subject };
     if (route.name === undefined) {
       const entries = await vault.list(owner);
       return sendJson(response, 200, {
@@ -606,7 +611,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       events.emit({
         type: "vault.changed",
         reason: "entry-deleted",
-        principal,
+        principal: owner,
         upstream: route.upstream.name,
       });
       response.writeHead(204, { "cache-control": "no-store" }).end();
@@ -626,7 +631,12 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       }
       throw error;
     }
-    events.emit({ type: "vault.changed", reason: "entry-put", principal, upstream: route.upstream.name });
+    events.emit({
+      type: "vault.changed",
+      reason: "entry-put",
+      principal: owner,
+      upstream: route.upstream.name,
+    });
     response.writeHead(created ? 201 : 204, { "cache-control": "no-store" }).end();
   }
 
@@ -913,7 +923,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const principal = caller === "anonymous" ? anonymousPrincipal() : caller;
     await admitOwner(context, caller === "anonymous" ? null : principal);
     const answer = await context.client.request({
-      principal: principal,
+      principal,
       method: "POST",
       body,
       headers: await upstreamHeaders(context, principal, {}),
@@ -1125,7 +1135,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       if (!response.writableFinished) abort.abort();
     });
     const answer = await context.client.request({
-      principal: principal,
+      principal,
       method: "POST",
       body: forwarded,
       headers: await upstreamHeaders(context, principal, { ...mirrored, [VERSION_HEADER]: version }),
@@ -1142,7 +1152,8 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     const toCapability =
       translated?.toCapability ?? (caller === "anonymous" ? new Map<string, string>() : undefined);
     const hook = answerHook(context, principal, payload, stateBinding, toCapability);
-    if (isJson(contentType) && answer.status === 200) return relayJson(response, answer, headers, hook);
+    if (isJsonContentType(contentType) && answer.status === 200)
+      return relayJson(response, answer, headers, hook);
     let stream: Readable = answer.body;
     if (isEventStream(contentType)) {
       stream = answer.body.pipe(inspectSse(hook));
@@ -1535,7 +1546,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     if (session.upstreamSessionId !== null) {
       try {
         const answer = await context.client.request({
-          principal: principal,
+          principal,
           method: "DELETE",
           headers: await upstreamHeaders(context, principal, sessionHeaders(session)),
         });
@@ -1602,7 +1613,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     const contentType = headerText(answer.headers["content-type"]);
     const headers = relayedHeaders(answer);
-    if (isJson(contentType) && answer.status === 200) {
+    if (isJsonContentType(contentType) && answer.status === 200) {
       return relayJson(response, answer, headers, options.hook, options.mustInspect ?? false);
     }
     let body: Readable = answer.body;
@@ -1976,7 +1987,7 @@ function headerText(value: string | string[] | undefined): string | undefined {
 }
 
 function isEventStream(contentType: string | undefined): boolean {
-  return contentType?.split(";")[0]?.trim().toLowerCase() === "text/event-stream";
+  return mediaTypeOf(contentType) === "text/event-stream";
 }
 
 interface AnonymousTaskTranslation {
@@ -2020,12 +2031,8 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-function isJson(contentType: string | undefined): boolean {
-  return contentType?.split(";")[0]?.trim().toLowerCase() === "application/json";
-}
-
 function isJsonContentType(contentType: string | undefined): boolean {
-  return contentType?.split(";")[0]?.trim().toLowerCase() === "application/json";
+  return mediaTypeOf(contentType) === "application/json";
 }
 
 async function rewriteBuffered(raw: Buffer, codec: ReturnType<typeof createEventIdCodec>): Promise<Buffer> {

@@ -99,3 +99,8 @@ export function asGateError(error: unknown): GateError {
   if (error instanceof GateError) return error;
   return new GateError("ERR_INTERNAL", "unexpected failure", { cause: error });
 }
+
+/** A Content-Type's media type, lower-cased, without parameters (RFC 9110 section 8.3.1). */
+export function mediaTypeOf(contentType: string | undefined): string | undefined {
+  return contentType?.split(";")[0]?.trim().toLowerCase();
+}

@@ -2,6 +2,7 @@ import type { IncomingMessage } from "node:http";
 import type { UpstreamConfig } from "../config/gateway-config.ts";
 import { GateError } from "../errors.ts";
 import { VAULT_ENTRY_NAME } from "../vault/vault.ts";
+import { mediaTypeOf } from "./http-responses.ts";
 import type { UpstreamRoutes } from "./upstream-routes.ts";
 
 /**
@@ -48,8 +49,7 @@ export function matchVaultPath(path: string, routes: UpstreamRoutes): VaultRoute
  * generic refusal; the value's own rules (charset, length) are the vault's to check.
  */
 export function vaultValueOf(body: Buffer, request: IncomingMessage): string {
-  const type = request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
-  if (type !== "application/json") {
+  if (mediaTypeOf(request.headers["content-type"]) !== "application/json") {
     throw new GateError("ERR_MEDIA_TYPE_UNSUPPORTED", "content type refused", { detail: "content-type" });
   }
   let parsed: unknown;

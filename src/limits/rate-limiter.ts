@@ -1,7 +1,7 @@
 import { digest } from "../crypto/ids.ts";
 import { invalidArgument, isGateError } from "../errors.ts";
 import { type BucketParameters, checkBucket } from "../store/arguments.ts";
-import type { Store, StoreBackend } from "../store/contract.ts";
+import type { Store, StoreBackend, TokenOutcome } from "../store/contract.ts";
 import { bucketKey } from "../store/keys.ts";
 import { stepBucket } from "../store/token-bucket.ts";
 
@@ -70,6 +70,15 @@ export interface RateLimiter {
 }
 
 const DEFAULT_FALLBACK_FACTOR = 0.25;
+
+/** A decision of the shared bucket in the store. */
+function sharedDecision(outcome: TokenOutcome): RateDecision {
+  return {
+    allowed: outcome.allowed,
+    retryAfterSeconds: outcome.allowed ? 0 : Math.max(1, Math.ceil(outcome.retryAfterMs / 1000)),
+    degraded: false,
+  };
+}
 const DEFAULT_MAX_LOCAL_BUCKETS = 10_000;
 const DEFAULT_STORE_RETRY_INTERVAL_MS = 1_000;
 
@@ -156,11 +165,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
       if (degraded) return null;
       try {
         const outcome = await store.takeTokens(key, shared);
-        return {
-          allowed: outcome.allowed,
-          retryAfterSeconds: outcome.allowed ? 0 : Math.max(1, Math.ceil(outcome.retryAfterMs / 1000)),
-          degraded: false,
-        };
+        return sharedDecision(outcome);
       } catch (error) {
         if (canFallBack && isGateError(error, "ERR_STORE_UNAVAILABLE")) return null;
         throw error;
@@ -186,11 +191,7 @@ export function createRateLimiter(options: RateLimiterOptions): RateLimiter {
           generation++;
           localBuckets.clear();
         }
-        return {
-          allowed: outcome.allowed,
-          retryAfterSeconds: outcome.allowed ? 0 : Math.max(1, Math.ceil(outcome.retryAfterMs / 1000)),
-          degraded: false,
-        };
+        return sharedDecision(outcome);
       } catch (error) {
         if (!canFallBack || !isGateError(error, "ERR_STORE_UNAVAILABLE")) throw error;
         // A failure that began before a recovery says nothing about the store now: answer it

@@ -52,6 +52,7 @@ import { GateError, invalidArgument } from "../errors.ts";
 import { type JsonRpcId, parseJsonRpcBody } from "../gateway/json-rpc-body.ts";
 import type { UpstreamClient, UpstreamRequest, UpstreamResponse } from "../gateway/upstream-client.ts";
 import { ownerScope, type Principal, samePrincipal } from "../identity/principal.ts";
+import { environmentVaultReference } from "../vault/injection.ts";
 import { VAULT_ENTRY_NAME, type Vault } from "../vault/vault.ts";
 
 export interface StdioUpstreamOptions {
@@ -136,7 +137,6 @@ const SESSION_HEADER = "mcp-session-id";
 const DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin";
 /** The bridge sets these to the process's own directories; a config naming them is refused. */
 const BRIDGE_ENVIRONMENT = new Set(["HOME", "TMPDIR", "TMP", "TEMP"]);
-const VAULT_PREFIX = "vault:";
 const REDACTED = "[redacted]";
 /** Shorter values would redact common substrings without protecting anything. */
 const MIN_SCRUBBED_LENGTH = 4;
@@ -990,11 +990,11 @@ function planEnvironment(upstream: StdioUpstreamConfig, hasVault: boolean): Envi
     if (BRIDGE_ENVIRONMENT.has(name)) {
       throw new GateError("ERR_CONFIG_INVALID", `${key} is set by the gateway (the process's own directory)`);
     }
-    if (!value.startsWith(VAULT_PREFIX)) {
+    const entry = environmentVaultReference(value);
+    if (entry === undefined) {
       literals.push([name, value]);
       continue;
     }
-    const entry = value.slice(VAULT_PREFIX.length);
     if (!VAULT_ENTRY_NAME.test(entry)) {
       throw new GateError(
         "ERR_CONFIG_INVALID",

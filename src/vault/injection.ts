@@ -25,6 +25,14 @@ export interface InjectionPlan {
 
 const PLACEHOLDER = /\{vault:([^{}]*)\}/g;
 
+/**
+ * A command upstream's `env` value `vault:NAME` names the caller's vault entry NAME: the name as
+ * written (the caller checks it against VAULT_ENTRY_NAME), or undefined for a literal value.
+ */
+export function environmentVaultReference(value: string): string | undefined {
+  return value.startsWith("vault:") ? value.slice("vault:".length) : undefined;
+}
+
 /** The template's parts, or why it is not a template (for the config error; never the value). */
 export function parseInjectTemplate(template: string): TemplatePart[] | string {
   const parts: TemplatePart[] = [];

@@ -10,7 +10,7 @@ import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { type Harness, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
+import { type Harness, INITIALIZE, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
 const PROBE = new URL("../support/stdio-probe-server.ts", import.meta.url).pathname;
@@ -118,21 +118,12 @@ for (const backend of await storeBackendCases("stdio-e2e")) {
       }
     });
 
-    it("C1 a principal without the entry gets ERR_CREDENTIAL_REQUIRED and no process starts", async () => {
+    it("C1 a principal without the entry for a command upstream gets ERR_CREDENTIAL_REQUIRED naming it", async () => {
       const carol = await token("carol");
       const response = await fetch(probeUrl(), {
         method: "POST",
         headers: mcpHeaders({ authorization: `Bearer ${carol}` }),
-        body: JSON.stringify({
-          jsonrpc: "2.0",
-          id: 1,
-          method: "initialize",
-          params: {
-            protocolVersion: "2025-11-25",
-            capabilities: {},
-            clientInfo: { name: "c", version: "1" },
-          },
-        }),
+        body: JSON.stringify(INITIALIZE),
       });
       assert.equal(response.status, 403);
       const body = (await response.json()) as { error: { data: Record<string, unknown> } };

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import {
   type Harness,
+  INITIALIZE,
   initializeSession,
   mcpHeaders,
   sessionToolsList,
@@ -119,16 +120,7 @@ for (const backend of await storeBackendCases("vault-e2e")) {
       const response = await fetch(url(), {
         method: "POST",
         headers: mcpHeaders({ authorization: `Bearer ${carol}` }),
-        body: JSON.stringify({
-          jsonrpc: "2.0",
-          id: 1,
-          method: "initialize",
-          params: {
-            protocolVersion: "2025-11-25",
-            capabilities: {},
-            clientInfo: { name: "c", version: "1" },
-          },
-        }),
+        body: JSON.stringify(INITIALIZE),
       });
       assert.equal(response.status, 403);
       const body = (await response.json()) as { error: { data: Record<string, unknown> } };
