@@ -111,6 +111,8 @@ export interface StdioProcessSettings {
   readonly startTimeoutMs?: number;
   readonly requestTimeoutMs?: number;
   readonly workRoot?: string;
+  /** Modern (2026-07-28) requests: refused ("off", the default) or served by one process per principal. */
+  readonly modern?: "off" | "per-principal";
 }
 
 export type UpstreamConfig = HttpUpstreamConfig | StdioUpstreamConfig;

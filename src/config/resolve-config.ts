@@ -224,5 +224,6 @@ function stdioSettings(stdio: ParsedConfig["upstreams"][number]["stdio"]): Stdio
     ...(stdio.startTimeout === undefined ? {} : { startTimeoutMs: stdio.startTimeout }),
     ...(stdio.requestTimeout === undefined ? {} : { requestTimeoutMs: stdio.requestTimeout }),
     ...(stdio.workRoot === undefined ? {} : { workRoot: stdio.workRoot }),
+    ...(stdio.modern === undefined ? {} : { modern: stdio.modern }),
   };
 }

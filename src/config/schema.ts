@@ -315,6 +315,7 @@ const upstreamSchema = z
           (value) => value.startsWith("/") && isPlainText(value, 1024),
           "must be an absolute path",
         ).optional(),
+        modern: z.enum(["off", "per-principal"]).optional(),
       })
       .optional(),
     scopes,

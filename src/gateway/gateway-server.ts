@@ -1919,7 +1919,11 @@ export function versionsOf(upstream: UpstreamConfig): SupportedVersions {
   const legacyAll: readonly string[] = GATEWAY_PROTOCOL_VERSIONS.legacy;
   const modernAll: readonly string[] = GATEWAY_PROTOCOL_VERSIONS.modern;
   const declared = upstream.protocolVersions;
-  if (declared === undefined) return { legacy: [...legacyAll], modern: [] };
+  if (declared === undefined) {
+    // A command upstream's modern requests are the bridge's to serve, when it is told to.
+    const bridged = upstream.transport === "stdio" && upstream.stdio.modern === "per-principal";
+    return { legacy: [...legacyAll], modern: bridged ? [...modernAll] : [] };
+  }
   return {
     legacy: legacyAll.filter((v) => declared.includes(v)),
     modern: modernAll.filter((v) => declared.includes(v)),

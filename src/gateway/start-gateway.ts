@@ -118,12 +118,23 @@ export async function startGateway(
           `upstreams[${index}].protocolVersions lists no version this gateway serves (${servable.join(", ")})`,
         );
       }
-      if (upstream.transport === "stdio" && versionsOf(upstream).modern.length > 0) {
-        // One process per legacy session: a stdio server is initialized once, by the session's owner.
-        throw new GateError(
-          "ERR_CONFIG_INVALID",
-          `upstreams[${index}].protocolVersions: a command upstream serves legacy sessions only (2025-03-26 to 2025-11-25)`,
-        );
+      if (upstream.transport === "stdio") {
+        // A stdio server is initialized once, by one principal: modern requests, which carry no
+        // session, need a process per principal, which the bridge runs only when told to.
+        const perPrincipal = upstream.stdio.modern === "per-principal";
+        const modern = versionsOf(upstream).modern.length > 0;
+        if (modern && !perPrincipal) {
+          throw new GateError(
+            "ERR_CONFIG_INVALID",
+            `upstreams[${index}].protocolVersions: a command upstream serves modern requests only with stdio.modern "per-principal"`,
+          );
+        }
+        if (perPrincipal && !modern) {
+          throw new GateError(
+            "ERR_CONFIG_INVALID",
+            `upstreams[${index}].stdio.modern: "per-principal" needs protocolVersions to list a modern version (${GATEWAY_PROTOCOL_VERSIONS.modern.join(", ")}) or to be unset`,
+          );
+        }
       }
     }
 

@@ -39,7 +39,7 @@
  *   answers 404 from then on, as an HTTP server answers a session it no longer has.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { chmodSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { chmod, chown, lstat, mkdir, readdir, readFile, rm } from "node:fs/promises";
@@ -50,10 +50,21 @@ import type { StdioUpstreamConfig } from "../config/gateway-config.ts";
 import { mintId } from "../crypto/ids.ts";
 import { GateError, invalidArgument } from "../errors.ts";
 import { type JsonRpcId, parseJsonRpcBody } from "../gateway/json-rpc-body.ts";
+import { GATEWAY_PROTOCOL_VERSIONS } from "../gateway/protocol-era.ts";
 import type { UpstreamClient, UpstreamRequest, UpstreamResponse } from "../gateway/upstream-client.ts";
 import { ownerScope, type Principal, samePrincipal } from "../identity/principal.ts";
 import { environmentVaultReference } from "../vault/injection.ts";
 import { VAULT_ENTRY_NAME, type Vault } from "../vault/vault.ts";
+import {
+  answerServerRequest,
+  bridgeInitialize,
+  clientAnswer,
+  discoverAnswer,
+  INITIALIZED_NOTIFICATION,
+  readServerDescription,
+  type StdioServerDescription,
+  serverRequest,
+} from "./stdio-modern.ts";
 
 export interface StdioUpstreamOptions {
   /** Where `vault:NAME` values of `upstream.env` are read, always for the calling principal. */
@@ -99,6 +110,12 @@ export interface StdioUpstreamOptions {
   readonly onStderr?: (line: string, context: StdioProcessContext) => void;
   /** Lifecycle events, for logs and metrics. */
   readonly onEvent?: (event: StdioProcessEvent) => void;
+  /**
+   * "off" (default): modern (2026-07-28) requests are refused with -32022. "per-principal": each
+   * principal's modern requests are served by one process of its own, which the bridge initializes
+   * itself (src/upstreams/stdio-modern.ts); it is never shared with anyone else.
+   */
+  readonly modern?: "off" | "per-principal";
 }
 
 /**
@@ -112,6 +129,10 @@ export interface StdioProcessContext {
 
 export type StdioEndReason =
   | "deleted"
+  /** A principal's modern process whose vault entries changed (or were deleted) since it started. */
+  | "credentials-changed"
+  /** An anonymous caller's modern process: a throwaway principal, so one request, then the end. */
+  | "answered"
   | "idle"
   | "exited"
   | "misbehaved"
@@ -134,6 +155,11 @@ export type StdioProcessEvent =
   | (StdioProcessContext & { readonly type: "uid.quarantined"; readonly uid: number });
 
 const SESSION_HEADER = "mcp-session-id";
+const VERSION_HEADER = "mcp-protocol-version";
+const MODERN_VERSIONS: readonly string[] = GATEWAY_PROTOCOL_VERSIONS.modern;
+const LEGACY_VERSIONS: readonly string[] = GATEWAY_PROTOCOL_VERSIONS.legacy;
+/** Sent as the bridge's clientInfo version when it initializes a principal's process. */
+const BRIDGE_VERSION = "1";
 const DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin";
 /** The bridge sets these to the process's own directories; a config naming them is refused. */
 const BRIDGE_ENVIRONMENT = new Set(["HOME", "TMPDIR", "TMP", "TEMP"]);
@@ -193,6 +219,11 @@ interface Exchange {
 }
 
 interface BridgedProcess {
+  /**
+   * "session": started by a legacy `initialize`, reached by its session id. "principal": the one
+   * process serving a principal's modern requests, reached by the principal alone.
+   */
+  readonly kind: "session" | "principal";
   readonly sessionId: string;
   readonly context: StdioProcessContext;
   readonly owner: Principal;
@@ -200,6 +231,12 @@ interface BridgedProcess {
   readonly uid: number | undefined;
   /** Vault values injected into this process's env, longest first (scrubbed from its stderr). */
   readonly secrets: readonly string[];
+  /** A keyed digest of those values: a principal's modern process is replaced when they change. */
+  readonly credentialTag: string;
+  /** The server's own `initialize` answer (principal processes, once running). */
+  server: StdioServerDescription | undefined;
+  /** The next JSON-RPC id the bridge writes to a principal process (its own ids, never a client's). */
+  nextId: number;
   readonly child: ChildProcess;
   state: ProcessState;
   endReason: StdioEndReason | undefined;
@@ -219,6 +256,19 @@ interface BridgedProcess {
   finish(): void;
 }
 
+/** A principal's modern process: `proc` is set once it is running. */
+interface PrincipalSlot {
+  readonly ready: Promise<BridgedProcess>;
+  proc: BridgedProcess | undefined;
+}
+
+/** A process's environment for one principal, as of one vault read. */
+interface ProcessEnvironment {
+  readonly env: Record<string, string>;
+  readonly secrets: readonly string[];
+  readonly credentialTag: string;
+}
+
 interface EnvironmentPlan {
   readonly literals: ReadonlyArray<readonly [string, string]>;
   /** [variable, vault entry]. */
@@ -232,6 +282,10 @@ export function createStdioUpstreamClient(
 ): UpstreamClient {
   const settings = checkOptions(options);
   const plan = planEnvironment(upstream, options.vault !== undefined);
+  const versions = stdioVersions(upstream);
+  const servesModern = options.modern === "per-principal";
+  /** Never leaves the process: it only tells one set of credential values from another. */
+  const credentialTagKey = randomBytes(32);
   const distinctUid = options.runAs === "distinct-uid";
   const uidRange = distinctUid ? checkUidRange(options.uidRange) : undefined;
   const workRoot = resolve(options.workRoot ?? join(tmpdir(), `tenantgate-stdio-${process.pid}`));
@@ -239,6 +293,8 @@ export function createStdioUpstreamClient(
   prepareWorkRoot(workRoot, distinctUid ? 0o711 : 0o700, distinctUid);
 
   const sessions = new Map<string, BridgedProcess>();
+  /** Each principal's modern process, running or starting, by principal key. */
+  const principals = new Map<string, PrincipalSlot>();
   const live = new Set<BridgedProcess>();
   const perPrincipal = new Map<string, number>();
   let reserved = 0;
@@ -279,9 +335,7 @@ export function createStdioUpstreamClient(
     };
   }
 
-  async function environmentFor(
-    principal: Principal,
-  ): Promise<{ env: Record<string, string>; secrets: string[] }> {
+  async function environmentFor(principal: Principal): Promise<ProcessEnvironment> {
     const env: Record<string, string> = { PATH: DEFAULT_PATH, LANG: "C.UTF-8" };
     for (const [name, value] of plan.literals) env[name] = value;
     const secrets: string[] = [];
@@ -310,7 +364,9 @@ export function createStdioUpstreamClient(
     }
     // Longest first, so a value containing another is redacted whole.
     secrets.sort((a, b) => b.length - a.length);
-    return { env, secrets: [...new Set(secrets)] };
+    const tag = createHmac("sha256", credentialTagKey);
+    for (const [name] of plan.references) tag.update(JSON.stringify([name, env[name]]));
+    return { env, secrets: [...new Set(secrets)], credentialTag: tag.digest("base64url") };
   }
 
   async function allocateUid(): Promise<number> {
@@ -353,8 +409,14 @@ export function createStdioUpstreamClient(
     return dir;
   }
 
-  async function launch(principal: Principal, release: () => void): Promise<BridgedProcess> {
-    const { env, secrets } = await environmentFor(principal);
+  async function launch(
+    principal: Principal,
+    release: () => void,
+    environment: ProcessEnvironment,
+    kind: BridgedProcess["kind"],
+  ): Promise<BridgedProcess> {
+    const { secrets, credentialTag } = environment;
+    const env = { ...environment.env };
     const uid = distinctUid ? await allocateUid() : undefined;
     let dir: string;
     try {
@@ -419,12 +481,16 @@ export function createStdioUpstreamClient(
       finish = done;
     });
     const proc: BridgedProcess = {
+      kind,
       sessionId: mintId(),
       context: Object.freeze({ upstream: upstream.name, processRef: randomBytes(6).toString("hex") }),
       owner: principal,
       dir,
       uid,
       secrets,
+      credentialTag,
+      server: undefined,
+      nextId: 1,
       child,
       state: "starting",
       endReason: undefined,
@@ -479,7 +545,7 @@ export function createStdioUpstreamClient(
     child.on("error", () => undefined);
     child.once("exit", () => {
       proc.state = "exited";
-      sessions.delete(proc.sessionId);
+      forget(proc);
       clearTimeout(proc.killTimer);
       // The last answers may still be in the pipe: read them, but not for longer than a moment (a
       // grandchild holding the pipe open would otherwise keep the session's resources forever).
@@ -493,7 +559,7 @@ export function createStdioUpstreamClient(
 
   async function cleanUp(proc: BridgedProcess, release: () => void): Promise<void> {
     const { child } = proc;
-    sessions.delete(proc.sessionId);
+    forget(proc);
     clearTimeout(proc.idleTimer);
     clearTimeout(proc.killTimer);
     const gone = new GateError("ERR_UPSTREAM_UNAVAILABLE", "stdio process ended", {
@@ -528,9 +594,17 @@ export function createStdioUpstreamClient(
     proc.finish();
   }
 
+  /** A process that is ending is reachable by nobody: its session id and its principal forget it. */
+  function forget(proc: BridgedProcess): void {
+    sessions.delete(proc.sessionId);
+    if (proc.kind !== "principal") return;
+    const key = principalKey(proc.owner);
+    if (principals.get(key)?.proc === proc) principals.delete(key);
+  }
+
   /** Ends a process: its id stops answering now; SIGTERM to its group, SIGKILL after the grace. */
   function terminate(proc: BridgedProcess, reason: StdioEndReason): void {
-    sessions.delete(proc.sessionId);
+    forget(proc);
     if (proc.state === "ending" || proc.state === "exited") return;
     proc.state = "ending";
     proc.endReason ??= reason;
@@ -593,8 +667,17 @@ export function createStdioUpstreamClient(
       // reader: Streamable HTTP forbids responses on the GET stream.
       return;
     }
-    if (typeof message["method"] === "string") deliver(proc, json);
-    else misbehaved(proc);
+    if (typeof message["method"] !== "string") {
+      misbehaved(proc);
+      return;
+    }
+    if (proc.kind === "principal") {
+      // A modern caller has no GET stream and the bridge declared no client capabilities: a server
+      // request is answered here (else the server would wait for ever), its notifications dropped.
+      if (Object.hasOwn(message, "id")) write(proc, [answerServerRequest(message)]);
+      return;
+    }
+    deliver(proc, json);
   }
 
   function deliver(proc: BridgedProcess, json: string): void {
@@ -724,23 +807,28 @@ export function createStdioUpstreamClient(
     return samePrincipal(proc.owner, principal) ? proc : undefined;
   }
 
-  async function initialize(principal: Principal, body: Buffer | undefined): Promise<UpstreamResponse> {
-    const parsed = parseBody(body);
-    const [message] = parsed.raw;
-    const [first] = parsed.payload.messages;
-    if (parsed.payload.batch || first?.kind !== "request" || first.method !== "initialize") {
-      return sessionRequired();
-    }
+  /** A cap slot and a started process for `principal`, or the reason there is none. */
+  async function startProcess(
+    principal: Principal,
+    environment: ProcessEnvironment,
+    kind: BridgedProcess["kind"],
+  ): Promise<BridgedProcess> {
     const release = reserve(principal);
-    let proc: BridgedProcess;
     try {
-      proc = await launch(principal, release);
+      return await launch(principal, release, environment, kind);
     } catch (error) {
       release();
       throw error;
     }
-    const key = idKey(first.id) as string;
-    const answer = expect(proc, [key], false);
+  }
+
+  /**
+   * Writes the `initialize` a new process must answer first and waits for its answer, at most the
+   * start timeout. A process that does not answer, or ends meanwhile, is ended and the caller gets
+   * ERR_UPSTREAM_UNAVAILABLE; the answer itself (a result or an error) is the caller's to judge.
+   */
+  async function awaitInitialized(proc: BridgedProcess, message: unknown, id: JsonRpcId): Promise<string> {
+    const answer = expect(proc, [idKey(id) as string], false);
     write(proc, [message]);
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -768,6 +856,18 @@ export function createStdioUpstreamClient(
         detail: "stdio-start-failed",
       });
     }
+    return text;
+  }
+
+  async function initialize(principal: Principal, body: Buffer | undefined): Promise<UpstreamResponse> {
+    const parsed = parseBody(body);
+    const [message] = parsed.raw;
+    const [first] = parsed.payload.messages;
+    if (parsed.payload.batch || first?.kind !== "request" || first.method !== "initialize") {
+      return sessionRequired();
+    }
+    const proc = await startProcess(principal, await environmentFor(principal), "session");
+    const text = await awaitInitialized(proc, message, first.id);
     if (!Object.hasOwn(JSON.parse(text) as object, "result")) {
       // The server refused to initialize: it holds no session, so it is ended and no id is minted;
       // its answer is relayed as it is.
@@ -783,66 +883,186 @@ export function createStdioUpstreamClient(
   async function post(proc: BridgedProcess, request: UpstreamRequest): Promise<UpstreamResponse> {
     const parsed = parseBody(request.body);
     checkInputRoom(proc, request.body);
-    const keys: string[] = [];
+    const ids: JsonRpcId[] = [];
     for (const message of parsed.payload.messages) {
       if (message.kind !== "request") continue;
-      const key = idKey(message.id) as string;
-      if (proc.pending.has(key)) return duplicateId(message.id);
-      keys.push(key);
+      if (proc.pending.has(idKey(message.id) as string)) return duplicateId(message.id);
+      ids.push(message.id);
     }
-    if (keys.length === 0) {
+    if (ids.length === 0) {
       write(proc, parsed.raw);
       touch(proc);
       return emptyAnswer(202);
     }
-    const answer = expect(proc, keys, parsed.payload.batch);
-    const exchange = proc.pending.get(keys[0] as string) as Exchange;
-    const signal = request.signal;
     // An abort is the caller leaving, not a cancellation (2025-11-25 transports): the server is not
     // told, and its late answer is dropped.
-    const onAbort = (): void =>
+    const text = await exchange(proc, parsed.raw, ids, parsed.payload.batch, request.signal, false);
+    return jsonAnswer(200, text);
+  }
+
+  /**
+   * Writes `messages` and waits for the answers to `ids` (joined as a batch answer when `batch`),
+   * at most the request timeout. Without that bound, a request the server never answers would keep
+   * the process busy (so never idle) and hold its cap slot for good; the server is then told the
+   * request is cancelled. `cancelOnAbort`: the caller leaving cancels the request too.
+   */
+  async function exchange(
+    proc: BridgedProcess,
+    messages: readonly unknown[],
+    ids: readonly JsonRpcId[],
+    batch: boolean,
+    signal: AbortSignal | undefined,
+    cancelOnAbort: boolean,
+  ): Promise<string> {
+    const keys = ids.map((id) => idKey(id) as string);
+    const answer = expect(proc, keys, batch);
+    const awaited = proc.pending.get(keys[0] as string) as Exchange;
+    const cancelUnanswered = (reason: string): void => {
+      const unanswered = ids.filter((id) => proc.pending.get(idKey(id) as string) === awaited);
+      if (proc.state !== "running" || unanswered.length === 0) return;
+      write(
+        proc,
+        unanswered.map((requestId) => ({
+          jsonrpc: "2.0",
+          method: "notifications/cancelled",
+          params: { requestId, reason },
+        })),
+      );
+    };
+    const onAbort = (): void => {
+      if (cancelOnAbort) cancelUnanswered("client left");
       settle(
         proc,
-        exchange,
+        awaited,
         new GateError("ERR_UPSTREAM_UNAVAILABLE", "request aborted", { detail: "aborted" }),
       );
+    };
     signal?.addEventListener("abort", onAbort, { once: true });
     if (signal?.aborted) onAbort();
-    // Without a bound, a request the server never answers would keep the process busy (so never
-    // idle) and hold its cap slot for good.
     const timer = setTimeout(() => {
-      const unanswered = parsed.payload.messages.flatMap((message) =>
-        message.kind === "request" && proc.pending.get(idKey(message.id) as string) === exchange
-          ? [message.id]
-          : [],
-      );
+      cancelUnanswered("timed out");
       settle(
         proc,
-        exchange,
+        awaited,
         new GateError("ERR_UPSTREAM_UNAVAILABLE", "stdio server did not answer in time", {
           detail: "stdio-request-timeout",
         }),
       );
-      if (proc.state === "running") {
-        write(
-          proc,
-          unanswered.map((requestId) => ({
-            jsonrpc: "2.0",
-            method: "notifications/cancelled",
-            params: { requestId, reason: "timed out" },
-          })),
-        );
-      }
     }, settings.requestTimeoutMs);
     proc.inFlight++;
-    write(proc, parsed.raw);
+    write(proc, messages);
     try {
-      return jsonAnswer(200, await answer);
+      return await answer;
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       proc.inFlight--;
       touch(proc);
+    }
+  }
+
+  /**
+   * The principal's modern process, started (and initialized by the bridge) if it has none. The
+   * credentials are read on every request, as header injection reads them: a process started with
+   * values the vault no longer holds (replaced, or deleted) is ended, never used again.
+   */
+  async function principalProcess(principal: Principal): Promise<BridgedProcess> {
+    const key = principalKey(principal);
+    let environment: ProcessEnvironment;
+    try {
+      environment = await environmentFor(principal);
+    } catch (error) {
+      if (error instanceof GateError && error.code === "ERR_CREDENTIAL_REQUIRED") {
+        const slot = principals.get(key);
+        principals.delete(key);
+        void slot?.ready.then(
+          (stale) => terminate(stale, "credentials-changed"),
+          () => undefined,
+        );
+      }
+      throw error;
+    }
+    const current = principals.get(key);
+    if (current !== undefined) {
+      const proc = await current.ready;
+      if (proc.credentialTag === environment.credentialTag && proc.state === "running") return proc;
+      if (proc.credentialTag !== environment.credentialTag) terminate(proc, "credentials-changed");
+      // Ended (or replaced) meanwhile: whoever gets here first starts the next one.
+      const next = principals.get(key);
+      if (next !== undefined && next !== current) return next.ready;
+    }
+    const slot: PrincipalSlot = { ready: startPrincipalProcess(principal, environment), proc: undefined };
+    principals.set(key, slot);
+    slot.ready.then(
+      (proc) => {
+        if (principals.get(key) !== slot) return;
+        slot.proc = proc;
+        // Ended before it was recorded (a crash right after initialize): nobody may reach it.
+        if (proc.state !== "running") principals.delete(key);
+      },
+      () => {
+        if (principals.get(key) === slot) principals.delete(key);
+      },
+    );
+    return slot.ready;
+  }
+
+  async function startPrincipalProcess(
+    principal: Principal,
+    environment: ProcessEnvironment,
+  ): Promise<BridgedProcess> {
+    const proc = await startProcess(principal, environment, "principal");
+    const id = proc.nextId++;
+    const text = await awaitInitialized(
+      proc,
+      bridgeInitialize(id, versions.initializeWith, BRIDGE_VERSION),
+      id,
+    );
+    try {
+      proc.server = readServerDescription(text, versions.legacy);
+    } catch (error) {
+      terminate(proc, "initialize-refused");
+      throw error;
+    }
+    proc.state = "running";
+    // MCP lifecycle: after the answer, the client confirms; only then may requests follow.
+    write(proc, [INITIALIZED_NOTIFICATION]);
+    touch(proc);
+    return proc;
+  }
+
+  /**
+   * A modern (2026-07-28) request: self-contained, served by the caller's own process. Notifications
+   * and responses are accepted and dropped: their ids and tokens name requests of the client's, which
+   * the server never saw under those ids.
+   */
+  async function serveModern(principal: Principal, request: UpstreamRequest): Promise<UpstreamResponse> {
+    if (request.method !== "POST") return emptyAnswer(405);
+    const parsed = parseBody(request.body);
+    const [message] = parsed.payload.messages;
+    const [raw] = parsed.raw;
+    if (parsed.payload.batch || message === undefined) {
+      return jsonAnswer(400, errorBody(null, -32600, "Invalid Request: one message per request"));
+    }
+    if (message.kind !== "request") return emptyAnswer(202);
+    const proc = await principalProcess(principal);
+    try {
+      if (message.method === "server/discover") {
+        touch(proc);
+        return jsonAnswer(
+          200,
+          discoverAnswer(message.id, proc.server as StdioServerDescription, versions.modern),
+        );
+      }
+      checkInputRoom(proc, request.body);
+      const id = proc.nextId++;
+      const forwarded = serverRequest(raw as Record<string, unknown>, id);
+      // 2026-07-28 cancellation: the client closing its response stream cancels the request.
+      const text = await exchange(proc, [forwarded], [id], false, request.signal, true);
+      return jsonAnswer(200, clientAnswer(text, message.id));
+    } finally {
+      // A throwaway principal never comes back: its process would only wait for the idle timeout.
+      if (principal.kind === "anonymous") terminate(proc, "answered");
     }
   }
 
@@ -883,6 +1103,11 @@ export function createStdioUpstreamClient(
         throw new GateError("ERR_INTERNAL", "stdio upstream called without a principal", {
           detail: "stdio-no-principal",
         });
+      }
+      const version = headerValue(request.headers, VERSION_HEADER);
+      if (version !== undefined && MODERN_VERSIONS.includes(version)) {
+        if (servesModern) return serveModern(principal, request);
+        return jsonAnswer(400, errorBody(null, -32022, "Unsupported protocol version"));
       }
       const sessionId = headerValue(request.headers, SESSION_HEADER);
       if (request.method === "POST" && sessionId === undefined) return initialize(principal, request.body);
@@ -979,6 +1204,24 @@ function accountUids(): number[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * The 2025 versions a principal's process may be initialized in (the upstream's `protocolVersions`,
+ * else all the gateway serves), the newest of them asked for, and the modern ones answered for it.
+ */
+function stdioVersions(upstream: StdioUpstreamConfig): {
+  legacy: readonly string[];
+  initializeWith: string;
+  modern: readonly string[];
+} {
+  const declared = upstream.protocolVersions;
+  const legacy =
+    declared === undefined ? LEGACY_VERSIONS : LEGACY_VERSIONS.filter((v) => declared.includes(v));
+  const modern =
+    declared === undefined ? MODERN_VERSIONS : MODERN_VERSIONS.filter((v) => declared.includes(v));
+  const usable = legacy.length > 0 ? legacy : LEGACY_VERSIONS;
+  return { legacy: usable, initializeWith: usable[usable.length - 1] as string, modern };
 }
 
 function planEnvironment(upstream: StdioUpstreamConfig, hasVault: boolean): EnvironmentPlan {

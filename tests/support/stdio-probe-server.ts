@@ -3,8 +3,9 @@
  * and stdout (no SDK, so it also runs as an unprivileged uid that can read nothing but this file and
  * Node). Its tools report what the process can see and do, so tests can check isolation from the
  * inside: `env`, `whoami`, `readfile`, `writefile`, `stderr`, `notify`, `ask` (a request to the
- * client), `sleep`, `crash`, `garbage` (stdout that is not a message) and `orphan` (a grandchild in
- * a session of its own). With `PROBE_REFUSE_INITIALIZE=1` it answers `initialize` with an error.
+ * client), `sleep`, `crash`, `garbage` (stdout that is not a message), `orphan` (a grandchild in
+ * a session of its own) and `request` (the id and params of the `tools/call` that called it, as
+ * the server received them). With `PROBE_REFUSE_INITIALIZE=1` it answers `initialize` with an error.
  *
  * Run as `node tests/support/stdio-probe-server.ts`; it exits when its stdin ends.
  */
@@ -27,6 +28,7 @@ const TOOLS = [
   "crash",
   "garbage",
   "orphan",
+  "request",
 ];
 
 const waiting = new Map<string, (message: Message) => void>();
@@ -44,8 +46,10 @@ function modeOf(path: string): string {
   return (statSync(path).mode & 0o777).toString(8);
 }
 
-async function callTool(name: string, args: Record<string, unknown>): Promise<Json> {
+async function callTool(name: string, args: Record<string, unknown>, request: Message): Promise<Json> {
   switch (name) {
+    case "request":
+      return text({ id: request["id"] as Json, params: request["params"] as Json });
     case "env":
       return text({ ...process.env } as Record<string, string>);
     case "whoami": {
@@ -155,7 +159,11 @@ async function handle(message: Message): Promise<void> {
     } else if (method === "tools/list") {
       result = { tools: TOOLS.map((name) => ({ name, inputSchema: { type: "object" } })) };
     } else if (method === "tools/call") {
-      result = await callTool(String(params["name"]), (params["arguments"] ?? {}) as Record<string, unknown>);
+      result = await callTool(
+        String(params["name"]),
+        (params["arguments"] ?? {}) as Record<string, unknown>,
+        message,
+      );
     } else {
       send({ jsonrpc: "2.0", id, error: { code: -32601, message: "Method not found" } });
       return;

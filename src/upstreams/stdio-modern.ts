@@ -1,0 +1,163 @@
+/**
+ * The wire translation behind `stdio.modern: "per-principal"` (src/upstreams/stdio-upstream.ts): a
+ * stdio server that speaks the 2025 lifecycle (`initialize`, then requests) serving self-contained
+ * 2026-07-28 requests.
+ *
+ * The bridge initializes the server once, itself, for the process's one principal, and then:
+ * - answers `server/discover` from what `initialize` returned (2026-07-28 lifecycle: discovery is
+ *   the stateless replacement of the handshake);
+ * - writes every other request with an id of its own (concurrent HTTP requests of one principal may
+ *   carry the same JSON-RPC id: ids are only unique per client connection) and without the
+ *   per-request envelope keys a 2025 server does not know;
+ * - relays the server's answer under the client's id, as a modern result (`resultType`).
+ *
+ * Nothing here decides who may reach which process; that is the bridge's job. These functions only
+ * reshape messages, and refuse answers they cannot vouch for.
+ */
+import { GateError } from "../errors.ts";
+import type { JsonRpcId } from "../gateway/json-rpc-body.ts";
+
+/** `_meta` keys of the 2026-07-28 per-request envelope: the bridge's concern, not the server's. */
+const ENVELOPE_META_KEYS = new Set([
+  "io.modelcontextprotocol/protocolVersion",
+  "io.modelcontextprotocol/clientCapabilities",
+  "io.modelcontextprotocol/clientInfo",
+]);
+const SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo";
+
+/**
+ * Server capabilities relayed in `server/discover`. Only what works through the bridge: list-changed
+ * and subscribe flags promise notifications a request-scoped answer cannot carry, `logging` and the
+ * 2025 `tasks` capability have no 2026-07-28 counterpart here.
+ */
+const RELAYED_CAPABILITIES = ["tools", "prompts", "resources", "completions", "experimental"] as const;
+const UNRELAYED_FLAGS = new Set(["listChanged", "subscribe"]);
+
+/** What the server said of itself in its `initialize` answer, kept for `server/discover`. */
+export interface StdioServerDescription {
+  readonly protocolVersion: string;
+  readonly capabilities: Record<string, unknown>;
+  readonly serverInfo: Record<string, unknown> | undefined;
+  readonly instructions: string | undefined;
+}
+
+/** The bridge's `initialize`: no client capabilities, so the server has no reason to call back. */
+export function bridgeInitialize(id: number, protocolVersion: string, bridgeVersion: string): unknown {
+  return {
+    jsonrpc: "2.0",
+    id,
+    method: "initialize",
+    params: {
+      protocolVersion,
+      capabilities: {},
+      clientInfo: { name: "tenantgate-stdio-bridge", version: bridgeVersion },
+    },
+  };
+}
+
+export const INITIALIZED_NOTIFICATION = Object.freeze({
+  jsonrpc: "2.0",
+  method: "notifications/initialized",
+});
+
+/**
+ * The server's answer to the bridge's `initialize`, checked: a result, in a version the upstream is
+ * configured for. Anything else means the process is unusable (ERR_UPSTREAM_UNAVAILABLE).
+ */
+export function readServerDescription(text: string, accepted: readonly string[]): StdioServerDescription {
+  const message = JSON.parse(text) as Record<string, unknown>;
+  const result = message["result"];
+  if (!isRecord(result)) {
+    throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "stdio server refused to initialize", {
+      detail: "stdio-initialize-refused",
+    });
+  }
+  const version = result["protocolVersion"];
+  if (typeof version !== "string" || !accepted.includes(version)) {
+    throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "stdio server negotiated an unsupported version", {
+      detail: "negotiated-version-unsupported",
+    });
+  }
+  const capabilities = isRecord(result["capabilities"]) ? result["capabilities"] : {};
+  const instructions = result["instructions"];
+  return {
+    protocolVersion: version,
+    capabilities,
+    serverInfo: isRecord(result["serverInfo"]) ? result["serverInfo"] : undefined,
+    instructions: typeof instructions === "string" ? instructions : undefined,
+  };
+}
+
+/** The `server/discover` result for a process's server, under the client's id. */
+export function discoverAnswer(
+  id: JsonRpcId,
+  server: StdioServerDescription,
+  supportedVersions: readonly string[],
+): string {
+  const capabilities: Record<string, unknown> = {};
+  for (const name of RELAYED_CAPABILITIES) {
+    const value = server.capabilities[name];
+    if (!isRecord(value)) continue;
+    capabilities[name] = Object.fromEntries(
+      Object.entries(value).filter(([key]) => !UNRELAYED_FLAGS.has(key)),
+    );
+  }
+  return JSON.stringify({
+    jsonrpc: "2.0",
+    id,
+    result: {
+      resultType: "complete",
+      supportedVersions: [...supportedVersions],
+      capabilities,
+      ...(server.instructions !== undefined ? { instructions: server.instructions } : {}),
+      ...(server.serverInfo !== undefined ? { _meta: { [SERVER_INFO_META_KEY]: server.serverInfo } } : {}),
+    },
+  });
+}
+
+/** A client's request as the server gets it: the bridge's id, the envelope keys taken out of `_meta`. */
+export function serverRequest(message: Record<string, unknown>, bridgeId: number): Record<string, unknown> {
+  const forwarded: Record<string, unknown> = { jsonrpc: "2.0", id: bridgeId, method: message["method"] };
+  const params = message["params"];
+  if (params === undefined) return forwarded;
+  if (!isRecord(params) || !isRecord(params["_meta"])) return { ...forwarded, params };
+  const meta = Object.fromEntries(
+    Object.entries(params["_meta"]).filter(([key]) => !ENVELOPE_META_KEYS.has(key)),
+  );
+  const { _meta: _envelope, ...rest } = params;
+  return { ...forwarded, params: Object.keys(meta).length > 0 ? { ...rest, _meta: meta } : rest };
+}
+
+/**
+ * The server's answer under the client's id. A result gains `resultType: "complete"` (2026-07-28:
+ * every result says what kind it is; a 2025 server only ever completes). An error passes as it is.
+ */
+export function clientAnswer(text: string, clientId: JsonRpcId): string {
+  const message = JSON.parse(text) as Record<string, unknown>;
+  const result = message["result"];
+  if (isRecord(result)) {
+    return JSON.stringify({
+      jsonrpc: "2.0",
+      id: clientId,
+      result: "resultType" in result ? result : { resultType: "complete", ...result },
+    });
+  }
+  return JSON.stringify({ jsonrpc: "2.0", id: clientId, error: message["error"] });
+}
+
+/**
+ * What the bridge answers a server's own request on a principal's process: it has no client to ask
+ * (the bridge declared no capabilities), except `ping`, which any peer answers.
+ */
+export function answerServerRequest(message: Record<string, unknown>): unknown {
+  if (message["method"] === "ping") return { jsonrpc: "2.0", id: message["id"], result: {} };
+  return {
+    jsonrpc: "2.0",
+    id: message["id"],
+    error: { code: -32601, message: "Method not found: no client to ask through the gateway" },
+  };
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}

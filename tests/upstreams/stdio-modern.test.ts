@@ -1,0 +1,350 @@
+/**
+ * `stdio.modern: "per-principal"`: the stdio bridge (src/upstreams/stdio-upstream.ts) serving
+ * 2026-07-28 requests from one process per principal, driven directly with request objects that
+ * carry principals, against real child processes (tests/support/stdio-probe-server.ts). Nothing about
+ * child processes is mocked; the vault is the in-memory test double.
+ */
+import assert from "node:assert/strict";
+import type { Readable } from "node:stream";
+import { after, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import type { StdioUpstreamConfig } from "../../src/config/gateway-config.ts";
+import { isGateError } from "../../src/errors.ts";
+import type { UpstreamClient } from "../../src/gateway/upstream-client.ts";
+import { anonymousPrincipal } from "../../src/identity/anonymous.ts";
+import { makePrincipal, ownerScope, type Principal } from "../../src/identity/principal.ts";
+import {
+  createStdioUpstreamClient,
+  type StdioProcessEvent,
+  type StdioUpstreamOptions,
+} from "../../src/upstreams/stdio-upstream.ts";
+import { createVaultDouble } from "../support/vault-double.ts";
+
+const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.meta.url));
+const MODERN = "2026-07-28";
+/** Generous: a loaded two-core machine starts Node processes slowly. */
+const WAIT_MS = 20_000;
+
+function principal(subject: string): Principal {
+  return makePrincipal({
+    kind: "jwt",
+    issuer: "https://issuer.example",
+    subject,
+    tenant: "acme",
+    scopes: [],
+    expiresAt: null,
+  });
+}
+
+const alice = principal("alice");
+const bob = principal("bob");
+
+function upstreamConfig(env: Record<string, string> = {}): StdioUpstreamConfig {
+  return {
+    transport: "stdio",
+    name: "probe",
+    path: "/probe",
+    audience: "http://127.0.0.1/probe",
+    scopes: [],
+    protocolVersions: undefined,
+    inject: {},
+    command: process.execPath,
+    args: [PROBE],
+    env,
+    stdio: {},
+  };
+}
+
+const clients: UpstreamClient[] = [];
+after(async () => {
+  await Promise.all(clients.map((client) => client.close()));
+});
+
+function bridge(
+  options: StdioUpstreamOptions = {},
+  env: Record<string, string> = {},
+): { client: UpstreamClient; events: StdioProcessEvent[]; stderr: string[] } {
+  const events: StdioProcessEvent[] = [];
+  const stderr: string[] = [];
+  const client = createStdioUpstreamClient(upstreamConfig(env), {
+    modern: "per-principal",
+    startTimeoutMs: WAIT_MS,
+    onEvent: (event) => events.push(event),
+    onStderr: (line) => stderr.push(line),
+    ...options,
+  });
+  clients.push(client);
+  return { client, events, stderr };
+}
+
+async function readAll(body: Readable): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(Buffer.from(chunk as Buffer));
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+/** A 2026-07-28 request as the gateway forwards it: the envelope in `_meta`, the version header. */
+function envelope(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": { name: "modern-test", version: "1.0.0" },
+    ...extra,
+  };
+}
+
+async function send(
+  client: UpstreamClient,
+  caller: Principal,
+  message: Record<string, unknown>,
+  signal?: AbortSignal,
+): Promise<{ status: number; headers: Record<string, unknown>; json: Record<string, unknown> | undefined }> {
+  const answer = await client.request({
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      accept: "application/json, text/event-stream",
+      "mcp-protocol-version": MODERN,
+    },
+    body: Buffer.from(JSON.stringify({ jsonrpc: "2.0", ...message })),
+    principal: caller,
+    ...(signal !== undefined ? { signal } : {}),
+  });
+  const text = await readAll(answer.body);
+  return {
+    status: answer.status,
+    headers: answer.headers as Record<string, unknown>,
+    json: text === "" ? undefined : (JSON.parse(text) as Record<string, unknown>),
+  };
+}
+
+/** tools/call with a given client id; the probe's tool result, parsed. */
+async function call(
+  client: UpstreamClient,
+  caller: Principal,
+  name: string,
+  args: Record<string, unknown> = {},
+  id: number | string = 1,
+  meta: Record<string, unknown> = {},
+): Promise<{ id: unknown; resultType: unknown; value: Record<string, unknown> }> {
+  const answer = await send(client, caller, {
+    id,
+    method: "tools/call",
+    params: { name, arguments: args, _meta: envelope(meta) },
+  });
+  assert.equal(answer.status, 200, JSON.stringify(answer.json));
+  const result = answer.json?.["result"] as { resultType: unknown; content: { text: string }[] };
+  assert.ok(result, `no result: ${JSON.stringify(answer.json)}`);
+  return {
+    id: answer.json?.["id"],
+    resultType: result.resultType,
+    value: JSON.parse(result.content[0]?.text ?? "null") as Record<string, unknown>,
+  };
+}
+
+async function pidOf(client: UpstreamClient, caller: Principal): Promise<number> {
+  return (await call(client, caller, "whoami")).value["pid"] as number;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== "ESRCH";
+  }
+}
+
+async function eventually(check: () => boolean, what: string): Promise<void> {
+  const until = Date.now() + WAIT_MS;
+  while (!check()) {
+    if (Date.now() > until) assert.fail(`timed out waiting for: ${what}`);
+    await delay(50);
+  }
+}
+
+describe("stdio bridge, modern requests served by one process per principal", () => {
+  it("answers server/discover from the server's own initialize, with no session anywhere", async () => {
+    const { client } = bridge();
+    const answer = await send(client, alice, {
+      id: "d-1",
+      method: "server/discover",
+      params: { _meta: envelope() },
+    });
+    assert.equal(answer.status, 200);
+    assert.equal(answer.headers["mcp-session-id"], undefined);
+    assert.deepEqual(answer.json, {
+      jsonrpc: "2.0",
+      id: "d-1",
+      result: {
+        resultType: "complete",
+        supportedVersions: [MODERN],
+        capabilities: { tools: {} },
+        _meta: { "io.modelcontextprotocol/serverInfo": { name: "stdio-probe", version: "1.0.0" } },
+      },
+    });
+  });
+
+  it("one process per principal: the same one for every request of its owner, never another's", async () => {
+    const { client, events } = bridge();
+    const first = await pidOf(client, alice);
+    const again = await pidOf(client, alice);
+    const bobs = await pidOf(client, bob);
+    assert.equal(again, first, "alice's requests share her process");
+    assert.notEqual(bobs, first, "bob has a process of his own");
+    // What the process keeps between requests (a file in its home) is its owner's alone.
+    const home = (await call(client, alice, "whoami")).value["home"] as string;
+    await call(client, alice, "writefile", { path: `${home}/note`, content: "alice's" });
+    assert.deepEqual((await call(client, alice, "readfile", { path: `${home}/note` })).value, {
+      ok: true,
+      content: "alice's",
+    });
+    const bobHome = (await call(client, bob, "whoami")).value["home"] as string;
+    assert.notEqual(bobHome, home);
+    assert.equal(events.filter((event) => event.type === "process.started").length, 2);
+  });
+
+  it("writes its own ids and no envelope keys; answers under the client's id as a modern result", async () => {
+    const { client } = bridge();
+    const seen = await call(client, alice, "request", {}, "client-7", { progressToken: "p-1", custom: 1 });
+    assert.equal(seen.id, "client-7");
+    assert.equal(seen.resultType, "complete");
+    const received = seen.value as { id: unknown; params: { _meta?: Record<string, unknown> } };
+    assert.equal(typeof received.id, "number", "the server sees the bridge's id, not the client's");
+    assert.deepEqual(received.params._meta, { progressToken: "p-1", custom: 1 });
+  });
+
+  it("concurrent requests of one principal with the same JSON-RPC id each get their own answer", async () => {
+    const { client } = bridge();
+    const slow = call(client, alice, "sleep", { ms: 300 }, 7);
+    const quick = call(client, alice, "request", {}, 7);
+    const [slowAnswer, quickAnswer] = await Promise.all([slow, quick]);
+    assert.deepEqual(slowAnswer.value, { ok: true });
+    assert.equal(quickAnswer.id, 7);
+    assert.ok("params" in quickAnswer.value, "the quick call got its own answer, not the sleep's");
+  });
+
+  it("acts with the vault as of each request: a changed entry replaces the process, a deleted one refuses", async () => {
+    const vault = createVaultDouble();
+    const { client, events } = bridge({ vault }, { GITHUB_TOKEN: "vault:github_token" });
+    await vault.put(ownerScope(alice), "github_token", "alice-token-one");
+    const first = await call(client, alice, "env");
+    assert.equal(first.value["GITHUB_TOKEN"], "alice-token-one");
+    const firstPid = await pidOf(client, alice);
+
+    await vault.put(ownerScope(alice), "github_token", "alice-token-two");
+    const second = await call(client, alice, "env");
+    assert.equal(second.value["GITHUB_TOKEN"], "alice-token-two");
+    assert.notEqual(await pidOf(client, alice), firstPid);
+    await eventually(() => !alive(firstPid), "the process holding the replaced credential ends");
+    assert.ok(
+      events.some((event) => event.type === "process.ended" && event.reason === "credentials-changed"),
+    );
+
+    const secondPid = await pidOf(client, alice);
+    await vault.delete(ownerScope(alice), "github_token");
+    await assert.rejects(call(client, alice, "env"), (error) => {
+      assert.ok(isGateError(error, "ERR_CREDENTIAL_REQUIRED"));
+      assert.equal(error.credential, "github_token");
+      return true;
+    });
+    await eventually(() => !alive(secondPid), "the process holding the deleted credential ends");
+
+    // Bob never had the entry: refused before anything starts for him.
+    const started = events.filter((event) => event.type === "process.started").length;
+    await assert.rejects(call(client, bob, "env"), (error) => isGateError(error, "ERR_CREDENTIAL_REQUIRED"));
+    assert.equal(events.filter((event) => event.type === "process.started").length, started);
+  });
+
+  it("a crash fails the requests in flight; the principal's next request starts a new process", async () => {
+    const { client } = bridge();
+    const before = await pidOf(client, alice);
+    const bobs = await pidOf(client, bob);
+    await assert.rejects(call(client, alice, "crash"), (error) =>
+      isGateError(error, "ERR_UPSTREAM_UNAVAILABLE"),
+    );
+    const after = await pidOf(client, alice);
+    assert.notEqual(after, before);
+    assert.equal(await pidOf(client, bob), bobs, "bob's process is untouched");
+  });
+
+  it("an anonymous caller's request gets a process of its own, ended with the answer", async () => {
+    const { client, events } = bridge();
+    const pid = await pidOf(client, anonymousPrincipal());
+    await eventually(() => !alive(pid), "the anonymous request's process ends");
+    const other = await pidOf(client, anonymousPrincipal());
+    assert.notEqual(other, pid);
+    await eventually(
+      () =>
+        events.filter((event) => event.type === "process.ended" && event.reason === "answered").length === 2,
+      "both processes ended as answered",
+    );
+  });
+
+  it("answers the server's own requests itself (no client to ask) and drops its notifications", async () => {
+    const { client } = bridge();
+    const asked = await call(client, alice, "ask");
+    const answer = (asked.value as { answer: { error?: { code: number } } }).answer;
+    assert.equal(answer.error?.code, -32601);
+    assert.deepEqual((await call(client, alice, "notify", { text: "hello" })).value, { ok: true });
+  });
+
+  it("a caller who leaves cancels the request at the server (2026-07-28 cancellation)", async () => {
+    const { client, stderr } = bridge();
+    await pidOf(client, alice);
+    const controller = new AbortController();
+    const pending = send(
+      client,
+      alice,
+      { id: 3, method: "tools/call", params: { name: "sleep", arguments: { ms: 5_000 }, _meta: envelope() } },
+      controller.signal,
+    );
+    await delay(200);
+    controller.abort();
+    await assert.rejects(pending, (error) => isGateError(error, "ERR_UPSTREAM_UNAVAILABLE"));
+    await eventually(
+      () => stderr.some((line) => /^probe: cancelled \d+$/.test(line)),
+      "the server hears of it",
+    );
+  });
+
+  it("counts the principal's process against its cap, ends it when idle, and forgets it at close", async () => {
+    const { client, events } = bridge({ maxProcessesPerPrincipal: 1, idleTimeoutMs: 300 });
+    const pid = await pidOf(client, alice);
+    await eventually(() => !alive(pid), "the idle process ends");
+    assert.ok(events.some((event) => event.type === "process.ended" && event.reason === "idle"));
+    // A legacy initialize meets the cap while the modern process lives.
+    const live = await pidOf(client, alice);
+    await assert.rejects(
+      client.request({
+        method: "POST",
+        headers: { "content-type": "application/json", "mcp-protocol-version": "2025-11-25" },
+        body: Buffer.from(
+          JSON.stringify({
+            jsonrpc: "2.0",
+            id: 1,
+            method: "initialize",
+            params: {
+              protocolVersion: "2025-11-25",
+              capabilities: {},
+              clientInfo: { name: "t", version: "1" },
+            },
+          }),
+        ),
+        principal: alice,
+      }),
+      (error) => isGateError(error, "ERR_CONNECTION_LIMIT"),
+    );
+    await client.close();
+    await eventually(() => !alive(live), "close ends the principal's process");
+  });
+
+  it("without the option, a modern request is refused with -32022 and nothing starts", async () => {
+    const { client, events } = bridge({ modern: "off" });
+    const answer = await send(client, alice, { id: 1, method: "tools/list", params: { _meta: envelope() } });
+    assert.equal(answer.status, 400);
+    assert.equal((answer.json?.["error"] as { code: number }).code, -32022);
+    assert.equal(events.length, 0);
+  });
+});
