@@ -344,7 +344,7 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     const { client, events } = bridge({ modern: "off" });
     const answer = await send(client, alice, { id: 1, method: "tools/list", params: { _meta: envelope() } });
     assert.equal(answer.status, 400);
-    assert.equal((answer.json?.["error"] as { code: number }).code, -32022);
+    assert.deepEqual(answer.json?.["error"], { code: -32022, message: "Unsupported protocol version" });
     assert.equal(events.length, 0);
   });
 });
