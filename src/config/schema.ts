@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { GATEWAY_PROTOCOL_VERSIONS } from "../gateway/protocol-era.ts";
 import { ASYMMETRIC_JWT_ALGORITHMS, type JwtAlgorithm } from "../identity/jwt-authenticator.ts";
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from "../log/log-level.ts";
 import { environmentVaultReference, parseInjectTemplate } from "../vault/injection.ts";
@@ -363,6 +364,27 @@ const upstreamSchema = z
           code: "custom",
           message: "names a vault entry that is not 1-64 characters of a-z 0-9 _ starting with a letter",
           path: ["env", variable],
+        });
+      }
+    }
+    if (upstream.command !== undefined) {
+      // A stdio server is initialized once, by one principal: modern requests, which carry no
+      // session, need a process per principal, which the bridge runs only when told to.
+      const perPrincipal = upstream.stdio?.modern === "per-principal";
+      const declared = upstream.protocolVersions;
+      const modern = GATEWAY_PROTOCOL_VERSIONS.modern.filter((version) => declared?.includes(version));
+      if (modern.length > 0 && !perPrincipal) {
+        ctx.addIssue({
+          code: "custom",
+          message: `lists ${modern.join(", ")}: a command upstream serves modern requests only with stdio.modern "per-principal"`,
+          path: ["protocolVersions"],
+        });
+      }
+      if (perPrincipal && declared !== undefined && modern.length === 0) {
+        ctx.addIssue({
+          code: "custom",
+          message: `"per-principal" needs protocolVersions to list ${GATEWAY_PROTOCOL_VERSIONS.modern.join(", ")} or to be unset`,
+          path: ["stdio", "modern"],
         });
       }
     }

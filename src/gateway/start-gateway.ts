@@ -118,24 +118,6 @@ export async function startGateway(
           `upstreams[${index}].protocolVersions lists no version this gateway serves (${servable.join(", ")})`,
         );
       }
-      if (upstream.transport === "stdio") {
-        // A stdio server is initialized once, by one principal: modern requests, which carry no
-        // session, need a process per principal, which the bridge runs only when told to.
-        const perPrincipal = upstream.stdio.modern === "per-principal";
-        const modern = versionsOf(upstream).modern.length > 0;
-        if (modern && !perPrincipal) {
-          throw new GateError(
-            "ERR_CONFIG_INVALID",
-            `upstreams[${index}].protocolVersions: a command upstream serves modern requests only with stdio.modern "per-principal"`,
-          );
-        }
-        if (perPrincipal && !modern) {
-          throw new GateError(
-            "ERR_CONFIG_INVALID",
-            `upstreams[${index}].stdio.modern: "per-principal" needs protocolVersions to list a modern version (${GATEWAY_PROTOCOL_VERSIONS.modern.join(", ")}) or to be unset`,
-          );
-        }
-      }
     }
 
     const keyring = await loadKeyring(config.secrets, {

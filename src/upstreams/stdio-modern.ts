@@ -24,6 +24,20 @@ const ENVELOPE_META_KEYS = new Set([
   "io.modelcontextprotocol/clientInfo",
 ]);
 const SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo";
+/**
+ * Results that 2026-07-28 makes cacheable (SEP-2549: `ttlMs` and `cacheScope` required). A 2025
+ * server states neither; the bridge says "do not cache, and never across callers": what a process
+ * lists is its principal's (its credentials may decide it), so "public" could hand one principal's
+ * list to another through a shared cache.
+ */
+const CACHEABLE_METHODS = new Set([
+  "tools/list",
+  "prompts/list",
+  "resources/list",
+  "resources/templates/list",
+  "resources/read",
+]);
+const UNCACHEABLE = Object.freeze({ ttlMs: 0, cacheScope: "private" });
 
 /**
  * Server capabilities relayed in `server/discover`. Only what works through the bridge: list-changed
@@ -107,6 +121,7 @@ export function discoverAnswer(
     id,
     result: {
       resultType: "complete",
+      ...UNCACHEABLE,
       supportedVersions: [...supportedVersions],
       capabilities,
       ...(server.instructions !== undefined ? { instructions: server.instructions } : {}),
@@ -129,18 +144,18 @@ export function serverRequest(message: Record<string, unknown>, bridgeId: number
 }
 
 /**
- * The server's answer under the client's id. A result gains `resultType: "complete"` (2026-07-28:
- * every result says what kind it is; a 2025 server only ever completes). An error passes as it is.
+ * The server's answer to `method` under the client's id, as a 2026-07-28 result: it says what kind it
+ * is (`resultType`: a 2025 server only ever completes) and, where cacheable, that it must not be
+ * cached. What the server set itself is kept. An error passes as it is.
  */
-export function clientAnswer(text: string, clientId: JsonRpcId): string {
+export function clientAnswer(text: string, clientId: JsonRpcId, method: string): string {
   const message = JSON.parse(text) as Record<string, unknown>;
   const result = message["result"];
   if (isRecord(result)) {
-    return JSON.stringify({
-      jsonrpc: "2.0",
-      id: clientId,
-      result: "resultType" in result ? result : { resultType: "complete", ...result },
-    });
+    const defaults = CACHEABLE_METHODS.has(method)
+      ? { resultType: "complete", ...UNCACHEABLE }
+      : { resultType: "complete" };
+    return JSON.stringify({ jsonrpc: "2.0", id: clientId, result: { ...defaults, ...result } });
   }
   return JSON.stringify({ jsonrpc: "2.0", id: clientId, error: message["error"] });
 }

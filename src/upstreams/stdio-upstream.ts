@@ -1059,7 +1059,7 @@ export function createStdioUpstreamClient(
       const forwarded = serverRequest(raw as Record<string, unknown>, id);
       // 2026-07-28 cancellation: the client closing its response stream cancels the request.
       const text = await exchange(proc, [forwarded], [id], false, request.signal, true);
-      return jsonAnswer(200, clientAnswer(text, message.id));
+      return jsonAnswer(200, clientAnswer(text, message.id, message.method));
     } finally {
       // A throwaway principal never comes back: its process would only wait for the idle timeout.
       if (principal.kind === "anonymous") terminate(proc, "answered");

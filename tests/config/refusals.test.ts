@@ -493,6 +493,33 @@ const table: Array<[string, string, unknown, string]> = [
     "upstreams[0].env.TOKEN names a vault entry that is not",
   ],
   [
+    "a command upstream declaring a modern version without a process per principal",
+    "upstreams",
+    [
+      {
+        name: "files",
+        path: "/files",
+        command: "files-server",
+        protocolVersions: ["2025-11-25", "2026-07-28"],
+      },
+    ],
+    'upstreams[0].protocolVersions lists 2026-07-28: a command upstream serves modern requests only with stdio.modern "per-principal"',
+  ],
+  [
+    "a process per principal for modern requests on a command upstream declaring none",
+    "upstreams",
+    [
+      {
+        name: "files",
+        path: "/files",
+        command: "files-server",
+        protocolVersions: ["2025-11-25"],
+        stdio: { modern: "per-principal" },
+      },
+    ],
+    'upstreams[0].stdio.modern "per-principal" needs protocolVersions to list 2026-07-28 or to be unset',
+  ],
+  [
     "stdio settings on a url upstream",
     "upstreams",
     [upstream({ stdio: { maxProcesses: 2 } })],

@@ -179,6 +179,8 @@ describe("stdio bridge, modern requests served by one process per principal", ()
       id: "d-1",
       result: {
         resultType: "complete",
+        ttlMs: 0,
+        cacheScope: "private",
         supportedVersions: [MODERN],
         capabilities: { tools: {} },
         _meta: { "io.modelcontextprotocol/serverInfo": { name: "stdio-probe", version: "1.0.0" } },
@@ -213,6 +215,16 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     const received = seen.value as { id: unknown; params: { _meta?: Record<string, unknown> } };
     assert.equal(typeof received.id, "number", "the server sees the bridge's id, not the client's");
     assert.deepEqual(received.params._meta, { progressToken: "p-1", custom: 1 });
+  });
+
+  it("a list result says it must not be cached, and never across callers", async () => {
+    const { client } = bridge();
+    const answer = await send(client, alice, { id: 2, method: "tools/list", params: { _meta: envelope() } });
+    const result = answer.json?.["result"] as Record<string, unknown>;
+    assert.equal(result["resultType"], "complete");
+    assert.equal(result["ttlMs"], 0);
+    assert.equal(result["cacheScope"], "private");
+    assert.ok(Array.isArray(result["tools"]));
   });
 
   it("concurrent requests of one principal with the same JSON-RPC id each get their own answer", async () => {
