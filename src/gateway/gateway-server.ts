@@ -203,9 +203,10 @@ interface McpContext {
  * authentication, session ownership, forward, claim what the upstream minted, respond, audit.
  * Every refusal leaves a security event and a generic answer whose body depends only on its code.
  *
- * Only the legacy era is served here (2025-03-26 .. 2025-11-25, `initialize` + `Mcp-Session-Id`);
- * a modern or unknown version is answered with -32022 listing the legacy versions the upstream
- * speaks, which makes SDK v2 clients fall back to `initialize`.
+ * Each request is placed in its era by `MCP-Protocol-Version`: legacy (2025-03-26 .. 2025-11-25,
+ * `initialize` + `Mcp-Session-Id`) or modern (2026-07-28, self-contained). A version the upstream
+ * does not speak through the gateway, or an unknown one, is answered with -32022 listing those it
+ * does, which makes SDK v2 clients fall back to `initialize`.
  */
 export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler {
   const { config, authenticator, signer, sessions, tasks, events } = deps;
