@@ -125,7 +125,7 @@ for (const backend of await storeBackendCases("stdio-modern-e2e")) {
       delete process.env["STDIO_CANARY"];
     });
 
-    it("C1 C4 each principal's modern requests reach its own process, with its own credential, and no session", async () => {
+    it("C4 each principal's modern requests reach its own process, with only its own credential and nothing of the gateway's, and no session", async () => {
       await enroll("alice", "ghp_alice_modern_secret");
       await enroll("bob", "ghp_bob_modern_secret");
       const alice = await connect("/probe", "alice");

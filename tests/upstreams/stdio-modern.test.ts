@@ -188,7 +188,7 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     });
   });
 
-  it("one process per principal: the same one for every request of its owner, never another's", async () => {
+  it("C4 one process per principal: the same one for every request of its owner, never another's", async () => {
     const { client, events } = bridge();
     const first = await pidOf(client, alice);
     const again = await pidOf(client, alice);
@@ -237,7 +237,7 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     assert.ok("params" in quickAnswer.value, "the quick call got its own answer, not the sleep's");
   });
 
-  it("acts with the vault as of each request: a changed entry replaces the process, a deleted one refuses", async () => {
+  it("C1 acts with the vault as of each request: a changed entry replaces the process, a deleted one refuses", async () => {
     const vault = createVaultDouble();
     const { client, events } = bridge({ vault }, { GITHUB_TOKEN: "vault:github_token" });
     await vault.put(ownerScope(alice), "github_token", "alice-token-one");
