@@ -152,7 +152,7 @@ for (const backend of await storeBackendCases("stdio-modern-e2e")) {
       }
     });
 
-    it("C1 a principal without the entry gets ERR_CREDENTIAL_REQUIRED naming it, and nothing starts", async () => {
+    it("C1 a principal without the entry gets ERR_CREDENTIAL_REQUIRED naming it, on its first modern request", async () => {
       const response = await fetch(`${harness.url}/probe`, {
         method: "POST",
         headers: {
