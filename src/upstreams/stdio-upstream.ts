@@ -229,6 +229,12 @@ interface BridgedProcess {
   binding: ProcessBinding | undefined;
   /** How many resyncs the bridge had heard when this process's initialize began. */
   readonly resyncsAtStart: number;
+  /**
+   * The newest kill-switch generation heard while the process was not bound yet (0: none), judged
+   * at bind. Kept per process, not bridge-wide: a kill switch whose generation is unknown (it failed
+   * in the store) is sent as the largest one, and must not end every session bound after it.
+   */
+  killSwitchBeforeBind: number;
   readonly dir: string;
   readonly uid: number | undefined;
   /** Vault values injected into this process's env, longest first (scrubbed from its stderr). */
@@ -278,11 +284,6 @@ export function createStdioUpstreamClient(
   let uidCursor = uidRange?.[0] ?? 0;
   let closed = false;
   let closing: Promise<void> | undefined;
-  /**
-   * The highest kill-switch generation heard: a process bound after the notice (its initialize was
-   * in flight) to a session older than that must not escape it.
-   */
-  let killGenerationSeen = 0;
   /** Resyncs heard so far (notices may have been lost each time). */
   let resyncs = 0;
 
@@ -469,6 +470,7 @@ export function createStdioUpstreamClient(
       principalDigest: principalDigest(ownerScope(principal)),
       binding: undefined,
       resyncsAtStart,
+      killSwitchBeforeBind: 0,
       dir,
       uid,
       secrets,
@@ -1006,7 +1008,7 @@ export function createStdioUpstreamClient(
         stillValid: binding.stillValid,
       };
       // A kill switch heard while the session was being recorded, newer than the session.
-      if (binding.killGeneration < killGenerationSeen) {
+      if (binding.killGeneration < proc.killSwitchBeforeBind) {
         terminate(proc, "revoked");
         return;
       }
@@ -1019,9 +1021,12 @@ export function createStdioUpstreamClient(
         for (const proc of [...live]) revalidate(proc);
         return;
       }
-      if (signal.kind === "all") killGenerationSeen = Math.max(killGenerationSeen, signal.generation);
       for (const proc of [...live]) {
         if (revokedBy(proc, signal)) terminate(proc, "revoked");
+        else if (signal.kind === "all" && proc.binding === undefined) {
+          // Its initialize is in flight: its session, once recorded, may predate this kill switch.
+          proc.killSwitchBeforeBind = Math.max(proc.killSwitchBeforeBind, signal.generation);
+        }
       }
     },
     close() {

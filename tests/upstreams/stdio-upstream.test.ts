@@ -1321,6 +1321,21 @@ describe("stdio upstream bridge", () => {
     await endedByRevocation(client, log, alice, lateNewer, procs.lateNewer);
   });
 
+  it("S13 a kill switch of unknown generation (sent as the largest) ends what exists, not the sessions started after it", async () => {
+    const { client, log } = newClient();
+    const existing = await openSession(client, alice);
+    const existingProc = await processOf(client, log, alice, existing);
+    bind(client, existing, { killGeneration: 5 });
+    revoke(client, { kind: "all", generation: Number.MAX_SAFE_INTEGER });
+    await endedByRevocation(client, log, alice, existing, existingProc);
+    // The store recorded whichever generation it did; a session made afterwards is bound with it.
+    const later = await openSession(client, alice);
+    const laterProc = await processOf(client, log, alice, later);
+    bind(client, later, { killGeneration: 6 });
+    await delay(200);
+    await stillServing(client, alice, later, laterProc);
+  });
+
   it("S13 resync: a process whose session no longer resolves ends, one whose check keeps failing ends (fail closed), others live", async () => {
     const { client, log } = newClient({ maxProcessesPerPrincipal: 8 });
     const gone = await openSession(client, alice);
