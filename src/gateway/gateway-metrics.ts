@@ -234,6 +234,9 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       return {
         url: client.url,
         close: () => client.close(),
+        // Revocations must reach an in-process upstream through the wrapper too.
+        ...(client.bindSession ? { bindSession: client.bindSession.bind(client) } : {}),
+        ...(client.applyRevocation ? { applyRevocation: client.applyRevocation.bind(client) } : {}),
         async request(request) {
           const started = performance.now();
           try {

@@ -153,7 +153,8 @@ export interface GatewayHandler {
   /**
    * Acts on what the revocation bus heard: ends the open streams a notice names (a session's, a
    * principal's, or, for the kill switch, every stream but those of sessions created after it); on
-   * `resync` re-checks every open stream against the store and ends those it cannot vouch for.
+   * `resync` re-checks every open stream against the store and ends those it cannot vouch for. Every
+   * signal is also handed to the upstream clients that hold something per session (stdio processes).
    */
   applyRevocation(signal: RevocationSignal): void;
 }
@@ -313,6 +314,26 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       return routes.match(path.slice(SESSION_INFO_PREFIX.length)) !== undefined;
     }
     return routes.match(path) !== undefined || routes.matchMetadata(path) !== undefined;
+  }
+
+  /**
+   * A revocation on this replica (heard on the bus, made by an operator here, or a session the cap
+   * evicted here): the open streams it names end, and so does what in-process upstreams hold for it.
+   */
+  function revokeHere(signal: RevocationSignal): void {
+    for (const client of deps.upstreamClients.values()) {
+      try {
+        client.applyRevocation?.(signal);
+      } catch {
+        // One upstream's failure must not keep the revocation from the others or from the streams.
+      }
+    }
+    for (const [response, missed] of missedSignals) {
+      if (missed.length < MAX_MISSED_SIGNALS) missed.push(signal);
+      else missedSignals.set(response, [Object.freeze({ kind: "resync" })]);
+    }
+    if (signal.kind === "resync") revalidateStreams();
+    else endStreamsWhere((stream) => revokedBy(stream, signal));
   }
 
   function endStreamsOf(sessionDigest: string): void {
@@ -1004,9 +1025,19 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
     }
     const { sessionId, session } = created;
     noteSession(context.response, session, principal);
-    // Sessions the cap removed are ended like a DELETE ends one: their open streams with them.
+    if (upstreamSessionId !== undefined) {
+      // An in-process upstream (stdio) learns which session its process serves, so a revocation
+      // naming that session, or a kill switch newer than it, ends the process at once.
+      context.client.bindSession?.(upstreamSessionId, {
+        sessionDigest: session.sessionDigest,
+        killGeneration: session.killGeneration,
+        stillValid: async () => (await sessions.resolve(sessionId, principal, upstream.name)) !== null,
+      });
+    }
+    // Sessions the cap removed are ended like a DELETE ends one: their open streams with them, and
+    // their stdio processes (here, whether or not the bus takes the notice).
     for (const evicted of created.evicted) {
-      endStreamsOf(evicted.sessionDigest);
+      revokeHere({ kind: "session", sessionDigest: evicted.sessionDigest });
       announceSessionEnd(evicted.sessionDigest);
       events.emit({
         type: "session.ended",
@@ -1789,14 +1820,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
       // GET streams only: a streamed answer to a POST is a request in flight, which shutdown lets finish.
       endStreamsWhere((stream) => stream.endsAtShutdown);
     },
-    applyRevocation(signal) {
-      for (const [response, missed] of missedSignals) {
-        if (missed.length < MAX_MISSED_SIGNALS) missed.push(signal);
-        else missedSignals.set(response, [Object.freeze({ kind: "resync" })]);
-      }
-      if (signal.kind === "resync") return revalidateStreams();
-      endStreamsWhere((stream) => revokedBy(stream, signal));
-    },
+    applyRevocation: revokeHere,
     get openStreamCount() {
       return openStreams.size;
     },

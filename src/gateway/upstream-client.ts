@@ -2,6 +2,7 @@ import type { Readable } from "node:stream";
 import { Pool } from "undici";
 import { GateError } from "../errors.ts";
 import type { Principal } from "../identity/principal.ts";
+import type { RevocationSignal } from "../sessions/revocation-bus.ts";
 
 export interface UpstreamResponse {
   readonly status: number;
@@ -20,10 +21,29 @@ export interface UpstreamRequest {
   readonly principal?: Principal;
 }
 
+/** The gateway session an upstream session belongs to, as a revocation names it. */
+export interface UpstreamSessionBinding {
+  readonly sessionDigest: string;
+  /** The session's kill generation: a kill switch of a later generation ends it. */
+  readonly killGeneration: number;
+  /** Whether the gateway session still resolves (asked after notices may have been lost). */
+  readonly stillValid: () => Promise<boolean>;
+}
+
 export interface UpstreamClient {
   readonly url: string;
   request(request: UpstreamRequest): Promise<UpstreamResponse>;
   close(): Promise<void>;
+  /**
+   * In-process upstreams (stdio) only: the gateway recorded a session whose upstream session id is
+   * `upstreamSessionId`, so a revocation naming that session can end what the upstream holds for it.
+   */
+  bindSession?(upstreamSessionId: string, binding: UpstreamSessionBinding): void;
+  /**
+   * In-process upstreams (stdio) only: a revocation this replica heard (or made). What it names ends
+   * at once, not at an idle timeout: a stdio process holds its principal's credentials and a cap slot.
+   */
+  applyRevocation?(signal: RevocationSignal): void;
 }
 
 export interface UpstreamClientOptions {

@@ -35,7 +35,10 @@ export interface RevocationOptions {
   readonly tasks: TaskRegistry;
   readonly bus: RevocationBus;
   readonly events: SecurityEvents;
-  /** Applies a notice to this replica's own open streams, without waiting for the bus. */
+  /**
+   * Applies a notice to this replica's own open streams and stdio processes, without waiting for the
+   * bus (so they end here even when the publish fails).
+   */
   readonly applyLocally: (signal: RevocationSignal) => void;
 }
 

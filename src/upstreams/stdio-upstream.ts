@@ -10,6 +10,12 @@
  * its session (DELETE, idle timeout, crash, misbehaviour, shutdown), its directories with it. A new
  * session, even of the same principal, gets a new process.
  *
+ * Revocation. The gateway binds each process to the session it recorded for it (`bindSession`) and
+ * hands the bridge every revocation this replica hears (`applyRevocation`): a revoked session, a
+ * revoked principal, the kill switch, a session the per-principal cap evicted. The process ends at
+ * once rather than at the idle timeout, since until it ends it holds the principal's credentials and
+ * a cap slot for a session nobody may use any more.
+ *
  * Processes live on the replica that started them. The session id minted here (the gateway stores it
  * sealed; the client never sees it) is known only to this replica's bridge: on another replica it
  * answers 404 and the gateway ends the session as "upstream gone". A deployment with more than one
@@ -51,8 +57,14 @@ import { mintId } from "../crypto/ids.ts";
 import { GateError, invalidArgument } from "../errors.ts";
 import { type JsonRpcId, parseJsonRpcBody } from "../gateway/json-rpc-body.ts";
 import { GATEWAY_PROTOCOL_VERSIONS } from "../gateway/protocol-era.ts";
-import type { UpstreamClient, UpstreamRequest, UpstreamResponse } from "../gateway/upstream-client.ts";
+import type {
+  UpstreamClient,
+  UpstreamRequest,
+  UpstreamResponse,
+  UpstreamSessionBinding,
+} from "../gateway/upstream-client.ts";
 import { ownerScope, type Principal, samePrincipal } from "../identity/principal.ts";
+import { principalDigest, type RevocationNotice, type RevocationSignal } from "../sessions/revocation-bus.ts";
 import { environmentVaultReference } from "../vault/injection.ts";
 import { VAULT_ENTRY_NAME, type Vault } from "../vault/vault.ts";
 import {
@@ -139,6 +151,8 @@ export type StdioEndReason =
   | "start-timeout"
   | "start-failed"
   | "initialize-refused"
+  /** A revocation named it: its session, its principal, the kill switch, or a failed re-check. */
+  | "revoked"
   | "closed";
 
 export type StdioProcessEvent =
@@ -188,6 +202,9 @@ const SHARED_WRITABLE_ROOTS = ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
 const MAX_SHARED_ENTRIES_WALKED = 100_000;
 /** 128 random bits, hex: a process directory's name, unguessable by its siblings. */
 const PROCESS_DIRECTORY_NAME = /^[0-9a-f]{32}$/;
+/** After notices may have been lost: how often a session's re-check is tried, and the backoff step. */
+const REVALIDATE_ATTEMPTS = 5;
+const REVALIDATE_RETRY_MS = 250;
 
 const DEFAULTS = {
   maxProcesses: 64,
@@ -218,6 +235,22 @@ interface Exchange {
   reject(error: unknown): void;
 }
 
+/**
+ * What a revocation can name a process by. Null fields describe a process no gateway session names:
+ * no session notice matches it, every kill switch ends it, and a re-check after lost notices ends it.
+ */
+interface ProcessBinding {
+  readonly sessionDigest: string | null;
+  readonly killGeneration: number | null;
+  readonly stillValid: (() => Promise<boolean>) | null;
+}
+
+const SESSIONLESS_BINDING: ProcessBinding = Object.freeze({
+  sessionDigest: null,
+  killGeneration: null,
+  stillValid: null,
+});
+
 interface BridgedProcess {
   /**
    * "session": started by a legacy `initialize`, reached by its session id. "principal": the one
@@ -227,6 +260,18 @@ interface BridgedProcess {
   readonly sessionId: string;
   readonly context: StdioProcessContext;
   readonly owner: Principal;
+  /** The owner as a principal revocation names it. */
+  readonly principalDigest: string;
+  /** Set once the gateway has recorded the session (`bindSession`); undefined until then. */
+  binding: ProcessBinding | undefined;
+  /** How many resyncs the bridge had heard when this process's initialize began. */
+  readonly resyncsAtStart: number;
+  /**
+   * The newest kill-switch generation heard while the process was not bound yet (0: none), judged
+   * at bind. Kept per process, not bridge-wide: a kill switch whose generation is unknown (it failed
+   * in the store) is sent as the largest one, and must not end every session bound after it.
+   */
+  killSwitchBeforeBind: number;
   readonly dir: string;
   readonly uid: number | undefined;
   /** Vault values injected into this process's env, longest first (scrubbed from its stderr). */
@@ -301,6 +346,8 @@ export function createStdioUpstreamClient(
   let uidCursor = uidRange?.[0] ?? 0;
   let closed = false;
   let closing: Promise<void> | undefined;
+  /** Resyncs heard so far (notices may have been lost each time). */
+  let resyncs = 0;
 
   const emit = (event: StdioProcessEvent): void => {
     try {
@@ -414,6 +461,7 @@ export function createStdioUpstreamClient(
     release: () => void,
     environment: ProcessEnvironment,
     kind: BridgedProcess["kind"],
+    resyncsAtStart: number,
   ): Promise<BridgedProcess> {
     const { secrets, credentialTag } = environment;
     const env = { ...environment.env };
@@ -485,6 +533,12 @@ export function createStdioUpstreamClient(
       sessionId: mintId(),
       context: Object.freeze({ upstream: upstream.name, processRef: randomBytes(6).toString("hex") }),
       owner: principal,
+      principalDigest: principalDigest(ownerScope(principal)),
+      // A principal's modern process has no session: like the gateway's modern streams, every kill
+      // switch and every re-check after lost notices ends it (its next request starts it afresh).
+      binding: kind === "principal" ? SESSIONLESS_BINDING : undefined,
+      resyncsAtStart,
+      killSwitchBeforeBind: 0,
       dir,
       uid,
       secrets,
@@ -812,10 +866,11 @@ export function createStdioUpstreamClient(
     principal: Principal,
     environment: ProcessEnvironment,
     kind: BridgedProcess["kind"],
+    resyncsAtStart: number,
   ): Promise<BridgedProcess> {
     const release = reserve(principal);
     try {
-      return await launch(principal, release, environment, kind);
+      return await launch(principal, release, environment, kind, resyncsAtStart);
     } catch (error) {
       release();
       throw error;
@@ -866,7 +921,8 @@ export function createStdioUpstreamClient(
     if (parsed.payload.batch || first?.kind !== "request" || first.method !== "initialize") {
       return sessionRequired();
     }
-    const proc = await startProcess(principal, await environmentFor(principal), "session");
+    const resyncsAtStart = resyncs;
+    const proc = await startProcess(principal, await environmentFor(principal), "session", resyncsAtStart);
     const text = await awaitInitialized(proc, message, first.id);
     if (!Object.hasOwn(JSON.parse(text) as object, "result")) {
       // The server refused to initialize: it holds no session, so it is ended and no id is minted;
@@ -968,6 +1024,7 @@ export function createStdioUpstreamClient(
    */
   async function principalProcess(principal: Principal): Promise<BridgedProcess> {
     const key = principalKey(principal);
+    const resyncsAtStart = resyncs;
     let environment: ProcessEnvironment;
     try {
       environment = await environmentFor(principal);
@@ -991,7 +1048,10 @@ export function createStdioUpstreamClient(
       const next = principals.get(key);
       if (next !== undefined && next !== current) return next.ready;
     }
-    const slot: PrincipalSlot = { ready: startPrincipalProcess(principal, environment), proc: undefined };
+    const slot: PrincipalSlot = {
+      ready: startPrincipalProcess(principal, environment, resyncsAtStart),
+      proc: undefined,
+    };
     principals.set(key, slot);
     slot.ready.then(
       (proc) => {
@@ -1010,8 +1070,9 @@ export function createStdioUpstreamClient(
   async function startPrincipalProcess(
     principal: Principal,
     environment: ProcessEnvironment,
+    resyncsAtStart: number,
   ): Promise<BridgedProcess> {
-    const proc = await startProcess(principal, environment, "principal");
+    const proc = await startProcess(principal, environment, "principal", resyncsAtStart);
     const id = proc.nextId++;
     const text = await awaitInitialized(
       proc,
@@ -1092,6 +1153,57 @@ export function createStdioUpstreamClient(
     return streamAnswer(stream);
   }
 
+  /** Whether a notice names a process, as the gateway decides for its open streams. */
+  function revokedBy(proc: BridgedProcess, notice: RevocationNotice): boolean {
+    switch (notice.kind) {
+      case "session":
+        return proc.binding !== undefined && proc.binding.sessionDigest === notice.sessionDigest;
+      case "principal":
+        // Bound or not: a process still starting for a revoked principal must not start.
+        return proc.principalDigest === notice.principalDigest;
+      case "all": {
+        // Not bound yet: its session may be newer than the kill switch; bindSession judges it.
+        const binding = proc.binding;
+        return (
+          binding !== undefined &&
+          (binding.killGeneration === null || binding.killGeneration < notice.generation)
+        );
+      }
+    }
+  }
+
+  /**
+   * After notices may have been lost: the process lives on only if its session still resolves. A
+   * check that keeps failing ends it (fail closed), as an open stream of the gateway ends.
+   */
+  function revalidate(proc: BridgedProcess): void {
+    const binding = proc.binding;
+    if (binding === SESSIONLESS_BINDING) {
+      terminate(proc, "revoked");
+      return;
+    }
+    // Still starting: bindSession re-checks it once it knows the session.
+    if (binding === undefined || proc.state !== "running") return;
+    const check = binding.stillValid;
+    if (check === null) {
+      terminate(proc, "revoked");
+      return;
+    }
+    const judge = async (): Promise<boolean> => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return (await check()) === true;
+        } catch {
+          if (attempt >= REVALIDATE_ATTEMPTS || proc.state !== "running") return false;
+          await new Promise((done) => setTimeout(done, REVALIDATE_RETRY_MS * attempt));
+        }
+      }
+    };
+    void judge().then((valid) => {
+      if (!valid) terminate(proc, "revoked");
+    });
+  }
+
   return {
     url: `stdio:${upstream.name}`,
     async request(request) {
@@ -1124,6 +1236,37 @@ export function createStdioUpstreamClient(
           return emptyAnswer(204);
         default:
           return emptyAnswer(405);
+      }
+    },
+    bindSession(upstreamSessionId: string, binding: UpstreamSessionBinding) {
+      const proc = sessions.get(upstreamSessionId);
+      // Never replaced: a second binding could move a process out of a revocation's reach.
+      if (proc === undefined || proc.state !== "running" || proc.binding !== undefined) return;
+      proc.binding = {
+        sessionDigest: binding.sessionDigest,
+        killGeneration: binding.killGeneration,
+        stillValid: binding.stillValid,
+      };
+      // A kill switch heard while the session was being recorded, newer than the session.
+      if (binding.killGeneration < proc.killSwitchBeforeBind) {
+        terminate(proc, "revoked");
+        return;
+      }
+      // Notices may have been lost while it could not be named: it is judged as a resync would have.
+      if (resyncs !== proc.resyncsAtStart) revalidate(proc);
+    },
+    applyRevocation(signal: RevocationSignal) {
+      if (signal.kind === "resync") {
+        resyncs++;
+        for (const proc of [...live]) revalidate(proc);
+        return;
+      }
+      for (const proc of [...live]) {
+        if (revokedBy(proc, signal)) terminate(proc, "revoked");
+        else if (signal.kind === "all" && proc.binding === undefined) {
+          // Its initialize is in flight: its session, once recorded, may predate this kill switch.
+          proc.killSwitchBeforeBind = Math.max(proc.killSwitchBeforeBind, signal.generation);
+        }
       }
     },
     close() {

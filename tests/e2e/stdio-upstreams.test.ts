@@ -2,7 +2,8 @@
  * stdio upstreams through the gateway (issue 6), with the official SDK client over real HTTP: one
  * process per session, started for the session's owner with an environment built from nothing and
  * that owner's own vault entries (THREATS C1, C4), on every store backend; and
- * `@modelcontextprotocol/server-everything` in stdio mode.
+ * `@modelcontextprotocol/server-everything` in stdio mode. A session ended by an operator's revoke, a
+ * principal's revoke, the kill switch or `evict-oldest` ends its process at once (THREATS S4, S13).
  */
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
@@ -10,7 +11,14 @@ import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { type Harness, INITIALIZE, mcpHeaders, startHarness } from "../support/gateway-harness.ts";
+import { KILL_SWITCH_CONFIRMATION } from "../../src/gateway/admin-server.ts";
+import {
+  type Harness,
+  INITIALIZE,
+  mcpHeaders,
+  startHarness,
+  TEST_ISSUER,
+} from "../support/gateway-harness.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
 const PROBE = new URL("../support/stdio-probe-server.ts", import.meta.url).pathname;
@@ -50,6 +58,38 @@ function enroll(harness: Harness, token: string, value: string): Promise<Respons
     headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
     body: JSON.stringify({ value }),
   });
+}
+
+/** Whether a pid names a process (one that exited and was reaped is ESRCH). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== "ESRCH";
+  }
+}
+
+/** Generous: the process is signalled at once; this only bounds a slow machine. */
+const EXIT_BOUND_MS = 10_000;
+
+async function exits(pid: number, what: string): Promise<void> {
+  const until = Date.now() + EXIT_BOUND_MS;
+  while (running(pid)) {
+    if (Date.now() > until) assert.fail(`${what}: pid ${pid} still runs after ${EXIT_BOUND_MS} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function admin(harness: Harness, path: string, body: unknown): Promise<unknown> {
+  assert.ok(harness.gateway.adminUrl);
+  const response = await fetch(new URL(path, harness.gateway.adminUrl), {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  assert.equal(response.status, 200, `${path}: ${response.status}`);
+  return response.json();
 }
 
 for (const backend of await storeBackendCases("stdio-e2e")) {
@@ -185,6 +225,110 @@ for (const backend of await storeBackendCases("stdio-e2e")) {
       );
       const echoed = await client.callTool({ name: "echo", arguments: { message: "hello stdio" } });
       assert.match(textOf(echoed), /hello stdio/);
+    });
+  });
+
+  describe(`stdio processes of ended sessions on ${backend.name}`, { skip: backend.skip }, () => {
+    let harness: Harness;
+    let cleanup: () => Promise<void>;
+    const clients: Client[] = [];
+    const probeUrl = () => `${harness.url}/probe`;
+    const token = (subject: string) =>
+      harness.token(subject, { audience: `${harness.gateway.config.publicUrl}/probe` });
+    const principalOf = (subject: string) => ({ issuer: TEST_ISSUER, subject, tenant: `t-${subject}` });
+
+    /** A session of `subject` through the gateway, and the pid of its process. */
+    async function session(subject: string): Promise<{ client: Client; pid: number }> {
+      const client = await connect(probeUrl(), await token(subject));
+      clients.push(client);
+      return { client, pid: (await tool(client, "whoami"))["pid"] as number };
+    }
+
+    /** Still running, and still answering its own client through the gateway. */
+    async function serving(entry: { client: Client; pid: number }): Promise<void> {
+      assert.ok(running(entry.pid), `pid ${entry.pid} runs`);
+      assert.equal((await tool(entry.client, "whoami"))["pid"], entry.pid);
+    }
+
+    async function digestsOf(subject: string): Promise<string[]> {
+      const listed = (await admin(harness, "/admin/sessions/list", { principal: principalOf(subject) })) as {
+        sessions: Array<{ session: string }>;
+      };
+      return listed.sessions.map((entry) => entry.session);
+    }
+
+    before(async () => {
+      const store = await backend.open();
+      cleanup = store.cleanup;
+      harness = await startHarness({
+        store: store.url,
+        extra: {
+          sessions: { maxPerPrincipal: 2, onLimit: "evict-oldest" },
+          upstreams: [
+            {
+              name: "probe",
+              path: "/probe",
+              command: process.execPath,
+              args: [PROBE],
+              stdio: { maxProcessesPerPrincipal: 4, startTimeout: "20s" },
+            },
+          ],
+        },
+      });
+    });
+    after(async () => {
+      for (const client of clients) await client.close().catch(() => undefined);
+      await harness?.close();
+      await cleanup?.();
+    });
+
+    it("S4 an admin revoke of one session ends its process at once; the principal's other session and another's keep answering", async () => {
+      const revoked = await session("ivan");
+      const [digest] = await digestsOf("ivan");
+      assert.ok(digest);
+      const sibling = await session("ivan");
+      const stranger = await session("judy");
+      assert.deepEqual(await admin(harness, "/admin/sessions/revoke", { session: digest }), {
+        sessions: 1,
+        tasks: 0,
+      });
+      await exits(revoked.pid, "the revoked session's process");
+      await serving(sibling);
+      await serving(stranger);
+    });
+
+    it("S4 a principal revoke ends every process of that principal at once; another principal's keeps answering", async () => {
+      const first = await session("mallory");
+      const second = await session("mallory");
+      const stranger = await session("niaj");
+      await admin(harness, "/admin/sessions/revoke", { principal: principalOf("mallory") });
+      await exits(first.pid, "the revoked principal's first process");
+      await exits(second.pid, "the revoked principal's second process");
+      await serving(stranger);
+      // Revoking ends what exists; the principal may initialize again (its token is still valid).
+      await serving(await session("mallory"));
+    });
+
+    it("evict-oldest ends the evicted session's process at once; the sessions kept keep answering", async () => {
+      const oldest = await session("olivia");
+      const middle = await session("olivia");
+      const stranger = await session("peggy");
+      const newest = await session("olivia");
+      await exits(oldest.pid, "the evicted session's process");
+      await serving(middle);
+      await serving(newest);
+      await serving(stranger);
+    });
+
+    it("S4 the kill switch ends every process at once; a session made after it keeps its process", async () => {
+      const older = [await session("rupert"), await session("sybil")];
+      await admin(harness, "/admin/kill-switch", { confirm: KILL_SWITCH_CONFIRMATION });
+      for (const entry of older) await exits(entry.pid, "a process of a session older than the kill switch");
+      const fresh = await session("rupert");
+      const other = await session("trent");
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await serving(fresh);
+      await serving(other);
     });
   });
 }

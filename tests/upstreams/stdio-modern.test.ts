@@ -14,6 +14,7 @@ import { isGateError } from "../../src/errors.ts";
 import type { UpstreamClient } from "../../src/gateway/upstream-client.ts";
 import { anonymousPrincipal } from "../../src/identity/anonymous.ts";
 import { makePrincipal, ownerScope, type Principal } from "../../src/identity/principal.ts";
+import { principalDigest } from "../../src/sessions/revocation-bus.ts";
 import {
   createStdioUpstreamClient,
   type StdioProcessEvent,
@@ -354,6 +355,29 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     );
     await client.close();
     await eventually(() => !alive(live), "close ends the principal's process");
+  });
+
+  it("S13 a principal's revocation, the kill switch and lost notices each end the modern processes they name", async () => {
+    const { client, events } = bridge();
+    const revoked = () =>
+      events.filter((event) => event.type === "process.ended" && event.reason === "revoked");
+    const [alicePid, bobPid] = [await pidOf(client, alice), await pidOf(client, bob)];
+    client.applyRevocation?.({ kind: "principal", principalDigest: principalDigest(ownerScope(alice)) });
+    await eventually(() => !alive(alicePid), "alice's process ends with her revocation");
+    assert.ok(alive(bobPid), "bob's process lives");
+    assert.equal(await pidOf(client, bob), bobPid);
+
+    // No session to tell its age by: every kill switch ends it, whatever its generation.
+    const aliceAgain = await pidOf(client, alice);
+    assert.notEqual(aliceAgain, alicePid, "her next request starts a new process");
+    client.applyRevocation?.({ kind: "all", generation: 1 });
+    await eventually(() => !alive(aliceAgain) && !alive(bobPid), "the kill switch ends both");
+
+    // A re-check after lost notices cannot judge a sessionless process: it ends (fail closed).
+    const bobAgain = await pidOf(client, bob);
+    client.applyRevocation?.({ kind: "resync" });
+    await eventually(() => !alive(bobAgain), "a resync ends it");
+    await eventually(() => revoked().length === 4, "four processes ended as revoked");
   });
 
   it("without the option, a modern request is refused with -32022 and nothing starts", async () => {

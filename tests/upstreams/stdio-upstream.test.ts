@@ -25,8 +25,14 @@ import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import type { StdioUpstreamConfig } from "../../src/config/gateway-config.ts";
 import { type GateErrorCode, isGateError } from "../../src/errors.ts";
-import type { UpstreamClient, UpstreamRequest, UpstreamResponse } from "../../src/gateway/upstream-client.ts";
+import type {
+  UpstreamClient,
+  UpstreamRequest,
+  UpstreamResponse,
+  UpstreamSessionBinding,
+} from "../../src/gateway/upstream-client.ts";
 import { makePrincipal, ownerScope, type Principal } from "../../src/identity/principal.ts";
+import { principalDigest, type RevocationSignal } from "../../src/sessions/revocation-bus.ts";
 import {
   createStdioUpstreamClient,
   type StdioProcessContext,
@@ -309,6 +315,28 @@ function openGet(
 
 function del(client: UpstreamClient, caller: Principal, sessionId: string): Promise<UpstreamResponse> {
   return client.request({ method: "DELETE", headers: headers(sessionId), principal: caller });
+}
+
+/** Binds a bridge session as the gateway does after recording it; answers the session's digest. */
+function bind(
+  client: UpstreamClient,
+  sessionId: string,
+  binding: Partial<UpstreamSessionBinding> = {},
+): string {
+  const sessionDigest = binding.sessionDigest ?? randomBytes(32).toString("base64url");
+  assert.ok(client.bindSession, "the stdio bridge takes bindings");
+  client.bindSession(sessionId, {
+    killGeneration: 1,
+    stillValid: async () => true,
+    ...binding,
+    sessionDigest,
+  });
+  return sessionDigest;
+}
+
+function revoke(client: UpstreamClient, signal: RevocationSignal): void {
+  assert.ok(client.applyRevocation, "the stdio bridge takes revocations");
+  client.applyRevocation(signal);
 }
 
 describe("stdio upstream bridge", () => {
@@ -1147,6 +1175,225 @@ describe("stdio upstream bridge", () => {
     } finally {
       await rm(left, { force: true });
     }
+  });
+
+  /** The pid of a session's process, and the reference its events carry. */
+  async function processOf(
+    client: UpstreamClient,
+    log: EventLog,
+    caller: Principal,
+    sessionId: string,
+  ): Promise<{ pid: number; ref: string }> {
+    const pid = (await callTool(client, caller, sessionId, "whoami"))["pid"] as number;
+    const started = log.events.find((e) => e.type === "process.started" && e.pid === pid);
+    assert.ok(started, `a process.started event for pid ${pid}`);
+    return { pid, ref: started.processRef };
+  }
+
+  /** The process ended as revoked: its event came, its pid is gone, its session id answers 404. */
+  async function endedByRevocation(
+    client: UpstreamClient,
+    log: EventLog,
+    caller: Principal,
+    sessionId: string,
+    proc: { pid: number; ref: string },
+  ): Promise<void> {
+    const ended = await log.waitFor((e) => e.type === "process.ended" && e.processRef === proc.ref);
+    assert.equal(ended.type === "process.ended" && ended.reason, "revoked");
+    await eventually(() => !alive(proc.pid), `pid ${proc.pid} to exit`);
+    const ping = await postJson(client, caller, sessionId, { jsonrpc: "2.0", id: nextId++, method: "ping" });
+    assert.equal(ping.status, 404);
+  }
+
+  async function stillServing(
+    client: UpstreamClient,
+    caller: Principal,
+    sessionId: string,
+    proc: { pid: number },
+  ): Promise<void> {
+    assert.ok(alive(proc.pid), `pid ${proc.pid} still runs`);
+    const ping = await postJson(client, caller, sessionId, { jsonrpc: "2.0", id: nextId++, method: "ping" });
+    assert.equal(ping.status, 200);
+  }
+
+  it("S13 a session revocation ends the process bound to that session at once, only it, and frees its cap slot", async () => {
+    const { client, log } = newClient({ maxProcessesPerPrincipal: 2 });
+    const revoked = await openSession(client, alice);
+    const kept = await openSession(client, alice);
+    const [revokedProc, keptProc] = [
+      await processOf(client, log, alice, revoked),
+      await processOf(client, log, alice, kept),
+    ];
+    const digest = bind(client, revoked);
+    bind(client, kept);
+    await rejectsWith(openSession(client, alice), "ERR_CONNECTION_LIMIT");
+    // A notice naming no session of this bridge ends nothing.
+    revoke(client, { kind: "session", sessionDigest: randomBytes(32).toString("base64url") });
+
+    revoke(client, { kind: "session", sessionDigest: digest });
+    await endedByRevocation(client, log, alice, revoked, revokedProc);
+    await stillServing(client, alice, kept, keptProc);
+    assert.equal(log.events.filter((e) => e.type === "process.ended").length, 1);
+    // The revoked process's slot is free again: alice is at her cap of 2 without it.
+    const next = await openSession(client, alice);
+    await stillServing(client, alice, next, await processOf(client, log, alice, next));
+  });
+
+  it("S13 a principal revocation ends every process of that principal, bound or not, and no other principal's", async () => {
+    const { client, log } = newClient({ maxProcessesPerPrincipal: 2 });
+    const bound = await openSession(client, alice);
+    const unbound = await openSession(client, alice);
+    const bobs = await openSession(client, bob);
+    const sameSubjectOtherTenant = principal("alice", "globex");
+    const other = await openSession(client, sameSubjectOtherTenant);
+    const procs = {
+      bound: await processOf(client, log, alice, bound),
+      unbound: await processOf(client, log, alice, unbound),
+      bobs: await processOf(client, log, bob, bobs),
+      other: await processOf(client, log, sameSubjectOtherTenant, other),
+    };
+    bind(client, bound);
+    bind(client, bobs);
+
+    revoke(client, { kind: "principal", principalDigest: principalDigest(ownerScope(alice)) });
+    await endedByRevocation(client, log, alice, bound, procs.bound);
+    await endedByRevocation(client, log, alice, unbound, procs.unbound);
+    await stillServing(client, bob, bobs, procs.bobs);
+    await stillServing(client, sameSubjectOtherTenant, other, procs.other);
+    // Both of alice's slots came back.
+    await openSession(client, alice);
+    await openSession(client, alice);
+  });
+
+  it("S13 a principal revocation ends a process still starting for that principal: its initialize fails", async () => {
+    const { client, log } = newClient(
+      { startTimeoutMs: 60_000, maxProcessesPerPrincipal: 1 },
+      upstreamConfig({ args: ["-e", "setInterval(() => {}, 1000)"] }),
+    );
+    const started = Date.now();
+    const pending = openSession(client, alice);
+    const launched = await log.waitFor((e) => e.type === "process.started");
+    revoke(client, { kind: "principal", principalDigest: principalDigest(ownerScope(alice)) });
+    await rejectsWith(pending, "ERR_UPSTREAM_UNAVAILABLE");
+    assert.ok(Date.now() - started < 30_000, "not at the start timeout");
+    const ended = await log.waitFor((e) => e.type === "process.ended");
+    assert.equal(ended.type === "process.ended" && ended.reason, "revoked");
+    assert.ok(launched.type === "process.started");
+    await eventually(() => !alive(launched.pid), "the starting process to exit");
+  });
+
+  it("S13 the kill switch ends processes of sessions older than its generation, also one bound after the notice, never a newer one", async () => {
+    const { client, log } = newClient({ maxProcessesPerPrincipal: 4 });
+    const older = await openSession(client, alice);
+    const newer = await openSession(client, alice);
+    // Recorded by the gateway only after the notice (its initialize was in flight).
+    const lateOlder = await openSession(client, alice);
+    const lateNewer = await openSession(client, alice);
+    const procs = {
+      older: await processOf(client, log, alice, older),
+      newer: await processOf(client, log, alice, newer),
+      lateOlder: await processOf(client, log, alice, lateOlder),
+      lateNewer: await processOf(client, log, alice, lateNewer),
+    };
+    bind(client, older, { killGeneration: 2 });
+    bind(client, newer, { killGeneration: 3 });
+    await rejectsWith(openSession(client, alice), "ERR_CONNECTION_LIMIT");
+
+    revoke(client, { kind: "all", generation: 3 });
+    await endedByRevocation(client, log, alice, older, procs.older);
+    await stillServing(client, alice, newer, procs.newer);
+    // Not bound yet, so not judged yet: an unbound process may belong to a session newer than the notice.
+    await stillServing(client, alice, lateOlder, procs.lateOlder);
+    bind(client, lateOlder, { killGeneration: 2 });
+    await endedByRevocation(client, log, alice, lateOlder, procs.lateOlder);
+    bind(client, lateNewer, { killGeneration: 3 });
+    await delay(200);
+    await stillServing(client, alice, lateNewer, procs.lateNewer);
+    // An older notice arriving late cuts nothing newer; a later kill switch ends the rest.
+    revoke(client, { kind: "all", generation: 2 });
+    await delay(200);
+    await stillServing(client, alice, newer, procs.newer);
+    // Two slots came back.
+    await openSession(client, alice);
+    await openSession(client, alice);
+    revoke(client, { kind: "all", generation: 4 });
+    await endedByRevocation(client, log, alice, newer, procs.newer);
+    await endedByRevocation(client, log, alice, lateNewer, procs.lateNewer);
+  });
+
+  it("S13 a kill switch of unknown generation (sent as the largest) ends what exists, not the sessions started after it", async () => {
+    const { client, log } = newClient();
+    const existing = await openSession(client, alice);
+    const existingProc = await processOf(client, log, alice, existing);
+    bind(client, existing, { killGeneration: 5 });
+    revoke(client, { kind: "all", generation: Number.MAX_SAFE_INTEGER });
+    await endedByRevocation(client, log, alice, existing, existingProc);
+    // The store recorded whichever generation it did; a session made afterwards is bound with it.
+    const later = await openSession(client, alice);
+    const laterProc = await processOf(client, log, alice, later);
+    bind(client, later, { killGeneration: 6 });
+    await delay(200);
+    await stillServing(client, alice, later, laterProc);
+  });
+
+  it("S13 resync: a process whose session no longer resolves ends, one whose check keeps failing ends (fail closed), others live", async () => {
+    const { client, log } = newClient({ maxProcessesPerPrincipal: 8 });
+    const gone = await openSession(client, alice);
+    const failing = await openSession(client, alice);
+    const flaky = await openSession(client, alice);
+    const valid = await openSession(client, alice);
+    const unbound = await openSession(client, alice);
+    const procs = {
+      gone: await processOf(client, log, alice, gone),
+      failing: await processOf(client, log, alice, failing),
+      flaky: await processOf(client, log, alice, flaky),
+      valid: await processOf(client, log, alice, valid),
+      unbound: await processOf(client, log, alice, unbound),
+    };
+    let failingChecks = 0;
+    let flakyChecks = 0;
+    bind(client, gone, { stillValid: async () => false });
+    bind(client, failing, {
+      stillValid: async () => {
+        failingChecks++;
+        throw new Error("store unavailable");
+      },
+    });
+    bind(client, flaky, {
+      stillValid: async () => {
+        flakyChecks++;
+        if (flakyChecks === 1) throw new Error("store unavailable");
+        return true;
+      },
+    });
+    bind(client, valid);
+
+    revoke(client, { kind: "resync" });
+    await endedByRevocation(client, log, alice, gone, procs.gone);
+    await endedByRevocation(client, log, alice, failing, procs.failing);
+    assert.ok(failingChecks > 1, "a failing check is asked again before the process ends");
+    await stillServing(client, alice, flaky, procs.flaky);
+    assert.equal(flakyChecks, 2);
+    await stillServing(client, alice, valid, procs.valid);
+    // No binding: nothing to check it against (the gateway had not recorded it).
+    await stillServing(client, alice, unbound, procs.unbound);
+  });
+
+  it("S13 resync while an initialize is in flight: the process is checked once the gateway binds it", async () => {
+    const { client, log } = newClient();
+    const revokedMeanwhile = openSession(client, alice);
+    const stillFine = openSession(client, alice);
+    revoke(client, { kind: "resync" });
+    const [lost, kept] = [await revokedMeanwhile, await stillFine];
+    const [lostProc, keptProc] = [
+      await processOf(client, log, alice, lost),
+      await processOf(client, log, alice, kept),
+    ];
+    bind(client, lost, { stillValid: async () => false });
+    bind(client, kept);
+    await endedByRevocation(client, log, alice, lost, lostProc);
+    await delay(200);
+    await stillServing(client, alice, kept, keptProc);
   });
 
   it("server-everything in stdio mode: initialize, tools/list and a tool call", async () => {
