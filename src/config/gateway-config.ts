@@ -108,6 +108,7 @@ export interface StdioProcessSettings {
   readonly uidRange?: readonly [number, number];
   readonly maxProcesses?: number;
   readonly maxProcessesPerPrincipal?: number;
+  readonly maxProcessesPerTenant?: number;
   readonly startTimeoutMs?: number;
   readonly requestTimeoutMs?: number;
   readonly workRoot?: string;

@@ -221,6 +221,9 @@ function stdioSettings(stdio: ParsedConfig["upstreams"][number]["stdio"]): Stdio
     ...(stdio.maxProcessesPerPrincipal === undefined
       ? {}
       : { maxProcessesPerPrincipal: stdio.maxProcessesPerPrincipal }),
+    ...(stdio.maxProcessesPerTenant === undefined
+      ? {}
+      : { maxProcessesPerTenant: stdio.maxProcessesPerTenant }),
     ...(stdio.startTimeout === undefined ? {} : { startTimeoutMs: stdio.startTimeout }),
     ...(stdio.requestTimeout === undefined ? {} : { requestTimeoutMs: stdio.requestTimeout }),
     ...(stdio.workRoot === undefined ? {} : { workRoot: stdio.workRoot }),

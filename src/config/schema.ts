@@ -310,6 +310,7 @@ const upstreamSchema = z
           .optional(),
         maxProcesses: integer(1, 100_000).optional(),
         maxProcessesPerPrincipal: integer(1, 1_000).optional(),
+        maxProcessesPerTenant: integer(1, 100_000).optional(),
         startTimeout: duration(100, 300_000, "from 100ms to 5m").optional(),
         requestTimeout: duration(1_000, 86_400_000, "from 1s to 24h").optional(),
         workRoot: checked(

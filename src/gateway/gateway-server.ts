@@ -1032,6 +1032,7 @@ export function createGatewayHandler(deps: GatewayDependencies): GatewayHandler 
         sessionDigest: session.sessionDigest,
         killGeneration: session.killGeneration,
         stillValid: async () => (await sessions.resolve(sessionId, principal, upstream.name)) !== null,
+        expiresAt: session.expiresAt,
       });
     }
     // Sessions the cap removed are ended like a DELETE ends one: their open streams with them, and

@@ -28,6 +28,8 @@ export interface UpstreamSessionBinding {
   readonly killGeneration: number;
   /** Whether the gateway session still resolves (asked after notices may have been lost). */
   readonly stillValid: () => Promise<boolean>;
+  /** When the session's absolute lifetime ends (epoch ms): what the upstream holds for it ends then. */
+  readonly expiresAt: number;
 }
 
 export interface UpstreamClient {

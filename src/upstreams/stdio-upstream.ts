@@ -98,6 +98,12 @@ export interface StdioUpstreamOptions {
   readonly maxProcesses?: number;
   /** Live processes of one principal (default 4). Beyond: ERR_CONNECTION_LIMIT. */
   readonly maxProcessesPerPrincipal?: number;
+  /**
+   * Live processes of one tenant (issuer, tenant), all its principals together (default: no tenant
+   * cap). Beyond: ERR_CONNECTION_LIMIT. Without it, one tenant's principals can take every process
+   * slot of a shared upstream.
+   */
+  readonly maxProcessesPerTenant?: number;
   /** How long a new process may take to answer `initialize` (default 10 s). */
   readonly startTimeoutMs?: number;
   /** A process with no request in flight and no open GET stream for this long is ended (default 15 min). */
@@ -153,6 +159,8 @@ export type StdioEndReason =
   | "initialize-refused"
   /** A revocation named it: its session, its principal, the kill switch, or a failed re-check. */
   | "revoked"
+  /** Its session reached its absolute timeout (`sessions.absoluteTimeout`). */
+  | "expired"
   | "closed";
 
 export type StdioProcessEvent =
@@ -297,6 +305,8 @@ interface BridgedProcess {
   inFlight: number;
   idleTimer: NodeJS.Timeout | undefined;
   killTimer: NodeJS.Timeout | undefined;
+  /** Ends the process when its session's absolute lifetime does (set at bind). */
+  expiryTimer: NodeJS.Timeout | undefined;
   readonly finished: Promise<void>;
   finish(): void;
 }
@@ -342,6 +352,8 @@ export function createStdioUpstreamClient(
   const principals = new Map<string, PrincipalSlot>();
   const live = new Set<BridgedProcess>();
   const perPrincipal = new Map<string, number>();
+  const perTenant = new Map<string, number>();
+  const maxPerTenant = checkTenantCap(options.maxProcessesPerTenant);
   let reserved = 0;
   let uidCursor = uidRange?.[0] ?? 0;
   let closed = false;
@@ -360,6 +372,7 @@ export function createStdioUpstreamClient(
   /** A cap slot, released exactly once whatever path the start takes. */
   function reserve(principal: Principal): () => void {
     const key = principalKey(principal);
+    const tenant = tenantKey(principal);
     if (reserved >= settings.maxProcesses) {
       throw new GateError("ERR_OVERLOADED", "stdio upstream at capacity", { detail: "stdio-max-processes" });
     }
@@ -369,16 +382,22 @@ export function createStdioUpstreamClient(
         detail: "stdio-max-processes-per-principal",
       });
     }
+    const tenants = perTenant.get(tenant) ?? 0;
+    if (maxPerTenant !== undefined && tenants >= maxPerTenant) {
+      throw new GateError("ERR_CONNECTION_LIMIT", "too many stdio processes", {
+        detail: "stdio-max-processes-per-tenant",
+      });
+    }
     reserved++;
     perPrincipal.set(key, mine + 1);
+    perTenant.set(tenant, tenants + 1);
     let released = false;
     return () => {
       if (released) return;
       released = true;
       reserved--;
-      const left = (perPrincipal.get(key) ?? 1) - 1;
-      if (left === 0) perPrincipal.delete(key);
-      else perPrincipal.set(key, left);
+      decrement(perPrincipal, key);
+      decrement(perTenant, tenant);
     };
   }
 
@@ -559,6 +578,7 @@ export function createStdioUpstreamClient(
       inFlight: 0,
       idleTimer: undefined,
       killTimer: undefined,
+      expiryTimer: undefined,
       finished,
       finish,
     };
@@ -616,6 +636,7 @@ export function createStdioUpstreamClient(
     forget(proc);
     clearTimeout(proc.idleTimer);
     clearTimeout(proc.killTimer);
+    clearTimeout(proc.expiryTimer);
     const gone = new GateError("ERR_UPSTREAM_UNAVAILABLE", "stdio process ended", {
       detail: `stdio-process-ended:${proc.endReason ?? "exited"}`,
     });
@@ -663,6 +684,7 @@ export function createStdioUpstreamClient(
     proc.state = "ending";
     proc.endReason ??= reason;
     clearTimeout(proc.idleTimer);
+    clearTimeout(proc.expiryTimer);
     endStream(proc);
     // MCP lifecycle (stdio shutdown): close the server's input first; the signals follow.
     proc.child.stdin?.end();
@@ -1173,6 +1195,20 @@ export function createStdioUpstreamClient(
   }
 
   /**
+   * A session's absolute timeout ends its process too: the session answers 404 from then on, so the
+   * process could only hold its principal's credentials and a cap slot until the idle timeout.
+   */
+  function endAtExpiry(proc: BridgedProcess, deadline: number): void {
+    // setTimeout holds at most 2^31-1 ms (about 24.8 days); a later deadline is re-armed then.
+    const wait = Math.min(Math.max(deadline - Date.now(), 0), 2 ** 31 - 1);
+    proc.expiryTimer = setTimeout(() => {
+      if (Date.now() < deadline) endAtExpiry(proc, deadline);
+      else terminate(proc, "expired");
+    }, wait);
+    proc.expiryTimer.unref();
+  }
+
+  /**
    * After notices may have been lost: the process lives on only if its session still resolves. A
    * check that keeps failing ends it (fail closed), as an open stream of the gateway ends.
    */
@@ -1254,6 +1290,7 @@ export function createStdioUpstreamClient(
       }
       // Notices may have been lost while it could not be named: it is judged as a resync would have.
       if (resyncs !== proc.resyncsAtStart) revalidate(proc);
+      endAtExpiry(proc, binding.expiresAt);
     },
     applyRevocation(signal: RevocationSignal) {
       if (signal.kind === "resync") {
@@ -1655,6 +1692,25 @@ function idKey(id: unknown): string | undefined {
 
 function principalKey(principal: Principal): string {
   return JSON.stringify([principal.issuer, principal.tenant, principal.subject]);
+}
+
+function tenantKey(principal: Principal): string {
+  return JSON.stringify([principal.issuer, principal.tenant]);
+}
+
+/** One slot fewer under `key`; the key goes when none is left (the maps hold only live counts). */
+function decrement(counts: Map<string, number>, key: string): void {
+  const left = (counts.get(key) ?? 1) - 1;
+  if (left === 0) counts.delete(key);
+  else counts.set(key, left);
+}
+
+function checkTenantCap(value: number | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw invalidArgument("maxProcessesPerTenant", "must be a positive integer");
+  }
+  return value;
 }
 
 function headerValue(headers: Readonly<Record<string, string>>, name: string): string | undefined {

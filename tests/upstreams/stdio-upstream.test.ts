@@ -328,6 +328,7 @@ function bind(
   client.bindSession(sessionId, {
     killGeneration: 1,
     stillValid: async () => true,
+    expiresAt: Date.now() + 3_600_000,
     ...binding,
     sessionDigest,
   });
@@ -1215,6 +1216,37 @@ describe("stdio upstream bridge", () => {
     const ping = await postJson(client, caller, sessionId, { jsonrpc: "2.0", id: nextId++, method: "ping" });
     assert.equal(ping.status, 200);
   }
+
+  it("a session's absolute timeout ends its process then, not at the idle timeout", async () => {
+    const { client, log } = newClient();
+    const expiring = await openSession(client, alice);
+    const lasting = await openSession(client, bob);
+    const [expiringProc, lastingProc] = [
+      await processOf(client, log, alice, expiring),
+      await processOf(client, log, bob, lasting),
+    ];
+    bind(client, expiring, { expiresAt: Date.now() + 300 });
+    bind(client, lasting);
+    const ended = await log.waitFor((e) => e.type === "process.ended" && e.processRef === expiringProc.ref);
+    assert.equal(ended.type === "process.ended" && ended.reason, "expired");
+    await eventually(() => !alive(expiringProc.pid), `pid ${expiringProc.pid} to exit`);
+    await stillServing(client, bob, lasting, lastingProc);
+  });
+
+  it("a tenant's processes together stay under maxProcessesPerTenant; another tenant's are not counted", async () => {
+    const { client, log } = newClient({ maxProcessesPerTenant: 2 });
+    await openSession(client, alice);
+    const bobs = await openSession(client, bob);
+    const refused = (await rejectsWith(openSession(client, principal("carol")), "ERR_CONNECTION_LIMIT")) as {
+      detail?: string;
+    };
+    assert.equal(refused.detail, "stdio-max-processes-per-tenant");
+    await openSession(client, principal("carol", "globex"));
+    // A slot given back (process.ended comes once it is) is free for the tenant again.
+    assert.equal((await del(client, bob, bobs)).status, 204);
+    await log.waitFor((e) => e.type === "process.ended");
+    await openSession(client, principal("carol"));
+  });
 
   it("S13 a session revocation ends the process bound to that session at once, only it, and frees its cap slot", async () => {
     const { client, log } = newClient({ maxProcessesPerPrincipal: 2 });
