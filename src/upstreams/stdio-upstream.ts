@@ -914,6 +914,11 @@ export function createStdioUpstreamClient(
     signal: AbortSignal | undefined,
     cancelOnAbort: boolean,
   ): Promise<string> {
+    if (cancelOnAbort && signal?.aborted) {
+      // Cancelled before it was written (the caller left while the process started): the server
+      // never gets it, rather than a cancellation for an id it has not seen followed by the request.
+      throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "request aborted", { detail: "aborted" });
+    }
     const keys = ids.map((id) => idKey(id) as string);
     const answer = expect(proc, keys, batch);
     const awaited = proc.pending.get(keys[0] as string) as Exchange;

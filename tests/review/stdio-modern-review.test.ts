@@ -1,0 +1,128 @@
+/**
+ * Review of `stdio.modern: "per-principal"` (src/upstreams/stdio-upstream.ts): each test drives a
+ * finding against real child processes (tests/support/stdio-probe-server.ts); nothing about child
+ * processes is mocked, the vault is the in-memory test double (delayed where a race needs it).
+ */
+import assert from "node:assert/strict";
+import type { Readable } from "node:stream";
+import { after, describe, it } from "node:test";
+import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import type { StdioUpstreamConfig } from "../../src/config/gateway-config.ts";
+import { isGateError } from "../../src/errors.ts";
+import type { UpstreamClient } from "../../src/gateway/upstream-client.ts";
+import { makePrincipal, type Principal } from "../../src/identity/principal.ts";
+import {
+  createStdioUpstreamClient,
+  type StdioProcessEvent,
+  type StdioUpstreamOptions,
+} from "../../src/upstreams/stdio-upstream.ts";
+
+const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.meta.url));
+const MODERN = "2026-07-28";
+const WAIT_MS = 20_000;
+
+const alice = makePrincipal({
+  kind: "jwt",
+  issuer: "https://issuer.example",
+  subject: "alice",
+  tenant: "acme",
+  scopes: [],
+  expiresAt: null,
+});
+
+function upstreamConfig(env: Record<string, string> = {}): StdioUpstreamConfig {
+  return {
+    transport: "stdio",
+    name: "probe",
+    path: "/probe",
+    audience: "http://127.0.0.1/probe",
+    scopes: [],
+    protocolVersions: undefined,
+    inject: {},
+    command: process.execPath,
+    args: [PROBE],
+    env,
+    stdio: {},
+  };
+}
+
+const clients: UpstreamClient[] = [];
+after(async () => {
+  await Promise.all(clients.map((client) => client.close()));
+});
+
+function bridge(
+  options: StdioUpstreamOptions = {},
+  env: Record<string, string> = {},
+): { client: UpstreamClient; events: StdioProcessEvent[]; stderr: string[] } {
+  const events: StdioProcessEvent[] = [];
+  const stderr: string[] = [];
+  const client = createStdioUpstreamClient(upstreamConfig(env), {
+    modern: "per-principal",
+    startTimeoutMs: WAIT_MS,
+    onEvent: (event) => events.push(event),
+    onStderr: (line) => stderr.push(line),
+    ...options,
+  });
+  clients.push(client);
+  return { client, events, stderr };
+}
+
+async function readAll(body: Readable): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(Buffer.from(chunk as Buffer));
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+/** tools/call as a modern request; the probe's tool result, parsed. */
+async function call(
+  client: UpstreamClient,
+  caller: Principal,
+  name: string,
+  args: Record<string, unknown> = {},
+  signal?: AbortSignal,
+): Promise<Record<string, unknown>> {
+  const answer = await client.request({
+    method: "POST",
+    headers: { "content-type": "application/json", "mcp-protocol-version": MODERN },
+    body: Buffer.from(
+      JSON.stringify({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "tools/call",
+        params: {
+          name,
+          arguments: args,
+          _meta: { "io.modelcontextprotocol/protocolVersion": MODERN },
+        },
+      }),
+    ),
+    principal: caller,
+    ...(signal !== undefined ? { signal } : {}),
+  });
+  const json = JSON.parse(await readAll(answer.body)) as { result?: { content: { text: string }[] } };
+  assert.ok(json.result, `no result: ${JSON.stringify(json)}`);
+  return JSON.parse(json.result.content[0]?.text ?? "null") as Record<string, unknown>;
+}
+
+describe("review: stdio modern per-principal", () => {
+  it("a request whose caller left while its process started is never written to the server", async () => {
+    const { client, stderr } = bridge();
+    const controller = new AbortController();
+    // Cold: the process takes a while to start; the caller leaves before it has.
+    const pending = call(client, alice, "stderr", { text: "side-effect-after-cancel" }, controller.signal);
+    await delay(5);
+    controller.abort();
+    await assert.rejects(pending, (error) => isGateError(error, "ERR_UPSTREAM_UNAVAILABLE"));
+    // A later request on the same process: the server reads its input in order, so by its answer
+    // the cancelled call would have run.
+    await call(client, alice, "whoami");
+    await delay(100);
+    assert.deepEqual(
+      stderr.filter((line) => line.includes("side-effect-after-cancel")),
+      [],
+      "the cancelled call ran at the server",
+    );
+  });
+});
