@@ -258,6 +258,8 @@ interface BridgedProcess {
 
 /** A principal's modern process: `proc` is set once it is running. */
 interface PrincipalSlot {
+  /** The credentialTag of the values it was started with. */
+  readonly credentialTag: string;
   readonly ready: Promise<BridgedProcess>;
   proc: BridgedProcess | undefined;
 }
@@ -295,6 +297,8 @@ export function createStdioUpstreamClient(
   const sessions = new Map<string, BridgedProcess>();
   /** Each principal's modern process, running or starting, by principal key. */
   const principals = new Map<string, PrincipalSlot>();
+  /** Per principal key: the last turn to read the vault and decide on it (principalProcess). */
+  const deciding = new Map<string, Promise<void>>();
   const live = new Set<BridgedProcess>();
   const perPrincipal = new Map<string, number>();
   let reserved = 0;
@@ -970,33 +974,68 @@ export function createStdioUpstreamClient(
    * The principal's modern process, started (and initialized by the bridge) if it has none. The
    * credentials are read on every request, as header injection reads them: a process started with
    * values the vault no longer holds (replaced, or deleted) is ended, never used again.
+   *
+   * One principal's vault reads, and what is decided on each, take turns in arrival order. Run side
+   * by side, a read answered late (taken before a rotation or a deletion that a later request has
+   * already acted on) would end the process holding the current values and start one with the old
+   * ones, or start one holding an entry after its deletion was seen, which then lives until idle.
    */
   async function principalProcess(principal: Principal): Promise<BridgedProcess> {
     const key = principalKey(principal);
+    const previous = deciding.get(key);
+    let done!: () => void;
+    const turn = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    deciding.set(key, turn);
+    let slot: PrincipalSlot;
+    try {
+      await previous;
+      slot = await principalSlot(principal, key);
+    } finally {
+      done();
+      if (deciding.get(key) === turn) deciding.delete(key);
+    }
+    const proc = await slot.ready;
+    if (proc.state !== "running") {
+      // Ended since it was chosen (a later request saw its credentials change): never written to.
+      throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "stdio process ended", {
+        detail: "stdio-process-ended",
+      });
+    }
+    return proc;
+  }
+
+  /** On the principal's turn: its slot for the values the vault holds now, started if need be. */
+  async function principalSlot(principal: Principal, key: string): Promise<PrincipalSlot> {
     let environment: ProcessEnvironment;
     try {
       environment = await environmentFor(principal);
     } catch (error) {
       if (error instanceof GateError && error.code === "ERR_CREDENTIAL_REQUIRED") {
-        const slot = principals.get(key);
+        const stale = principals.get(key);
         principals.delete(key);
-        void slot?.ready.then(
-          (stale) => terminate(stale, "credentials-changed"),
+        void stale?.ready.then(
+          (proc) => terminate(proc, "credentials-changed"),
           () => undefined,
         );
       }
       throw error;
     }
     const current = principals.get(key);
+    if (current !== undefined && current.credentialTag === environment.credentialTag) return current;
     if (current !== undefined) {
-      const proc = await current.ready;
-      if (proc.credentialTag === environment.credentialTag && proc.state === "running") return proc;
-      if (proc.credentialTag !== environment.credentialTag) terminate(proc, "credentials-changed");
-      // Ended (or replaced) meanwhile: whoever gets here first starts the next one.
-      const next = principals.get(key);
-      if (next !== undefined && next !== current) return next.ready;
+      principals.delete(key);
+      void current.ready.then(
+        (proc) => terminate(proc, "credentials-changed"),
+        () => undefined,
+      );
     }
-    const slot: PrincipalSlot = { ready: startPrincipalProcess(principal, environment), proc: undefined };
+    const slot: PrincipalSlot = {
+      credentialTag: environment.credentialTag,
+      ready: startPrincipalProcess(principal, environment),
+      proc: undefined,
+    };
     principals.set(key, slot);
     slot.ready.then(
       (proc) => {
@@ -1009,7 +1048,7 @@ export function createStdioUpstreamClient(
         if (principals.get(key) === slot) principals.delete(key);
       },
     );
-    return slot.ready;
+    return slot;
   }
 
   async function startPrincipalProcess(

@@ -11,12 +11,14 @@ import { fileURLToPath } from "node:url";
 import type { StdioUpstreamConfig } from "../../src/config/gateway-config.ts";
 import { isGateError } from "../../src/errors.ts";
 import type { UpstreamClient } from "../../src/gateway/upstream-client.ts";
-import { makePrincipal, type Principal } from "../../src/identity/principal.ts";
+import { makePrincipal, ownerScope, type Principal } from "../../src/identity/principal.ts";
 import {
   createStdioUpstreamClient,
   type StdioProcessEvent,
   type StdioUpstreamOptions,
 } from "../../src/upstreams/stdio-upstream.ts";
+import type { Vault } from "../../src/vault/vault.ts";
+import { createVaultDouble } from "../support/vault-double.ts";
 
 const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.meta.url));
 const MODERN = "2026-07-28";
@@ -106,6 +108,55 @@ async function call(
   return JSON.parse(json.result.content[0]?.text ?? "null") as Record<string, unknown>;
 }
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== "ESRCH";
+  }
+}
+
+async function eventually(check: () => boolean, what: string, within = WAIT_MS): Promise<void> {
+  const until = Date.now() + within;
+  while (!check()) {
+    if (Date.now() > until) assert.fail(`timed out waiting for: ${what}`);
+    await delay(50);
+  }
+}
+
+function count(events: StdioProcessEvent[], type: StdioProcessEvent["type"]): number {
+  return events.filter((event) => event.type === type).length;
+}
+
+/** The test double, whose next `reveal` answers what it read only once `release` is called. */
+function heldVault(): { vault: Vault; put: Vault["put"]; remove: Vault["delete"]; holdNext(): () => void } {
+  const inner = createVaultDouble();
+  let hold: Promise<void> | undefined;
+  const vault: Vault = {
+    ...inner,
+    async reveal(owner, names) {
+      const gate = hold;
+      hold = undefined;
+      const answer = await inner.reveal(owner, names);
+      if (gate !== undefined) await gate;
+      return answer;
+    },
+  };
+  return {
+    vault,
+    put: inner.put,
+    remove: inner.delete,
+    holdNext() {
+      let release!: () => void;
+      hold = new Promise((done) => {
+        release = done;
+      });
+      return release;
+    },
+  };
+}
+
 describe("review: stdio modern per-principal", () => {
   it("a request whose caller left while its process started is never written to the server", async () => {
     const { client, stderr } = bridge();
@@ -124,5 +175,57 @@ describe("review: stdio modern per-principal", () => {
       [],
       "the cancelled call ran at the server",
     );
+  });
+
+  it("a vault read that raced a deletion leaves no process holding the deleted credential", async () => {
+    const held = heldVault();
+    const { client, events } = bridge({ vault: held.vault }, { GITHUB_TOKEN: "vault:github_token" });
+    await held.put(ownerScope(alice), "github_token", "alice-deleted-token");
+    const first = await call(client, alice, "whoami");
+    // A request whose vault read saw the entry, answered late (a slow store round trip).
+    const release = held.holdNext();
+    const stale = call(client, alice, "whoami");
+    await delay(50);
+    await held.remove(ownerScope(alice), "github_token");
+    // The deletion is seen by the next request.
+    const fresh = call(client, alice, "env");
+    const settled = Promise.allSettled([stale, fresh]);
+    await delay(300);
+    release();
+    const outcomes = await settled;
+    assert.equal(outcomes[1].status, "rejected");
+    assert.ok(isGateError((outcomes[1] as PromiseRejectedResult).reason, "ERR_CREDENTIAL_REQUIRED"));
+    await eventually(() => !alive(first["pid"] as number), "the first process ends");
+    // Once the deletion has been seen, no process may keep the deleted value (none is left to end
+    // it but the idle timeout, 15 minutes by default).
+    await eventually(
+      () => count(events, "process.started") === count(events, "process.ended"),
+      "every process holding the deleted credential ends",
+      3_000,
+    );
+  });
+
+  it("a stale vault read does not end the process started with the newer credential", async () => {
+    const held = heldVault();
+    const { client, events } = bridge({ vault: held.vault }, { GITHUB_TOKEN: "vault:github_token" });
+    await held.put(ownerScope(alice), "github_token", "alice-token-one");
+    await call(client, alice, "whoami");
+    const release = held.holdNext();
+    const stale = call(client, alice, "whoami");
+    await delay(50);
+    await held.put(ownerScope(alice), "github_token", "alice-token-two");
+    const fresh = call(client, alice, "whoami");
+    const settled = Promise.allSettled([stale, fresh]);
+    await delay(300);
+    release();
+    const outcomes = await settled;
+    assert.equal(outcomes[1].status, "fulfilled", String((outcomes[1] as PromiseRejectedResult).reason));
+    const freshPid = (outcomes[1] as PromiseFulfilledResult<Record<string, unknown>>).value["pid"] as number;
+    await delay(200);
+    assert.ok(alive(freshPid), "the process with the current credential was ended by an older read");
+    assert.equal((await call(client, alice, "env"))["GITHUB_TOKEN"], "alice-token-two");
+    assert.equal((await call(client, alice, "whoami"))["pid"], freshPid);
+    // Exactly one process per credential value: none started again with the replaced one.
+    assert.equal(count(events, "process.started"), 2);
   });
 });
