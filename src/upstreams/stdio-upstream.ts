@@ -678,7 +678,14 @@ export function createStdioUpstreamClient(
     if (proc.kind === "principal") {
       // A modern caller has no GET stream and the bridge declared no client capabilities: a server
       // request is answered here (else the server would wait for ever), its notifications dropped.
-      if (Object.hasOwn(message, "id")) write(proc, [answerServerRequest(message)]);
+      if (!Object.hasOwn(message, "id")) return;
+      // The answer waits in the gateway until the server reads it: a server that keeps asking without
+      // reading its input would grow that backlog, in memory all principals share, without end.
+      if ((proc.child.stdin?.writableLength ?? 0) > MAX_INPUT_BACKLOG_BYTES) {
+        misbehaved(proc);
+        return;
+      }
+      write(proc, [answerServerRequest(message)]);
       return;
     }
     deliver(proc, json);

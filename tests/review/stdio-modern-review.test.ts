@@ -228,4 +228,16 @@ describe("review: stdio modern per-principal", () => {
     // Exactly one process per credential value: none started again with the replaced one.
     assert.equal(count(events, "process.started"), 2);
   });
+
+  it("a server that sends requests without reading its input is ended, not buffered in the gateway", async () => {
+    const { client, events } = bridge({ requestTimeoutMs: 10_000 });
+    // 48 requests with 1 MiB ids: the bridge's answers echo the ids, 48 MiB nobody reads.
+    await assert.rejects(call(client, alice, "flood", { count: 48, bytes: 1024 * 1024 }), (error) =>
+      isGateError(error, "ERR_UPSTREAM_UNAVAILABLE"),
+    );
+    await eventually(
+      () => events.some((event) => event.type === "process.ended" && event.reason === "misbehaved"),
+      "the process is ended as misbehaving",
+    );
+  });
 });
