@@ -108,6 +108,32 @@ async function call(
   return JSON.parse(json.result.content[0]?.text ?? "null") as Record<string, unknown>;
 }
 
+/** A legacy POST (2025-11-25): `initialize` without a session id, or a message in a session. */
+async function legacy(
+  client: UpstreamClient,
+  caller: Principal,
+  message: Record<string, unknown>,
+  session?: string,
+  signal?: AbortSignal,
+): Promise<{ session: string | undefined; json: Record<string, unknown> }> {
+  const answer = await client.request({
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      "mcp-protocol-version": "2025-11-25",
+      ...(session !== undefined ? { "mcp-session-id": session } : {}),
+    },
+    body: Buffer.from(JSON.stringify({ jsonrpc: "2.0", ...message })),
+    principal: caller,
+    ...(signal !== undefined ? { signal } : {}),
+  });
+  const text = await readAll(answer.body);
+  return {
+    session: answer.headers["mcp-session-id"] as string | undefined,
+    json: (text === "" ? {} : JSON.parse(text)) as Record<string, unknown>,
+  };
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -239,5 +265,33 @@ describe("review: stdio modern per-principal", () => {
       () => events.some((event) => event.type === "process.ended" && event.reason === "misbehaved"),
       "the process is ended as misbehaving",
     );
+  });
+  it("legacy (guard for the refactor): a POST whose caller leaves is not cancelled at the server", async () => {
+    const { client, stderr } = bridge();
+    const { session } = await legacy(client, alice, {
+      id: 0,
+      method: "initialize",
+      params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "t", version: "1" } },
+    });
+    assert.ok(session);
+    const controller = new AbortController();
+    const pending = legacy(
+      client,
+      alice,
+      { id: "left-1", method: "tools/call", params: { name: "sleep", arguments: { ms: 300 } } },
+      session,
+      controller.signal,
+    );
+    await delay(100);
+    controller.abort();
+    await assert.rejects(pending, (error) => isGateError(error, "ERR_UPSTREAM_UNAVAILABLE"));
+    await delay(400);
+    assert.deepEqual(
+      stderr.filter((line) => line.startsWith("probe: cancelled")),
+      [],
+      "a legacy abort is the caller leaving, not a cancellation",
+    );
+    const again = await legacy(client, alice, { id: "left-1", method: "ping" }, session);
+    assert.deepEqual(again.json, { jsonrpc: "2.0", id: "left-1", result: {} });
   });
 });
