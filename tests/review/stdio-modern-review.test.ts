@@ -294,4 +294,20 @@ describe("review: stdio modern per-principal", () => {
     const again = await legacy(client, alice, { id: "left-1", method: "ping" }, session);
     assert.deepEqual(again.json, { jsonrpc: "2.0", id: "left-1", result: {} });
   });
+  it("guard: a server refusing the bridge's initialize is ended and gives its cap slot back", async () => {
+    const { client, events } = bridge({ maxProcesses: 1 }, { PROBE_REFUSE_INITIALIZE: "1" });
+    for (let attempt = 0; attempt < 3; attempt++) {
+      await assert.rejects(call(client, alice, "whoami"), (error) =>
+        isGateError(error, "ERR_UPSTREAM_UNAVAILABLE"),
+      );
+      await eventually(
+        () => count(events, "process.ended") === attempt + 1,
+        "the refused process ends and its slot is given back",
+      );
+    }
+    assert.deepEqual(
+      events.filter((event) => event.type === "process.ended").map((event) => event.reason),
+      ["initialize-refused", "initialize-refused", "initialize-refused"],
+    );
+  });
 });
