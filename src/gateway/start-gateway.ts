@@ -44,7 +44,7 @@ import { createAdmission } from "./admission.ts";
 import { createClientAddressResolver } from "./client-address.ts";
 import { checkExposure } from "./exposure-guard.ts";
 import { createGatewayMetrics, type GatewayMetrics } from "./gateway-metrics.ts";
-import { assertionAudience, createGatewayHandler, versionsOf } from "./gateway-server.ts";
+import { assertionAudience, createGatewayHandler } from "./gateway-server.ts";
 import { GATEWAY_PROTOCOL_VERSIONS, type SupportedVersions } from "./protocol-era.ts";
 import { createUpstreamClient, type UpstreamClient } from "./upstream-client.ts";
 import { discoverUpstreamVersions } from "./upstream-discovery.ts";

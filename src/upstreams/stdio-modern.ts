@@ -146,18 +146,25 @@ export function serverRequest(message: Record<string, unknown>, bridgeId: number
 /**
  * The server's answer to `method` under the client's id, as a 2026-07-28 result: it says what kind it
  * is (`resultType`: a 2025 server only ever completes) and, where cacheable, that it must not be
- * cached. What the server set itself is kept. An error passes as it is.
+ * cached. A 2025 server means nothing by `ttlMs` or `cacheScope`, so whatever it wrote there is
+ * replaced, never trusted to say "public". An error passes as it is; an answer that is neither
+ * becomes an internal error rather than a message a client cannot read.
  */
 export function clientAnswer(text: string, clientId: JsonRpcId, method: string): string {
   const message = JSON.parse(text) as Record<string, unknown>;
   const result = message["result"];
   if (isRecord(result)) {
-    const defaults = CACHEABLE_METHODS.has(method)
-      ? { resultType: "complete", ...UNCACHEABLE }
-      : { resultType: "complete" };
-    return JSON.stringify({ jsonrpc: "2.0", id: clientId, result: { ...defaults, ...result } });
+    const cache = CACHEABLE_METHODS.has(method) ? UNCACHEABLE : {};
+    return JSON.stringify({
+      jsonrpc: "2.0",
+      id: clientId,
+      result: { resultType: "complete", ...result, ...cache },
+    });
   }
-  return JSON.stringify({ jsonrpc: "2.0", id: clientId, error: message["error"] });
+  const error = isRecord(message["error"])
+    ? message["error"]
+    : { code: -32603, message: "Internal error: the server's answer was not a result" };
+  return JSON.stringify({ jsonrpc: "2.0", id: clientId, error });
 }
 
 /**

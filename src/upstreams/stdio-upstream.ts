@@ -313,6 +313,8 @@ interface BridgedProcess {
 
 /** A principal's modern process: `proc` is set once it is running. */
 interface PrincipalSlot {
+  /** The credentialTag of the values it was started with. */
+  readonly credentialTag: string;
   readonly ready: Promise<BridgedProcess>;
   proc: BridgedProcess | undefined;
 }
@@ -350,6 +352,8 @@ export function createStdioUpstreamClient(
   const sessions = new Map<string, BridgedProcess>();
   /** Each principal's modern process, running or starting, by principal key. */
   const principals = new Map<string, PrincipalSlot>();
+  /** Per principal key: the last turn to read the vault and decide on it (principalProcess). */
+  const deciding = new Map<string, Promise<void>>();
   const live = new Set<BridgedProcess>();
   const perPrincipal = new Map<string, number>();
   const perTenant = new Map<string, number>();
@@ -750,7 +754,14 @@ export function createStdioUpstreamClient(
     if (proc.kind === "principal") {
       // A modern caller has no GET stream and the bridge declared no client capabilities: a server
       // request is answered here (else the server would wait for ever), its notifications dropped.
-      if (Object.hasOwn(message, "id")) write(proc, [answerServerRequest(message)]);
+      if (!Object.hasOwn(message, "id")) return;
+      // The answer waits in the gateway until the server reads it: a server that keeps asking without
+      // reading its input would grow that backlog, in memory all principals share, without end.
+      if ((proc.child.stdin?.writableLength ?? 0) > MAX_INPUT_BACKLOG_BYTES) {
+        misbehaved(proc);
+        return;
+      }
+      write(proc, [answerServerRequest(message)]);
       return;
     }
     deliver(proc, json);
@@ -992,6 +1003,11 @@ export function createStdioUpstreamClient(
     signal: AbortSignal | undefined,
     cancelOnAbort: boolean,
   ): Promise<string> {
+    if (cancelOnAbort && signal?.aborted) {
+      // Cancelled before it was written (the caller left while the process started): the server
+      // never gets it, rather than a cancellation for an id it has not seen followed by the request.
+      throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "request aborted", { detail: "aborted" });
+    }
     const keys = ids.map((id) => idKey(id) as string);
     const answer = expect(proc, keys, batch);
     const awaited = proc.pending.get(keys[0] as string) as Exchange;
@@ -1043,35 +1059,67 @@ export function createStdioUpstreamClient(
    * The principal's modern process, started (and initialized by the bridge) if it has none. The
    * credentials are read on every request, as header injection reads them: a process started with
    * values the vault no longer holds (replaced, or deleted) is ended, never used again.
+   *
+   * One principal's vault reads, and what is decided on each, take turns in arrival order. Run side
+   * by side, a read answered late (taken before a rotation or a deletion that a later request has
+   * already acted on) would end the process holding the current values and start one with the old
+   * ones, or start one holding an entry after its deletion was seen, which then lives until idle.
    */
   async function principalProcess(principal: Principal): Promise<BridgedProcess> {
     const key = principalKey(principal);
-    const resyncsAtStart = resyncs;
+    const previous = deciding.get(key);
+    let done!: () => void;
+    const turn = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    deciding.set(key, turn);
+    let slot: PrincipalSlot;
+    try {
+      await previous;
+      slot = await principalSlot(principal, key);
+    } finally {
+      done();
+      if (deciding.get(key) === turn) deciding.delete(key);
+    }
+    const proc = await slot.ready;
+    if (proc.state !== "running") {
+      // Ended since it was chosen (a later request saw its credentials change): never written to.
+      throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "stdio process ended", {
+        detail: "stdio-process-ended",
+      });
+    }
+    return proc;
+  }
+
+  /** On the principal's turn: its slot for the values the vault holds now, started if need be. */
+  async function principalSlot(principal: Principal, key: string): Promise<PrincipalSlot> {
     let environment: ProcessEnvironment;
     try {
       environment = await environmentFor(principal);
     } catch (error) {
       if (error instanceof GateError && error.code === "ERR_CREDENTIAL_REQUIRED") {
-        const slot = principals.get(key);
+        const stale = principals.get(key);
         principals.delete(key);
-        void slot?.ready.then(
-          (stale) => terminate(stale, "credentials-changed"),
+        void stale?.ready.then(
+          (proc) => terminate(proc, "credentials-changed"),
           () => undefined,
         );
       }
       throw error;
     }
     const current = principals.get(key);
+    if (current !== undefined && current.credentialTag === environment.credentialTag) return current;
     if (current !== undefined) {
-      const proc = await current.ready;
-      if (proc.credentialTag === environment.credentialTag && proc.state === "running") return proc;
-      if (proc.credentialTag !== environment.credentialTag) terminate(proc, "credentials-changed");
-      // Ended (or replaced) meanwhile: whoever gets here first starts the next one.
-      const next = principals.get(key);
-      if (next !== undefined && next !== current) return next.ready;
+      principals.delete(key);
+      void current.ready.then(
+        (proc) => terminate(proc, "credentials-changed"),
+        () => undefined,
+      );
     }
     const slot: PrincipalSlot = {
-      ready: startPrincipalProcess(principal, environment, resyncsAtStart),
+      credentialTag: environment.credentialTag,
+      // Never bound, so never re-checked at bind: a resync ends it whatever its state.
+      ready: startPrincipalProcess(principal, environment, resyncs),
       proc: undefined,
     };
     principals.set(key, slot);
@@ -1086,7 +1134,7 @@ export function createStdioUpstreamClient(
         if (principals.get(key) === slot) principals.delete(key);
       },
     );
-    return slot.ready;
+    return slot;
   }
 
   async function startPrincipalProcess(
@@ -1128,6 +1176,10 @@ export function createStdioUpstreamClient(
       return jsonAnswer(400, errorBody(null, -32600, "Invalid Request: one message per request"));
     }
     if (message.kind !== "request") return emptyAnswer(202);
+    if (message.method === "initialize") {
+      // 2026-07-28 has no initialize; the bridge made the only one a principal's server gets.
+      return jsonAnswer(200, errorBody(message.id, -32601, "Method not found"));
+    }
     const proc = await principalProcess(principal);
     try {
       if (message.method === "server/discover") {

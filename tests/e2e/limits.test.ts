@@ -10,7 +10,6 @@ import { after, before, describe, it } from "node:test";
 import {
   type Harness,
   initializeSession,
-  mcpHeaders,
   startHarness,
   sessionToolsList as toolsList,
 } from "../support/gateway-harness.ts";

@@ -26,7 +26,13 @@ function recordingLimiter(
   decide: (scopeKey: string) => Promise<RateDecision>,
 ): RateLimiter & { keys: string[] } {
   const keys: string[] = [];
-  return { keys, take: (scopeKey) => (keys.push(scopeKey), decide(scopeKey)) };
+  return {
+    keys,
+    take: (scopeKey) => {
+      keys.push(scopeKey);
+      return decide(scopeKey);
+    },
+  };
 }
 
 const allowed: RateDecision = { allowed: true, retryAfterSeconds: 0, degraded: false };

@@ -4,8 +4,9 @@
  * Node). Its tools report what the process can see and do, so tests can check isolation from the
  * inside: `env`, `whoami`, `readfile`, `writefile`, `stderr`, `notify`, `ask` (a request to the
  * client), `sleep`, `crash`, `garbage` (stdout that is not a message), `orphan` (a grandchild in
- * a session of its own) and `request` (the id and params of the `tools/call` that called it, as
- * the server received them). With `PROBE_REFUSE_INITIALIZE=1` it answers `initialize` with an error.
+ * a session of its own), `request` (the id and params of the `tools/call` that called it, as
+ * the server received them) and `flood` (stops reading its input, then sends `count` requests of its
+ * own whose ids are `bytes` long, and never answers). With `PROBE_REFUSE_INITIALIZE=1` it answers `initialize` with an error.
  *
  * Run as `node tests/support/stdio-probe-server.ts`; it exits when its stdin ends.
  */
@@ -29,6 +30,7 @@ const TOOLS = [
   "garbage",
   "orphan",
   "request",
+  "flood",
 ];
 
 const waiting = new Map<string, (message: Message) => void>();
@@ -116,6 +118,15 @@ async function callTool(name: string, args: Record<string, unknown>, request: Me
       });
       orphan.unref();
       return text({ pid: orphan.pid ?? -1 });
+    }
+    case "flood": {
+      lines.pause();
+      process.stdin.pause();
+      const padding = "f".repeat(Number(args["bytes"] ?? 1024));
+      for (let n = 0; n < Number(args["count"] ?? 1); n++) {
+        send({ jsonrpc: "2.0", id: `${padding}-${n}`, method: "ping" });
+      }
+      return new Promise<Json>(() => undefined);
     }
     default:
       throw new Error(`unknown tool ${name}`);

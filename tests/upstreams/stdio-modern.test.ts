@@ -218,6 +218,25 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     assert.deepEqual(received.params._meta, { progressToken: "p-1", custom: 1 });
   });
 
+  it("a modern initialize is refused by the bridge, and nothing starts for it", async () => {
+    const { client, events } = bridge();
+    const answer = await send(client, alice, {
+      id: 9,
+      method: "initialize",
+      params: {
+        protocolVersion: "2025-11-25",
+        capabilities: { sampling: {} },
+        clientInfo: { name: "x", version: "1" },
+      },
+    });
+    assert.deepEqual(answer.json, {
+      jsonrpc: "2.0",
+      id: 9,
+      error: { code: -32601, message: "Method not found" },
+    });
+    assert.equal(events.length, 0);
+  });
+
   it("a list result says it must not be cached, and never across callers", async () => {
     const { client } = bridge();
     const answer = await send(client, alice, { id: 2, method: "tools/list", params: { _meta: envelope() } });
