@@ -237,6 +237,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
         // Revocations must reach an in-process upstream through the wrapper too.
         ...(client.bindSession ? { bindSession: client.bindSession.bind(client) } : {}),
         ...(client.applyRevocation ? { applyRevocation: client.applyRevocation.bind(client) } : {}),
+        ...(client.credentialsChanged ? { credentialsChanged: client.credentialsChanged.bind(client) } : {}),
         async request(request) {
           const started = performance.now();
           try {

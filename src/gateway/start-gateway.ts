@@ -38,7 +38,7 @@ import { leaseKey } from "../store/keys.ts";
 import { openStore } from "../store/open-store.ts";
 import { createTaskRegistry } from "../tasks/task-registry.ts";
 import { createStdioUpstreamClient } from "../upstreams/stdio-upstream.ts";
-import { createVault } from "../vault/vault.ts";
+import { createVault, observeVaultChanges } from "../vault/vault.ts";
 import { type AdminActions, createAdminHandler } from "./admin-server.ts";
 import { createAdmission } from "./admission.ts";
 import { createClientAddressResolver } from "./client-address.ts";
@@ -230,8 +230,12 @@ export async function startGateway(
       onDenied: (denial) => securityEvents.emit(sessionDeniedEvent(denial)),
     });
 
-    const vault = createVault({ store, keyring });
     const upstreamClients = new Map<string, UpstreamClient>();
+    // Every write through this gateway (enrollment, admin API) reaches the stdio processes holding
+    // the old value, on this replica: they end rather than keep acting with it.
+    const vault = observeVaultChanges(createVault({ store, keyring }), (owner, entry) => {
+      for (const client of upstreamClients.values()) client.credentialsChanged?.(owner, entry);
+    });
     for (const upstream of config.upstreams) {
       if (upstream.transport === "stdio") {
         upstreamClients.set(

@@ -3,6 +3,7 @@ import { Pool } from "undici";
 import { GateError } from "../errors.ts";
 import type { Principal } from "../identity/principal.ts";
 import type { RevocationSignal } from "../sessions/revocation-bus.ts";
+import type { OwnerScope } from "../store/keys.ts";
 
 export interface UpstreamResponse {
   readonly status: number;
@@ -46,6 +47,12 @@ export interface UpstreamClient {
    * at once, not at an idle timeout: a stdio process holds its principal's credentials and a cap slot.
    */
   applyRevocation?(signal: RevocationSignal): void;
+  /**
+   * In-process upstreams (stdio) only: `owner`'s vault entry `entry` (null: all of them) was written or
+   * removed on this replica. What holds the old value in its environment ends now, not at its idle
+   * timeout: a removed or replaced credential must stop being used.
+   */
+  credentialsChanged?(owner: OwnerScope, entry: string | null): void;
 }
 
 export interface UpstreamClientOptions {

@@ -65,6 +65,7 @@ import type {
 } from "../gateway/upstream-client.ts";
 import { ownerScope, type Principal, samePrincipal } from "../identity/principal.ts";
 import { principalDigest, type RevocationNotice, type RevocationSignal } from "../sessions/revocation-bus.ts";
+import type { OwnerScope } from "../store/keys.ts";
 import { environmentVaultReference } from "../vault/injection.ts";
 import { VAULT_ENTRY_NAME, type Vault } from "../vault/vault.ts";
 import {
@@ -1125,7 +1126,12 @@ export function createStdioUpstreamClient(
     principals.set(key, slot);
     slot.ready.then(
       (proc) => {
-        if (principals.get(key) !== slot) return;
+        if (principals.get(key) !== slot) {
+          // Dropped while it started (its credentials changed or were removed): nobody may reach it,
+          // and it must not keep the old values until its idle timeout.
+          terminate(proc, "credentials-changed");
+          return;
+        }
         slot.proc = proc;
         // Ended before it was recorded (a crash right after initialize): nobody may reach it.
         if (proc.state !== "running") principals.delete(key);
@@ -1343,6 +1349,15 @@ export function createStdioUpstreamClient(
       // Notices may have been lost while it could not be named: it is judged as a resync would have.
       if (resyncs !== proc.resyncsAtStart) revalidate(proc);
       endAtExpiry(proc, binding.expiresAt);
+    },
+    credentialsChanged(owner: OwnerScope, entry: string | null) {
+      // Only processes whose environment holds the entry: its old value is in their memory for good.
+      if (entry === null ? plan.entries.length === 0 : !plan.entries.includes(entry)) return;
+      const key = principalKey(owner);
+      principals.delete(key);
+      for (const proc of [...live]) {
+        if (principalKey(proc.owner) === key) terminate(proc, "credentials-changed");
+      }
     },
     applyRevocation(signal: RevocationSignal) {
       if (signal.kind === "resync") {
@@ -1742,7 +1757,7 @@ function idKey(id: unknown): string | undefined {
   return undefined;
 }
 
-function principalKey(principal: Principal): string {
+function principalKey(principal: Pick<Principal, "issuer" | "tenant" | "subject">): string {
   return JSON.stringify([principal.issuer, principal.tenant, principal.subject]);
 }
 

@@ -535,3 +535,38 @@ export function createVault(options: VaultOptions): Vault {
     },
   };
 }
+
+/**
+ * The vault, with `onChange(owner, entry)` called after each write or removal that succeeded (`entry`
+ * null: all of the owner's entries). The observer's failure never changes the vault's answer.
+ */
+export function observeVaultChanges(
+  vault: Vault,
+  onChange: (owner: OwnerScope, entry: string | null) => void,
+): Vault {
+  const notify = (owner: OwnerScope, entry: string | null): void => {
+    try {
+      onChange(owner, entry);
+    } catch {
+      // What ends processes is best effort here; a modern request re-reads the vault anyway.
+    }
+  };
+  return {
+    ...vault,
+    async put(owner, name, value) {
+      const answer = await vault.put(owner, name, value);
+      notify(owner, name);
+      return answer;
+    },
+    async delete(owner, name) {
+      const removed = await vault.delete(owner, name);
+      if (removed) notify(owner, name);
+      return removed;
+    },
+    async deleteAll(owner) {
+      const removed = await vault.deleteAll(owner);
+      if (removed > 0) notify(owner, null);
+      return removed;
+    },
+  };
+}

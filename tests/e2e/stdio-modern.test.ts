@@ -11,6 +11,7 @@ import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
 import { type Harness, startHarness } from "../support/gateway-harness.ts";
+import { alive, eventually } from "../support/process-watch.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
 const PROBE = new URL("../support/stdio-probe-server.ts", import.meta.url).pathname;
@@ -150,6 +151,15 @@ for (const backend of await storeBackendCases("stdio-modern-e2e")) {
           "no Mcp-Session-Id, ever",
         );
       }
+    });
+
+    it("C1 enrolling a new value ends the process holding the old one at once; the next request acts with the new", async () => {
+      await enroll("judy", "ghp_judy_first");
+      const judy = await connect("/probe", "judy");
+      const before = (await tool(judy, "whoami"))["pid"] as number;
+      await enroll("judy", "ghp_judy_second");
+      await eventually(() => !alive(before), "the process with the old value ends");
+      assert.equal((await tool(judy, "env"))["GITHUB_TOKEN"], "ghp_judy_second");
     });
 
     it("C1 a principal without the entry gets ERR_CREDENTIAL_REQUIRED naming it, on its first modern request", async () => {

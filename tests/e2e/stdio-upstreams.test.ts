@@ -19,6 +19,7 @@ import {
   startHarness,
   TEST_ISSUER,
 } from "../support/gateway-harness.ts";
+import { alive, eventually } from "../support/process-watch.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
 const PROBE = new URL("../support/stdio-probe-server.ts", import.meta.url).pathname;
@@ -60,25 +61,11 @@ function enroll(harness: Harness, token: string, value: string): Promise<Respons
   });
 }
 
-/** Whether a pid names a process (one that exited and was reaped is ESRCH). */
-function running(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code !== "ESRCH";
-  }
-}
-
 /** Generous: the process is signalled at once; this only bounds a slow machine. */
 const EXIT_BOUND_MS = 10_000;
 
-async function exits(pid: number, what: string): Promise<void> {
-  const until = Date.now() + EXIT_BOUND_MS;
-  while (running(pid)) {
-    if (Date.now() > until) assert.fail(`${what}: pid ${pid} still runs after ${EXIT_BOUND_MS} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+function exits(pid: number, what: string): Promise<void> {
+  return eventually(() => !alive(pid), `${what}: pid ${pid} to exit`, EXIT_BOUND_MS);
 }
 
 async function admin(harness: Harness, path: string, body: unknown): Promise<unknown> {
@@ -246,7 +233,7 @@ for (const backend of await storeBackendCases("stdio-e2e")) {
 
     /** Still running, and still answering its own client through the gateway. */
     async function serving(entry: { client: Client; pid: number }): Promise<void> {
-      assert.ok(running(entry.pid), `pid ${entry.pid} runs`);
+      assert.ok(alive(entry.pid), `pid ${entry.pid} runs`);
       assert.equal((await tool(entry.client, "whoami"))["pid"], entry.pid);
     }
 

@@ -18,6 +18,7 @@ import {
   type StdioUpstreamOptions,
 } from "../../src/upstreams/stdio-upstream.ts";
 import type { Vault } from "../../src/vault/vault.ts";
+import { alive, eventually } from "../support/process-watch.ts";
 import { createVaultDouble } from "../support/vault-double.ts";
 
 const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.meta.url));
@@ -132,23 +133,6 @@ async function legacy(
     session: answer.headers["mcp-session-id"] as string | undefined,
     json: (text === "" ? {} : JSON.parse(text)) as Record<string, unknown>,
   };
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code !== "ESRCH";
-  }
-}
-
-async function eventually(check: () => boolean, what: string, within = WAIT_MS): Promise<void> {
-  const until = Date.now() + within;
-  while (!check()) {
-    if (Date.now() > until) assert.fail(`timed out waiting for: ${what}`);
-    await delay(50);
-  }
 }
 
 function count(events: StdioProcessEvent[], type: StdioProcessEvent["type"]): number {

@@ -20,6 +20,7 @@ import {
   type StdioProcessEvent,
   type StdioUpstreamOptions,
 } from "../../src/upstreams/stdio-upstream.ts";
+import { alive, eventually } from "../support/process-watch.ts";
 import { createVaultDouble } from "../support/vault-double.ts";
 
 const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.meta.url));
@@ -148,23 +149,6 @@ async function pidOf(client: UpstreamClient, caller: Principal): Promise<number>
   return (await call(client, caller, "whoami")).value["pid"] as number;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code !== "ESRCH";
-  }
-}
-
-async function eventually(check: () => boolean, what: string): Promise<void> {
-  const until = Date.now() + WAIT_MS;
-  while (!check()) {
-    if (Date.now() > until) assert.fail(`timed out waiting for: ${what}`);
-    await delay(50);
-  }
-}
-
 describe("stdio bridge, modern requests served by one process per principal", () => {
   it("answers server/discover from the server's own initialize, with no session anywhere", async () => {
     const { client } = bridge();
@@ -287,6 +271,32 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     const started = events.filter((event) => event.type === "process.started").length;
     await assert.rejects(call(client, bob, "env"), (error) => isGateError(error, "ERR_CREDENTIAL_REQUIRED"));
     assert.equal(events.filter((event) => event.type === "process.started").length, started);
+  });
+
+  it("C1 a credential written or removed through the gateway ends the processes holding the old value at once", async () => {
+    const vault = createVaultDouble();
+    const { client, events } = bridge({ vault }, { GITHUB_TOKEN: "vault:github_token" });
+    await vault.put(ownerScope(alice), "github_token", "alice-old");
+    await vault.put(ownerScope(bob), "github_token", "bob-only");
+    const [alicePid, bobPid] = [await pidOf(client, alice), await pidOf(client, bob)];
+    // An entry this upstream does not use ends nothing.
+    client.credentialsChanged?.(ownerScope(alice), "other_token");
+    await delay(200);
+    assert.ok(alive(alicePid));
+
+    await vault.put(ownerScope(alice), "github_token", "alice-new");
+    client.credentialsChanged?.(ownerScope(alice), "github_token");
+    await eventually(() => !alive(alicePid), "alice's process ends without waiting for her next request");
+    assert.ok(alive(bobPid), "bob's process lives");
+    assert.equal((await call(client, alice, "env")).value["GITHUB_TOKEN"], "alice-new");
+
+    const renewed = await pidOf(client, alice);
+    client.credentialsChanged?.(ownerScope(alice), null);
+    await eventually(() => !alive(renewed), "removing all of alice's entries ends it too");
+    assert.equal(
+      events.filter((e) => e.type === "process.ended" && e.reason === "credentials-changed").length,
+      2,
+    );
   });
 
   it("a crash fails the requests in flight; the principal's next request starts a new process", async () => {

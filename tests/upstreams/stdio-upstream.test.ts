@@ -39,6 +39,7 @@ import {
   type StdioProcessEvent,
   type StdioUpstreamOptions,
 } from "../../src/upstreams/stdio-upstream.ts";
+import { alive, eventually } from "../support/process-watch.ts";
 import { createVaultDouble, type VaultDouble } from "../support/vault-double.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -221,23 +222,6 @@ async function rejectsWith(promise: Promise<unknown>, code: GateErrorCode): Prom
     return error;
   }
   assert.fail(`expected ${code}, but it resolved`);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code !== "ESRCH";
-  }
-}
-
-async function eventually(check: () => boolean, what: string, timeoutMs = WAIT_MS): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > until) assert.fail(`timed out waiting for: ${what}`);
-    await delay(50);
-  }
 }
 
 /** Reads `data:` events from a GET stream as they arrive. */
@@ -1216,6 +1200,31 @@ describe("stdio upstream bridge", () => {
     const ping = await postJson(client, caller, sessionId, { jsonrpc: "2.0", id: nextId++, method: "ping" });
     assert.equal(ping.status, 200);
   }
+
+  it("C1 a changed or removed credential ends the sessions whose process holds the old value; 404 afterwards", async () => {
+    const vault = createVaultDouble();
+    await vault.put(ownerScope(alice), "api_token", "alice-old-token");
+    await vault.put(ownerScope(bob), "api_token", "bob-token");
+    const { client, log } = newClient({ vault }, upstreamConfig({ env: { API_TOKEN: "vault:api_token" } }));
+    const aliceSession = await openSession(client, alice);
+    const bobSession = await openSession(client, bob);
+    const [aliceProc, bobProc] = [
+      await processOf(client, log, alice, aliceSession),
+      await processOf(client, log, bob, bobSession),
+    ];
+    await vault.delete(ownerScope(alice), "api_token");
+    client.credentialsChanged?.(ownerScope(alice), "api_token");
+    const ended = await log.waitFor((e) => e.type === "process.ended" && e.processRef === aliceProc.ref);
+    assert.equal(ended.type === "process.ended" && ended.reason, "credentials-changed");
+    await eventually(() => !alive(aliceProc.pid), `pid ${aliceProc.pid} to exit`);
+    const ping = await postJson(client, alice, aliceSession, {
+      jsonrpc: "2.0",
+      id: nextId++,
+      method: "ping",
+    });
+    assert.equal(ping.status, 404);
+    await stillServing(client, bob, bobSession, bobProc);
+  });
 
   it("a session's absolute timeout ends its process then, not at the idle timeout", async () => {
     const { client, log } = newClient();
