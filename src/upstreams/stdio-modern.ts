@@ -130,17 +130,49 @@ export function discoverAnswer(
   });
 }
 
-/** A client's request as the server gets it: the bridge's id, the envelope keys taken out of `_meta`. */
+/**
+ * A client's request as the server gets it: the bridge's id, the envelope keys taken out of `_meta`,
+ * and a progress token, if the client sent one, replaced by the bridge's id too (two requests of one
+ * principal may carry the same token; the bridge routes the server's progress by its own).
+ */
 export function serverRequest(message: Record<string, unknown>, bridgeId: number): Record<string, unknown> {
   const forwarded: Record<string, unknown> = { jsonrpc: "2.0", id: bridgeId, method: message["method"] };
   const params = message["params"];
   if (params === undefined) return forwarded;
   if (!isRecord(params) || !isRecord(params["_meta"])) return { ...forwarded, params };
   const meta = Object.fromEntries(
-    Object.entries(params["_meta"]).filter(([key]) => !ENVELOPE_META_KEYS.has(key)),
+    Object.entries(params["_meta"])
+      .filter(([key]) => !ENVELOPE_META_KEYS.has(key))
+      .map(([key, value]) => (key === "progressToken" ? [key, bridgeId] : [key, value])),
   );
   const { _meta: _envelope, ...rest } = params;
   return { ...forwarded, params: Object.keys(meta).length > 0 ? { ...rest, _meta: meta } : rest };
+}
+
+/** The progress token a client's request asks for progress under (MCP: a string or an integer). */
+export function progressTokenOf(message: Record<string, unknown>): string | number | undefined {
+  const params = message["params"];
+  const meta = isRecord(params) ? params["_meta"] : undefined;
+  const token = isRecord(meta) ? meta["progressToken"] : undefined;
+  return typeof token === "string" || Number.isSafeInteger(token) ? (token as string | number) : undefined;
+}
+
+/**
+ * The server's progress notification as the client gets it: under the client's own token, with only
+ * the fields progress has (2026-07-28 basic/utilities/progress).
+ */
+export function clientProgress(params: Record<string, unknown>, clientToken: string | number): string {
+  const { progress, total, message } = params;
+  return JSON.stringify({
+    jsonrpc: "2.0",
+    method: "notifications/progress",
+    params: {
+      progressToken: clientToken,
+      progress: typeof progress === "number" ? progress : 0,
+      ...(typeof total === "number" ? { total } : {}),
+      ...(typeof message === "string" ? { message } : {}),
+    },
+  });
 }
 
 /**

@@ -72,8 +72,10 @@ import {
   answerServerRequest,
   bridgeInitialize,
   clientAnswer,
+  clientProgress,
   discoverAnswer,
   INITIALIZED_NOTIFICATION,
+  progressTokenOf,
   readServerDescription,
   type StdioServerDescription,
   serverRequest,
@@ -291,6 +293,8 @@ interface BridgedProcess {
   server: StdioServerDescription | undefined;
   /** The next JSON-RPC id the bridge writes to a principal process (its own ids, never a client's). */
   nextId: number;
+  /** Principal processes: where the server's progress for each request goes, by the bridge's token. */
+  readonly progress: Map<string, (params: Record<string, unknown>) => void>;
   readonly child: ChildProcess;
   state: ProcessState;
   endReason: StdioEndReason | undefined;
@@ -569,6 +573,7 @@ export function createStdioUpstreamClient(
       credentialTag,
       server: undefined,
       nextId: 1,
+      progress: new Map(),
       child,
       state: "starting",
       endReason: undefined,
@@ -755,7 +760,15 @@ export function createStdioUpstreamClient(
     if (proc.kind === "principal") {
       // A modern caller has no GET stream and the bridge declared no client capabilities: a server
       // request is answered here (else the server would wait for ever), its notifications dropped.
-      if (!Object.hasOwn(message, "id")) return;
+      if (!Object.hasOwn(message, "id")) {
+        // Progress of a request that asked for it reaches that request's answer; the rest is dropped.
+        const params = message["params"];
+        if (message["method"] === "notifications/progress" && typeof params === "object" && params !== null) {
+          const token = idKey((params as Record<string, unknown>)["progressToken"]);
+          if (token !== undefined) proc.progress.get(token)?.(params as Record<string, unknown>);
+        }
+        return;
+      }
       // The answer waits in the gateway until the server reads it: a server that keeps asking without
       // reading its input would grow that backlog, in memory all principals share, without end.
       if ((proc.child.stdin?.writableLength ?? 0) > MAX_INPUT_BACKLOG_BYTES) {
@@ -1187,6 +1200,11 @@ export function createStdioUpstreamClient(
       return jsonAnswer(200, errorBody(message.id, -32601, "Method not found"));
     }
     const proc = await principalProcess(principal);
+    // A throwaway principal never comes back: its process would only wait for the idle timeout.
+    const done = (): void => {
+      if (principal.kind === "anonymous") terminate(proc, "answered");
+    };
+    let streaming = false;
     try {
       if (message.method === "server/discover") {
         touch(proc);
@@ -1198,13 +1216,71 @@ export function createStdioUpstreamClient(
       checkInputRoom(proc, request.body);
       const id = proc.nextId++;
       const forwarded = serverRequest(raw as Record<string, unknown>, id);
+      const clientToken = progressTokenOf(raw as Record<string, unknown>);
+      if (clientToken !== undefined && acceptsEventStream(request.headers)) {
+        streaming = true;
+        return await answerWithProgress(proc, forwarded, id, message, clientToken, request.signal, done);
+      }
       // 2026-07-28 cancellation: the client closing its response stream cancels the request.
       const text = await exchange(proc, [forwarded], [id], false, request.signal, true);
       return jsonAnswer(200, clientAnswer(text, message.id, message.method));
     } finally {
-      // A throwaway principal never comes back: its process would only wait for the idle timeout.
-      if (principal.kind === "anonymous") terminate(proc, "answered");
+      if (!streaming) done();
     }
+  }
+
+  /**
+   * A request that asked for progress: answered as JSON if the answer comes first, else as an SSE
+   * stream from the first progress notification on, ending with the answer (2026-07-28 transports: a
+   * request's answer may be a stream of related messages ending with its response). `done` runs once
+   * the exchange is over, whichever way.
+   */
+  function answerWithProgress(
+    proc: BridgedProcess,
+    forwarded: Record<string, unknown>,
+    id: number,
+    message: { readonly id: JsonRpcId; readonly method: string },
+    clientToken: string | number,
+    signal: AbortSignal | undefined,
+    done: () => void,
+  ): Promise<UpstreamResponse> {
+    const key = idKey(id) as string;
+    return new Promise<UpstreamResponse>((resolve, reject) => {
+      let stream: PassThrough | undefined;
+      proc.progress.set(key, (params) => {
+        if (stream === undefined) {
+          stream = new PassThrough();
+          // The gateway may drop the stream when its client leaves; nothing more is written then.
+          stream.on("error", () => undefined);
+          resolve(streamAnswer(stream));
+        }
+        // Progress is advisory: a reader that does not keep up loses some of it, never the answer.
+        if (!stream.destroyed && !stream.writableNeedDrain) {
+          stream.write(sseEvent(clientProgress(params, clientToken)));
+        }
+      });
+      exchange(proc, [forwarded], [id], false, signal, true)
+        .then(
+          (text) => {
+            const answer = clientAnswer(text, message.id, message.method);
+            if (stream === undefined) resolve(jsonAnswer(200, answer));
+            else if (!stream.destroyed) stream.end(sseEvent(answer));
+          },
+          (error: unknown) => {
+            if (stream === undefined) reject(error);
+            else if (!stream.destroyed) {
+              // The status is written already: the failure is said the way a stream can say it.
+              stream.end(
+                sseEvent(errorBody(message.id, -32603, "Internal error: the server did not answer")),
+              );
+            }
+          },
+        )
+        .finally(() => {
+          proc.progress.delete(key);
+          done();
+        });
+    });
   }
 
   function openStream(proc: BridgedProcess, signal: AbortSignal | undefined): UpstreamResponse {
@@ -1796,6 +1872,11 @@ function parseBody(body: Buffer | undefined): {
   const payload = parseJsonRpcBody(bytes, { maxBatchSize: MAX_BATCH, allowBatch: true });
   const value: unknown = JSON.parse(bytes.toString("utf8"));
   return { payload, raw: Array.isArray(value) ? value : [value] };
+}
+
+/** Whether the client takes an SSE answer (it lists text/event-stream in Accept). */
+function acceptsEventStream(headers: Readonly<Record<string, string>>): boolean {
+  return /(^|,)\s*text\/event-stream\s*(;|,|$)/i.test(headerValue(headers, "accept") ?? "");
 }
 
 function sseEvent(json: string): string {

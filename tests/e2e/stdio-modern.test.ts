@@ -162,6 +162,18 @@ for (const backend of await storeBackendCases("stdio-modern-e2e")) {
       assert.equal((await tool(judy, "env"))["GITHUB_TOKEN"], "ghp_judy_second");
     });
 
+    it("progress from the stdio server reaches the v2 client's onprogress over the gateway's SSE answer", async () => {
+      await enroll("kim", "ghp_kim");
+      const kim = await connect("/probe", "kim");
+      const seen: number[] = [];
+      const result = await kim.client.callTool(
+        { name: "progress", arguments: { steps: 3 } },
+        { onprogress: (progress) => seen.push(progress.progress) },
+      );
+      assert.deepEqual(seen, [1, 2, 3]);
+      assert.equal((JSON.parse(textOf(result)) as { steps: number }).steps, 3);
+    });
+
     it("C1 a principal without the entry gets ERR_CREDENTIAL_REQUIRED naming it, on its first modern request", async () => {
       const response = await fetch(`${harness.url}/probe`, {
         method: "POST",

@@ -5,8 +5,9 @@
  * inside: `env`, `whoami`, `readfile`, `writefile`, `stderr`, `notify`, `ask` (a request to the
  * client), `sleep`, `crash`, `garbage` (stdout that is not a message), `orphan` (a grandchild in
  * a session of its own), `request` (the id and params of the `tools/call` that called it, as
- * the server received them) and `flood` (stops reading its input, then sends `count` requests of its
- * own whose ids are `bytes` long, and never answers). With `PROBE_REFUSE_INITIALIZE=1` it answers `initialize` with an error.
+ * the server received them), `progress` (`steps` progress notifications under the call's own token)
+ * and `flood` (stops reading its input, then sends `count` requests of its own whose ids are `bytes`
+ * long, and never answers). With `PROBE_REFUSE_INITIALIZE=1` it answers `initialize` with an error.
  *
  * Run as `node tests/support/stdio-probe-server.ts`; it exits when its stdin ends.
  */
@@ -52,6 +53,27 @@ async function callTool(name: string, args: Record<string, unknown>, request: Me
   switch (name) {
     case "request":
       return text({ id: request["id"] as Json, params: request["params"] as Json });
+    case "progress": {
+      // notifications/progress under the request's own token, `steps` of them, `ms` apart.
+      const meta = ((request["params"] ?? {}) as { _meta?: { progressToken?: Json } })._meta;
+      const steps = Number(args["steps"] ?? 3);
+      for (let step = 1; step <= steps; step++) {
+        await new Promise((done) => setTimeout(done, Number(args["ms"] ?? 20)));
+        if (meta?.progressToken !== undefined) {
+          send({
+            jsonrpc: "2.0",
+            method: "notifications/progress",
+            params: {
+              progressToken: meta.progressToken,
+              progress: step,
+              total: steps,
+              message: `step ${step}`,
+            },
+          });
+        }
+      }
+      return text({ steps, token: meta?.progressToken ?? null });
+    }
     case "env":
       return text({ ...process.env } as Record<string, string>);
     case "whoami": {

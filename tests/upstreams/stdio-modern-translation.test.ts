@@ -60,11 +60,14 @@ describe("stdio modern translation", () => {
       method: "tools/call",
       params: { name: "echo", arguments: { text: "hi" } },
     });
-    const withToken = { ...request, params: { ...request.params, _meta: { progressToken: 3 } } };
+    const withToken = {
+      ...request,
+      params: { ...request.params, _meta: { progressToken: "mine", trace: 1 } },
+    };
     assert.deepEqual(serverRequest(withToken, 13)["params"], {
       name: "echo",
       arguments: { text: "hi" },
-      _meta: { progressToken: 3 },
+      _meta: { progressToken: 13, trace: 1 },
     });
   });
 });

@@ -121,6 +121,43 @@ async function send(
   };
 }
 
+/** tools/call as a modern client that takes SSE sends it; every message of the answer, in order. */
+async function sendStreaming(
+  client: UpstreamClient,
+  caller: Principal,
+  id: number,
+  name: string,
+  args: Record<string, unknown>,
+  progressToken: string | undefined,
+  accept = "application/json, text/event-stream",
+): Promise<{ contentType: unknown; messages: Record<string, unknown>[] }> {
+  const meta = envelope(progressToken === undefined ? {} : { progressToken });
+  const answer = await client.request({
+    method: "POST",
+    headers: { "content-type": "application/json", accept, "mcp-protocol-version": MODERN },
+    body: Buffer.from(
+      JSON.stringify({
+        jsonrpc: "2.0",
+        id,
+        method: "tools/call",
+        params: { name, arguments: args, _meta: meta },
+      }),
+    ),
+    principal: caller,
+  });
+  assert.equal(answer.status, 200);
+  const text = await readAll(answer.body);
+  const contentType = answer.headers["content-type"];
+  if (contentType !== "text/event-stream") {
+    return { contentType, messages: [JSON.parse(text) as Record<string, unknown>] };
+  }
+  const messages = text
+    .split("\n\n")
+    .filter((event) => event.startsWith("data: "))
+    .map((event) => JSON.parse(event.slice("data: ".length)) as Record<string, unknown>);
+  return { contentType, messages };
+}
+
 /** tools/call with a given client id; the probe's tool result, parsed. */
 async function call(
   client: UpstreamClient,
@@ -199,7 +236,8 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     assert.equal(seen.resultType, "complete");
     const received = seen.value as { id: unknown; params: { _meta?: Record<string, unknown> } };
     assert.equal(typeof received.id, "number", "the server sees the bridge's id, not the client's");
-    assert.deepEqual(received.params._meta, { progressToken: "p-1", custom: 1 });
+    // The progress token is the bridge's too (another request may carry the client's).
+    assert.deepEqual(received.params._meta, { progressToken: received.id, custom: 1 });
   });
 
   it("a modern initialize is refused by the bridge, and nothing starts for it", async () => {
@@ -229,6 +267,44 @@ describe("stdio bridge, modern requests served by one process per principal", ()
     assert.equal(result["ttlMs"], 0);
     assert.equal(result["cacheScope"], "private");
     assert.ok(Array.isArray(result["tools"]));
+  });
+
+  it("progress a request asked for reaches its answer as SSE, under the client's token, the answer last", async () => {
+    const { client } = bridge();
+    const [first, second] = await Promise.all([
+      sendStreaming(client, alice, 5, "progress", { steps: 3 }, "same-token"),
+      sendStreaming(client, alice, 5, "progress", { steps: 2 }, "same-token"),
+    ]);
+    for (const [answer, steps] of [
+      [first, 3],
+      [second, 2],
+    ] as const) {
+      assert.equal(answer.contentType, "text/event-stream");
+      const progress = answer.messages.slice(0, -1);
+      assert.deepEqual(
+        progress.map((m) => m["params"]),
+        Array.from({ length: steps }, (_, i) => ({
+          progressToken: "same-token",
+          progress: i + 1,
+          total: steps,
+          message: `step ${i + 1}`,
+        })),
+        "each request gets only its own progress, under the token it sent",
+      );
+      const last = answer.messages.at(-1) as { id: unknown; result: { content: { text: string }[] } };
+      assert.equal(last.id, 5);
+      assert.equal(JSON.parse(last.result.content[0]?.text ?? "null").steps, steps);
+    }
+  });
+
+  it("without text/event-stream in Accept, or without a token, the answer is JSON and progress is dropped", async () => {
+    const { client } = bridge();
+    const jsonOnly = await sendStreaming(client, alice, 6, "progress", { steps: 2 }, "t", "application/json");
+    assert.equal(jsonOnly.contentType, "application/json");
+    assert.equal(jsonOnly.messages.length, 1);
+    const noToken = await sendStreaming(client, alice, 7, "progress", { steps: 2 }, undefined);
+    assert.equal(noToken.contentType, "application/json");
+    assert.equal((noToken.messages[0] as { id: unknown }).id, 7);
   });
 
   it("concurrent requests of one principal with the same JSON-RPC id each get their own answer", async () => {
