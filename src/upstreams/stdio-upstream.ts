@@ -281,6 +281,11 @@ interface BridgedProcess {
    * in the store) is sent as the largest one, and must not end every session bound after it.
    */
   killSwitchBeforeBind: number;
+  /**
+   * A session notice was heard while the process was not bound yet: it may name the session being
+   * recorded (evicted by a concurrent create before this one returned), so bindSession re-checks it.
+   */
+  sessionNoticeBeforeBind: boolean;
   readonly dir: string;
   readonly uid: number | undefined;
   /** Vault values injected into this process's env, longest first (scrubbed from its stderr). */
@@ -575,6 +580,7 @@ export function createStdioUpstreamClient(
       binding: kind === "principal" ? SESSIONLESS_BINDING : undefined,
       resyncsAtStart,
       killSwitchBeforeBind: 0,
+      sessionNoticeBeforeBind: false,
       dir,
       uid,
       secrets,
@@ -1390,8 +1396,9 @@ export function createStdioUpstreamClient(
         terminate(proc, "revoked");
         return;
       }
-      // Notices may have been lost while it could not be named: it is judged as a resync would have.
-      if (resyncs !== proc.resyncsAtStart) revalidate(proc);
+      // Notices may have been lost, or missed it, while it could not be named: it is judged as a
+      // resync would have.
+      if (resyncs !== proc.resyncsAtStart || proc.sessionNoticeBeforeBind) revalidate(proc);
       endAtExpiry(proc, binding.expiresAt);
     },
     credentialsChanged(owner: OwnerScope, entry: string | null) {
@@ -1415,6 +1422,8 @@ export function createStdioUpstreamClient(
         else if (signal.kind === "all" && proc.binding === undefined) {
           // Its initialize is in flight: its session, once recorded, may predate this kill switch.
           proc.killSwitchBeforeBind = Math.max(proc.killSwitchBeforeBind, signal.generation);
+        } else if (signal.kind === "session" && proc.binding === undefined) {
+          proc.sessionNoticeBeforeBind = true;
         }
       }
     },

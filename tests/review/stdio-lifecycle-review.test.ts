@@ -296,4 +296,40 @@ describe("review: stdio process lifecycle", () => {
     assert.equal(await sessionToken(client, session), "alice-token");
     assert.equal(count(events, "process.ended"), 0);
   });
+  it("a session revoked (or evicted) before its process was bound does not leave the process running", async () => {
+    // The gateway's interleaving: two initializes of one principal at its session cap (evict-oldest);
+    // the second create evicts the first while the first is still writing its records, so the
+    // eviction notice (revokeHere, and the bus's echo) reaches the bridge before the first is bound.
+    const { client, events } = bridge({}, {});
+    const { session } = await legacy(client, alice, INITIALIZE);
+    assert.ok(session);
+    client.applyRevocation?.({ kind: "session", sessionDigest: "digest-of-the-evicted-session" });
+    client.bindSession?.(session, {
+      sessionDigest: "digest-of-the-evicted-session",
+      killGeneration: 0,
+      // The session no longer resolves: it was evicted.
+      stillValid: async () => false,
+      expiresAt: Date.now() + 3_600_000,
+    });
+    await eventually(
+      () => events.some((event) => event.type === "process.ended" && event.reason === "revoked"),
+      "the process of the revoked session ends",
+      3_000,
+    );
+  });
+  it("guard: another session's notice before bind leaves a still valid session's process running", async () => {
+    const { client, events } = bridge({}, {});
+    const { session } = await legacy(client, alice, INITIALIZE);
+    assert.ok(session);
+    client.applyRevocation?.({ kind: "session", sessionDigest: "someone-elses-session" });
+    client.bindSession?.(session, {
+      sessionDigest: "this-session",
+      killGeneration: 0,
+      stillValid: async () => true,
+      expiresAt: Date.now() + 3_600_000,
+    });
+    await delay(300);
+    assert.equal(count(events, "process.ended"), 0);
+    assert.equal((await legacy(client, alice, { id: 2, method: "ping" }, session)).status, 200);
+  });
 });
