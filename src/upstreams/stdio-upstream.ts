@@ -283,6 +283,11 @@ interface BridgedProcess {
    * in the store) is sent as the largest one, and must not end every session bound after it.
    */
   killSwitchBeforeBind: number;
+  /**
+   * A session notice was heard while the process was not bound yet: it may name the session being
+   * recorded (evicted by a concurrent create before this one returned), so bindSession re-checks it.
+   */
+  sessionNoticeBeforeBind: boolean;
   readonly dir: string;
   readonly uid: number | undefined;
   /** Vault values injected into this process's env, longest first (scrubbed from its stderr). */
@@ -331,6 +336,12 @@ interface ProcessEnvironment {
   readonly credentialTag: string;
 }
 
+interface CredentialRead {
+  /** Whose (principalKey). */
+  readonly key: string;
+  overtaken: boolean;
+}
+
 interface EnvironmentPlan {
   readonly literals: ReadonlyArray<readonly [string, string]>;
   /** [variable, vault entry]. */
@@ -359,6 +370,12 @@ export function createStdioUpstreamClient(
   const principals = new Map<string, PrincipalSlot>();
   /** Per principal key: the last turn to read the vault and decide on it (principalProcess). */
   const deciding = new Map<string, Promise<void>>();
+  /**
+   * Vault reads whose process `credentialsChanged` cannot reach yet (not in `live`, nor a principal's
+   * slot): a change of their principal's credentials heard meanwhile marks them, as what they read may
+   * be the replaced or removed value.
+   */
+  const reading = new Set<CredentialRead>();
   const live = new Set<BridgedProcess>();
   const perPrincipal = new Map<string, number>();
   const perTenant = new Map<string, number>();
@@ -567,6 +584,7 @@ export function createStdioUpstreamClient(
       binding: kind === "principal" ? SESSIONLESS_BINDING : undefined,
       resyncsAtStart,
       killSwitchBeforeBind: 0,
+      sessionNoticeBeforeBind: false,
       dir,
       uid,
       secrets,
@@ -969,7 +987,22 @@ export function createStdioUpstreamClient(
       return sessionRequired();
     }
     const resyncsAtStart = resyncs;
-    const proc = await startProcess(principal, await environmentFor(principal), "session", resyncsAtStart);
+    // Watched until the process is in `live`, where a later change reaches it.
+    const read: CredentialRead = { key: principalKey(principal), overtaken: false };
+    reading.add(read);
+    let proc: BridgedProcess;
+    try {
+      proc = await startProcess(principal, await environmentFor(principal), "session", resyncsAtStart);
+    } finally {
+      reading.delete(read);
+    }
+    if (read.overtaken) {
+      // Its environment may hold a value written over or removed since: a session must not keep it.
+      terminate(proc, "credentials-changed");
+      throw new GateError("ERR_UPSTREAM_UNAVAILABLE", "stdio process ended while starting", {
+        detail: "stdio-start-failed",
+      });
+    }
     const text = await awaitInitialized(proc, message, first.id);
     if (!Object.hasOwn(JSON.parse(text) as object, "result")) {
       // The server refused to initialize: it holds no session, so it is ended and no id is minted;
@@ -1109,7 +1142,7 @@ export function createStdioUpstreamClient(
   async function principalSlot(principal: Principal, key: string): Promise<PrincipalSlot> {
     let environment: ProcessEnvironment;
     try {
-      environment = await environmentFor(principal);
+      environment = await currentEnvironment(principal, key);
     } catch (error) {
       if (error instanceof GateError && error.code === "ERR_CREDENTIAL_REQUIRED") {
         const stale = principals.get(key);
@@ -1154,6 +1187,23 @@ export function createStdioUpstreamClient(
       },
     );
     return slot;
+  }
+
+  /**
+   * The principal's environment from a read no credential change overtook: one that did may hold the
+   * value just replaced or removed, so it is read again. (Once the slot is recorded, a change drops it.)
+   */
+  async function currentEnvironment(principal: Principal, key: string): Promise<ProcessEnvironment> {
+    for (;;) {
+      const read: CredentialRead = { key, overtaken: false };
+      reading.add(read);
+      try {
+        const environment = await environmentFor(principal);
+        if (!read.overtaken) return environment;
+      } finally {
+        reading.delete(read);
+      }
+    }
   }
 
   async function startPrincipalProcess(
@@ -1422,14 +1472,16 @@ export function createStdioUpstreamClient(
         terminate(proc, "revoked");
         return;
       }
-      // Notices may have been lost while it could not be named: it is judged as a resync would have.
-      if (resyncs !== proc.resyncsAtStart) revalidate(proc);
+      // Notices may have been lost, or missed it, while it could not be named: it is judged as a
+      // resync would have.
+      if (resyncs !== proc.resyncsAtStart || proc.sessionNoticeBeforeBind) revalidate(proc);
       endAtExpiry(proc, binding.expiresAt);
     },
     credentialsChanged(owner: OwnerScope, entry: string | null) {
       // Only processes whose environment holds the entry: its old value is in their memory for good.
       if (entry === null ? plan.entries.length === 0 : !plan.entries.includes(entry)) return;
       const key = principalKey(owner);
+      for (const read of reading) if (read.key === key) read.overtaken = true;
       principals.delete(key);
       for (const proc of [...live]) {
         if (principalKey(proc.owner) === key) terminate(proc, "credentials-changed");
@@ -1446,6 +1498,8 @@ export function createStdioUpstreamClient(
         else if (signal.kind === "all" && proc.binding === undefined) {
           // Its initialize is in flight: its session, once recorded, may predate this kill switch.
           proc.killSwitchBeforeBind = Math.max(proc.killSwitchBeforeBind, signal.generation);
+        } else if (signal.kind === "session" && proc.binding === undefined) {
+          proc.sessionNoticeBeforeBind = true;
         }
       }
     },
