@@ -211,6 +211,9 @@ const SWEEP_PAUSE_MS = 100;
 const SHARED_WRITABLE_ROOTS = ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"];
 /** Entries looked at per removal; past it the uid is quarantined rather than handed out unchecked. */
 const MAX_SHARED_ENTRIES_WALKED = 100_000;
+/** The default work root is `<tmpdir>/tenantgate-stdio-<gateway pid>`. */
+const DEFAULT_WORK_ROOT_PREFIX = "tenantgate-stdio-";
+const DEFAULT_WORK_ROOT = /^tenantgate-stdio-(\d+)$/;
 /** 128 random bits, hex: a process directory's name, unguessable by its siblings. */
 const PROCESS_DIRECTORY_NAME = /^[0-9a-f]{32}$/;
 /** After notices may have been lost: how often a session's re-check is tried, and the backoff step. */
@@ -361,7 +364,8 @@ export function createStdioUpstreamClient(
   const credentialTagKey = randomBytes(32);
   const distinctUid = options.runAs === "distinct-uid";
   const uidRange = distinctUid ? checkUidRange(options.uidRange) : undefined;
-  const workRoot = resolve(options.workRoot ?? join(tmpdir(), `tenantgate-stdio-${process.pid}`));
+  if (options.workRoot === undefined) removeStaleWorkRoots(tmpdir());
+  const workRoot = resolve(options.workRoot ?? join(tmpdir(), `${DEFAULT_WORK_ROOT_PREFIX}${process.pid}`));
   // Children of other uids must traverse the root to reach their own directory, never list it.
   prepareWorkRoot(workRoot, distinctUid ? 0o711 : 0o700, distinctUid);
 
@@ -1627,6 +1631,44 @@ function planEnvironment(upstream: StdioUpstreamConfig, hasVault: boolean): Envi
     if (!entries.includes(entry)) entries.push(entry);
   }
   return { literals, references, entries };
+}
+
+/**
+ * Removes default work roots that a gateway which is gone left behind (it crashed, or was killed): the
+ * homes of its processes may hold what their servers wrote there, credentials included. Only a
+ * directory of this user, not a symbolic link, named for a pid that no longer runs, and holding
+ * nothing but process directories, is removed; anything else is left as it is.
+ */
+function removeStaleWorkRoots(parent: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(parent);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = Number(DEFAULT_WORK_ROOT.exec(name)?.[1]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || processExists(pid)) continue;
+    const root = join(parent, name);
+    try {
+      const stat = lstatSync(root);
+      if (!stat.isDirectory() || stat.uid !== process.getuid?.()) continue;
+      if (!readdirSync(root).every((entry) => PROCESS_DIRECTORY_NAME.test(entry))) continue;
+      rmSync(root, { recursive: true, force: true });
+    } catch {
+      // Gone meanwhile, or not ours to remove: left as it is.
+    }
+  }
+}
+
+/** Whether a pid runs (EPERM: it does, as another user). */
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== "ESRCH";
+  }
 }
 
 /**

@@ -1142,6 +1142,39 @@ describe("stdio upstream bridge", () => {
     );
   });
 
+  it("C4 the default work roots a gone gateway left (its processes' homes) are removed at start; nothing else is", async () => {
+    const parent = await mkdtemp(join(base, "tmpdir-"));
+    const deadPid = spawnSync(process.execPath, ["-e", ""]).pid as number;
+    const otherDeadPid = spawnSync(process.execPath, ["-e", ""]).pid as number;
+    const processDir = randomBytes(16).toString("hex");
+    const stale = join(parent, `tenantgate-stdio-${deadPid}`);
+    mkdirSync(join(stale, processDir, "home"), { recursive: true });
+    writeFileSync(join(stale, processDir, "home", "credentials.json"), "a server's cached token");
+    // A running gateway's root, and a root holding something the gateway did not make, stay.
+    const running = join(parent, `tenantgate-stdio-${process.ppid}`);
+    mkdirSync(join(running, processDir), { recursive: true });
+    const foreign = join(parent, `tenantgate-stdio-${otherDeadPid}`);
+    mkdirSync(foreign);
+    writeFileSync(join(foreign, "notes.txt"), "someone's");
+    const previous = process.env["TMPDIR"];
+    process.env["TMPDIR"] = parent;
+    let client: UpstreamClient;
+    try {
+      client = createStdioUpstreamClient(upstreamConfig(), {});
+    } finally {
+      if (previous === undefined) delete process.env["TMPDIR"];
+      else process.env["TMPDIR"] = previous;
+    }
+    try {
+      assert.equal(existsSync(stale), false, "the gone gateway's root is removed");
+      assert.ok(existsSync(join(running, processDir)), "a running gateway's root is left");
+      assert.ok(existsSync(join(foreign, "notes.txt")), "a root holding other files is left");
+      assert.ok(existsSync(join(parent, `tenantgate-stdio-${process.pid}`)), "this bridge's own root");
+    } finally {
+      await client.close();
+    }
+  });
+
   it("C4 runAs distinct-uid: what a uid owns in /tmp from before this bridge (a gateway that crashed) is gone before the uid is used", {
     skip: !isRoot && "needs root",
   }, async () => {
