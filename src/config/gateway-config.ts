@@ -1,5 +1,6 @@
 import type { ApiKeyConfig } from "../identity/api-key-authenticator.ts";
 import type { LogLevel } from "../log/log-level.ts";
+import type { StdioUpstreamOptions } from "../upstreams/stdio-upstream.ts";
 import type { JwtAlgorithm } from "./schema.ts";
 
 /**
@@ -103,18 +104,19 @@ export interface StdioUpstreamConfig extends UpstreamCommon {
   readonly stdio: StdioProcessSettings;
 }
 
-export interface StdioProcessSettings {
-  readonly runAs?: "gateway" | "distinct-uid";
-  readonly uidRange?: readonly [number, number];
-  readonly maxProcesses?: number;
-  readonly maxProcessesPerPrincipal?: number;
-  readonly maxProcessesPerTenant?: number;
-  readonly startTimeoutMs?: number;
-  readonly requestTimeoutMs?: number;
-  readonly workRoot?: string;
-  /** Modern (2026-07-28) requests: refused ("off", the default) or served by one process per principal. */
-  readonly modern?: "off" | "per-principal";
-}
+/** upstreams[].stdio: the bridge's own options, durations in ms (documented there). */
+export type StdioProcessSettings = Pick<
+  StdioUpstreamOptions,
+  | "runAs"
+  | "uidRange"
+  | "maxProcesses"
+  | "maxProcessesPerPrincipal"
+  | "maxProcessesPerTenant"
+  | "startTimeoutMs"
+  | "requestTimeoutMs"
+  | "workRoot"
+  | "modern"
+>;
 
 export type UpstreamConfig = HttpUpstreamConfig | StdioUpstreamConfig;
 

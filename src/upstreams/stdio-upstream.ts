@@ -1401,18 +1401,14 @@ export function createStdioUpstreamClient(
    * check that keeps failing ends it (fail closed), as an open stream of the gateway ends.
    */
   function revalidate(proc: BridgedProcess): void {
-    const binding = proc.binding;
-    if (binding === SESSIONLESS_BINDING) {
+    const check = proc.binding?.stillValid;
+    if (check === null) {
+      // No session to re-check (a principal's modern process): it ends; its next request starts afresh.
       terminate(proc, "revoked");
       return;
     }
     // Still starting: bindSession re-checks it once it knows the session.
-    if (binding === undefined || proc.state !== "running") return;
-    const check = binding.stillValid;
-    if (check === null) {
-      terminate(proc, "revoked");
-      return;
-    }
+    if (check === undefined || proc.state !== "running") return;
     const judge = async (): Promise<boolean> => {
       for (let attempt = 1; ; attempt++) {
         try {

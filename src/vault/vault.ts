@@ -1,6 +1,7 @@
 import type { Keyring } from "../crypto/keyring.ts";
 import { openToString, type SealContext, seal, sealedKeyId } from "../crypto/seal.ts";
 import { GateError, invalidArgument, isGateError } from "../errors.ts";
+import { parseObject } from "../server/owner-fields.ts";
 import { MAX_BATCH_KEYS, MAX_MEMBER_LENGTH } from "../store/arguments.ts";
 import type { Store } from "../store/contract.ts";
 import {
@@ -235,16 +236,8 @@ function parseMember(member: string): { owner: OwnerScope; name: string } | null
 
 /** A record that is not exactly this shape, or names another entry, is treated as absent. */
 function parseRecord(text: string | null, name: string): ParsedEntry | null {
-  if (text === null) return null;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    return null;
-  }
-  if (typeof parsed !== "object" || parsed === null) return null;
-  const r = parsed as Record<string, unknown>;
-  if (r["v"] !== RECORD_VERSION || r["name"] !== name) return null;
+  const r = parseObject(text);
+  if (r === null || r["v"] !== RECORD_VERSION || r["name"] !== name) return null;
   if (typeof r["updatedAt"] !== "number" || !Number.isFinite(r["updatedAt"])) return null;
   if (typeof r["sealed"] !== "string") return null;
   const keyId = sealedKeyId(r["sealed"]);

@@ -10,7 +10,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
-import { type Harness, startHarness } from "../support/gateway-harness.ts";
+import { assertCredentialRequired, type Harness, startHarness } from "../support/gateway-harness.ts";
 import { alive, eventually } from "../support/process-watch.ts";
 import { storeBackendCases } from "../support/store-cases.ts";
 
@@ -196,9 +196,7 @@ for (const backend of await storeBackendCases("stdio-modern-e2e")) {
           },
         }),
       });
-      assert.equal(response.status, 403);
-      const body = (await response.json()) as { error: { data: Record<string, unknown> } };
-      assert.deepEqual(body.error.data, { code: "ERR_CREDENTIAL_REQUIRED", credential: "github_token" });
+      await assertCredentialRequired(response, "github_token");
     });
 
     it("the demo's stdio notes server: a principal's notes follow it across connections, and no one else sees them", async () => {

@@ -13,6 +13,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { KILL_SWITCH_CONFIRMATION } from "../../src/gateway/admin-server.ts";
 import {
+  assertCredentialRequired,
   type Harness,
   INITIALIZE,
   mcpHeaders,
@@ -152,9 +153,7 @@ for (const backend of await storeBackendCases("stdio-e2e")) {
         headers: mcpHeaders({ authorization: `Bearer ${carol}` }),
         body: JSON.stringify(INITIALIZE),
       });
-      assert.equal(response.status, 403);
-      const body = (await response.json()) as { error: { data: Record<string, unknown> } };
-      assert.deepEqual(body.error.data, { code: "ERR_CREDENTIAL_REQUIRED", credential: "github_token" });
+      await assertCredentialRequired(response, "github_token");
     });
 
     it("a crash ends only that session; the per-principal process cap holds", async () => {

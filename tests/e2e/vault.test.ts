@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import {
+  assertCredentialRequired,
   type Harness,
   INITIALIZE,
   initializeSession,
@@ -122,9 +123,7 @@ for (const backend of await storeBackendCases("vault-e2e")) {
         headers: mcpHeaders({ authorization: `Bearer ${carol}` }),
         body: JSON.stringify(INITIALIZE),
       });
-      assert.equal(response.status, 403);
-      const body = (await response.json()) as { error: { data: Record<string, unknown> } };
-      assert.deepEqual(body.error.data, { code: "ERR_CREDENTIAL_REQUIRED", credential: "github_token" });
+      await assertCredentialRequired(response, "github_token");
       assert.equal(upstream.requests.length, from, "nothing reached the upstream");
       assert.ok(
         harness.events.some(

@@ -4,168 +4,22 @@
  * processes is mocked, the vault is the in-memory test double (delayed where a race needs it).
  */
 import assert from "node:assert/strict";
-import type { Readable } from "node:stream";
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
-import type { StdioUpstreamConfig } from "../../src/config/gateway-config.ts";
 import { isGateError } from "../../src/errors.ts";
-import type { UpstreamClient } from "../../src/gateway/upstream-client.ts";
-import { makePrincipal, ownerScope, type Principal } from "../../src/identity/principal.ts";
-import {
-  createStdioUpstreamClient,
-  type StdioProcessEvent,
-  type StdioUpstreamOptions,
-} from "../../src/upstreams/stdio-upstream.ts";
-import type { Vault } from "../../src/vault/vault.ts";
+import { ownerScope } from "../../src/identity/principal.ts";
 import { alive, eventually } from "../support/process-watch.ts";
-import { createVaultDouble } from "../support/vault-double.ts";
+import {
+  modernToolValue as call,
+  countEvents as count,
+  heldVault,
+  legacyPost as legacy,
+  modernBridges,
+  testPrincipal,
+} from "../support/stdio-bridge.ts";
 
-const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.meta.url));
-const MODERN = "2026-07-28";
-const WAIT_MS = 20_000;
-
-const alice = makePrincipal({
-  kind: "jwt",
-  issuer: "https://issuer.example",
-  subject: "alice",
-  tenant: "acme",
-  scopes: [],
-  expiresAt: null,
-});
-
-function upstreamConfig(env: Record<string, string> = {}): StdioUpstreamConfig {
-  return {
-    transport: "stdio",
-    name: "probe",
-    path: "/probe",
-    audience: "http://127.0.0.1/probe",
-    scopes: [],
-    protocolVersions: undefined,
-    inject: {},
-    command: process.execPath,
-    args: [PROBE],
-    env,
-    stdio: {},
-  };
-}
-
-const clients: UpstreamClient[] = [];
-after(async () => {
-  await Promise.all(clients.map((client) => client.close()));
-});
-
-function bridge(
-  options: StdioUpstreamOptions = {},
-  env: Record<string, string> = {},
-): { client: UpstreamClient; events: StdioProcessEvent[]; stderr: string[] } {
-  const events: StdioProcessEvent[] = [];
-  const stderr: string[] = [];
-  const client = createStdioUpstreamClient(upstreamConfig(env), {
-    modern: "per-principal",
-    startTimeoutMs: WAIT_MS,
-    onEvent: (event) => events.push(event),
-    onStderr: (line) => stderr.push(line),
-    ...options,
-  });
-  clients.push(client);
-  return { client, events, stderr };
-}
-
-async function readAll(body: Readable): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(Buffer.from(chunk as Buffer));
-  return Buffer.concat(chunks).toString("utf8");
-}
-
-/** tools/call as a modern request; the probe's tool result, parsed. */
-async function call(
-  client: UpstreamClient,
-  caller: Principal,
-  name: string,
-  args: Record<string, unknown> = {},
-  signal?: AbortSignal,
-): Promise<Record<string, unknown>> {
-  const answer = await client.request({
-    method: "POST",
-    headers: { "content-type": "application/json", "mcp-protocol-version": MODERN },
-    body: Buffer.from(
-      JSON.stringify({
-        jsonrpc: "2.0",
-        id: 1,
-        method: "tools/call",
-        params: {
-          name,
-          arguments: args,
-          _meta: { "io.modelcontextprotocol/protocolVersion": MODERN },
-        },
-      }),
-    ),
-    principal: caller,
-    ...(signal !== undefined ? { signal } : {}),
-  });
-  const json = JSON.parse(await readAll(answer.body)) as { result?: { content: { text: string }[] } };
-  assert.ok(json.result, `no result: ${JSON.stringify(json)}`);
-  return JSON.parse(json.result.content[0]?.text ?? "null") as Record<string, unknown>;
-}
-
-/** A legacy POST (2025-11-25): `initialize` without a session id, or a message in a session. */
-async function legacy(
-  client: UpstreamClient,
-  caller: Principal,
-  message: Record<string, unknown>,
-  session?: string,
-  signal?: AbortSignal,
-): Promise<{ session: string | undefined; json: Record<string, unknown> }> {
-  const answer = await client.request({
-    method: "POST",
-    headers: {
-      "content-type": "application/json",
-      "mcp-protocol-version": "2025-11-25",
-      ...(session !== undefined ? { "mcp-session-id": session } : {}),
-    },
-    body: Buffer.from(JSON.stringify({ jsonrpc: "2.0", ...message })),
-    principal: caller,
-    ...(signal !== undefined ? { signal } : {}),
-  });
-  const text = await readAll(answer.body);
-  return {
-    session: answer.headers["mcp-session-id"] as string | undefined,
-    json: (text === "" ? {} : JSON.parse(text)) as Record<string, unknown>,
-  };
-}
-
-function count(events: StdioProcessEvent[], type: StdioProcessEvent["type"]): number {
-  return events.filter((event) => event.type === type).length;
-}
-
-/** The test double, whose next `reveal` answers what it read only once `release` is called. */
-function heldVault(): { vault: Vault; put: Vault["put"]; remove: Vault["delete"]; holdNext(): () => void } {
-  const inner = createVaultDouble();
-  let hold: Promise<void> | undefined;
-  const vault: Vault = {
-    ...inner,
-    async reveal(owner, names) {
-      const gate = hold;
-      hold = undefined;
-      const answer = await inner.reveal(owner, names);
-      if (gate !== undefined) await gate;
-      return answer;
-    },
-  };
-  return {
-    vault,
-    put: inner.put,
-    remove: inner.delete,
-    holdNext() {
-      let release!: () => void;
-      hold = new Promise((done) => {
-        release = done;
-      });
-      return release;
-    },
-  };
-}
+const alice = testPrincipal("alice");
+const bridge = modernBridges();
 
 describe("review: stdio modern per-principal", () => {
   it("a request whose caller left while its process started is never written to the server", async () => {

@@ -5,6 +5,7 @@
  * tests assert on exactly what the audit trail would receive. `TG_TEST_PROFILE` adds its
  * settings for the top-level keys the config does not set (tests/support/test-profile.ts).
  */
+import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { Writable } from "node:stream";
 import { type DemoUpstream, startDemoUpstream } from "../../examples/demo-upstream/server.ts";
@@ -198,4 +199,11 @@ export function sessionToolsList(url: string, token: string, sessionId: string):
     }),
     body: JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }),
   });
+}
+
+/** The refusal a caller without a credential an upstream needs gets: 403, the entry to enroll named. */
+export async function assertCredentialRequired(response: Response, credential: string): Promise<void> {
+  assert.equal(response.status, 403);
+  const body = (await response.json()) as { error: { data: Record<string, unknown> } };
+  assert.deepEqual(body.error.data, { code: "ERR_CREDENTIAL_REQUIRED", credential });
 }

@@ -5,123 +5,41 @@
  * child processes is mocked; the vault is the in-memory test double.
  */
 import assert from "node:assert/strict";
-import type { Readable } from "node:stream";
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
-import type { StdioUpstreamConfig } from "../../src/config/gateway-config.ts";
 import { isGateError } from "../../src/errors.ts";
 import type { UpstreamClient } from "../../src/gateway/upstream-client.ts";
 import { anonymousPrincipal } from "../../src/identity/anonymous.ts";
-import { makePrincipal, ownerScope, type Principal } from "../../src/identity/principal.ts";
+import { ownerScope, type Principal } from "../../src/identity/principal.ts";
 import { principalDigest } from "../../src/sessions/revocation-bus.ts";
-import {
-  createStdioUpstreamClient,
-  type StdioProcessEvent,
-  type StdioUpstreamOptions,
-} from "../../src/upstreams/stdio-upstream.ts";
 import { alive, eventually } from "../support/process-watch.ts";
+import {
+  modernToolCall as call,
+  modernEnvelope as envelope,
+  MODERN_VERSION as MODERN,
+  modernBridges,
+  modernPost,
+  testPrincipal,
+} from "../support/stdio-bridge.ts";
 import { createVaultDouble } from "../support/vault-double.ts";
 
-const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.meta.url));
-const MODERN = "2026-07-28";
-/** Generous: a loaded two-core machine starts Node processes slowly. */
-const WAIT_MS = 20_000;
+const alice = testPrincipal("alice");
+const bob = testPrincipal("bob");
+const bridge = modernBridges();
 
-function principal(subject: string): Principal {
-  return makePrincipal({
-    kind: "jwt",
-    issuer: "https://issuer.example",
-    subject,
-    tenant: "acme",
-    scopes: [],
-    expiresAt: null,
-  });
-}
-
-const alice = principal("alice");
-const bob = principal("bob");
-
-function upstreamConfig(env: Record<string, string> = {}): StdioUpstreamConfig {
-  return {
-    transport: "stdio",
-    name: "probe",
-    path: "/probe",
-    audience: "http://127.0.0.1/probe",
-    scopes: [],
-    protocolVersions: undefined,
-    inject: {},
-    command: process.execPath,
-    args: [PROBE],
-    env,
-    stdio: {},
-  };
-}
-
-const clients: UpstreamClient[] = [];
-after(async () => {
-  await Promise.all(clients.map((client) => client.close()));
-});
-
-function bridge(
-  options: StdioUpstreamOptions = {},
-  env: Record<string, string> = {},
-): { client: UpstreamClient; events: StdioProcessEvent[]; stderr: string[] } {
-  const events: StdioProcessEvent[] = [];
-  const stderr: string[] = [];
-  const client = createStdioUpstreamClient(upstreamConfig(env), {
-    modern: "per-principal",
-    startTimeoutMs: WAIT_MS,
-    onEvent: (event) => events.push(event),
-    onStderr: (line) => stderr.push(line),
-    ...options,
-  });
-  clients.push(client);
-  return { client, events, stderr };
-}
-
-async function readAll(body: Readable): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(Buffer.from(chunk as Buffer));
-  return Buffer.concat(chunks).toString("utf8");
-}
-
-/** A 2026-07-28 request as the gateway forwards it: the envelope in `_meta`, the version header. */
-function envelope(extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    "io.modelcontextprotocol/protocolVersion": MODERN,
-    "io.modelcontextprotocol/clientCapabilities": {},
-    "io.modelcontextprotocol/clientInfo": { name: "modern-test", version: "1.0.0" },
-    ...extra,
-  };
-}
-
+/** A modern POST; its answer with the body parsed (undefined when empty). */
 async function send(
   client: UpstreamClient,
   caller: Principal,
   message: Record<string, unknown>,
   signal?: AbortSignal,
 ): Promise<{ status: number; headers: Record<string, unknown>; json: Record<string, unknown> | undefined }> {
-  const answer = await client.request({
-    method: "POST",
-    headers: {
-      "content-type": "application/json",
-      accept: "application/json, text/event-stream",
-      "mcp-protocol-version": MODERN,
-    },
-    body: Buffer.from(JSON.stringify({ jsonrpc: "2.0", ...message })),
-    principal: caller,
-    ...(signal !== undefined ? { signal } : {}),
-  });
-  const text = await readAll(answer.body);
-  return {
-    status: answer.status,
-    headers: answer.headers as Record<string, unknown>,
-    json: text === "" ? undefined : (JSON.parse(text) as Record<string, unknown>),
-  };
+  const answer = await modernPost(client, caller, message, signal !== undefined ? { signal } : {});
+  const json = answer.text === "" ? undefined : (JSON.parse(answer.text) as Record<string, unknown>);
+  return { status: answer.status, headers: answer.headers, json };
 }
 
-/** tools/call as a modern client that takes SSE sends it; every message of the answer, in order. */
+/** A probe tools/call, as a modern client that takes SSE sends it; every message of the answer, in order. */
 async function sendStreaming(
   client: UpstreamClient,
   caller: Principal,
@@ -132,54 +50,22 @@ async function sendStreaming(
   accept = "application/json, text/event-stream",
 ): Promise<{ contentType: unknown; messages: Record<string, unknown>[] }> {
   const meta = envelope(progressToken === undefined ? {} : { progressToken });
-  const answer = await client.request({
-    method: "POST",
-    headers: { "content-type": "application/json", accept, "mcp-protocol-version": MODERN },
-    body: Buffer.from(
-      JSON.stringify({
-        jsonrpc: "2.0",
-        id,
-        method: "tools/call",
-        params: { name, arguments: args, _meta: meta },
-      }),
-    ),
-    principal: caller,
-  });
+  const answer = await modernPost(
+    client,
+    caller,
+    { id, method: "tools/call", params: { name, arguments: args, _meta: meta } },
+    { accept },
+  );
   assert.equal(answer.status, 200);
-  const text = await readAll(answer.body);
   const contentType = answer.headers["content-type"];
   if (contentType !== "text/event-stream") {
-    return { contentType, messages: [JSON.parse(text) as Record<string, unknown>] };
+    return { contentType, messages: [JSON.parse(answer.text) as Record<string, unknown>] };
   }
-  const messages = text
+  const messages = answer.text
     .split("\n\n")
     .filter((event) => event.startsWith("data: "))
     .map((event) => JSON.parse(event.slice("data: ".length)) as Record<string, unknown>);
   return { contentType, messages };
-}
-
-/** tools/call with a given client id; the probe's tool result, parsed. */
-async function call(
-  client: UpstreamClient,
-  caller: Principal,
-  name: string,
-  args: Record<string, unknown> = {},
-  id: number | string = 1,
-  meta: Record<string, unknown> = {},
-): Promise<{ id: unknown; resultType: unknown; value: Record<string, unknown> }> {
-  const answer = await send(client, caller, {
-    id,
-    method: "tools/call",
-    params: { name, arguments: args, _meta: envelope(meta) },
-  });
-  assert.equal(answer.status, 200, JSON.stringify(answer.json));
-  const result = answer.json?.["result"] as { resultType: unknown; content: { text: string }[] };
-  assert.ok(result, `no result: ${JSON.stringify(answer.json)}`);
-  return {
-    id: answer.json?.["id"],
-    resultType: result.resultType,
-    value: JSON.parse(result.content[0]?.text ?? "null") as Record<string, unknown>,
-  };
 }
 
 async function pidOf(client: UpstreamClient, caller: Principal): Promise<number> {
@@ -231,7 +117,13 @@ describe("stdio bridge, modern requests served by one process per principal", ()
 
   it("writes its own ids and no envelope keys; answers under the client's id as a modern result", async () => {
     const { client } = bridge();
-    const seen = await call(client, alice, "request", {}, "client-7", { progressToken: "p-1", custom: 1 });
+    const seen = await call(
+      client,
+      alice,
+      "request",
+      {},
+      { id: "client-7", meta: { progressToken: "p-1", custom: 1 } },
+    );
     assert.equal(seen.id, "client-7");
     assert.equal(seen.resultType, "complete");
     const received = seen.value as { id: unknown; params: { _meta?: Record<string, unknown> } };
@@ -309,8 +201,8 @@ describe("stdio bridge, modern requests served by one process per principal", ()
 
   it("concurrent requests of one principal with the same JSON-RPC id each get their own answer", async () => {
     const { client } = bridge();
-    const slow = call(client, alice, "sleep", { ms: 300 }, 7);
-    const quick = call(client, alice, "request", {}, 7);
+    const slow = call(client, alice, "sleep", { ms: 300 }, { id: 7 });
+    const quick = call(client, alice, "request", {}, { id: 7 });
     const [slowAnswer, quickAnswer] = await Promise.all([slow, quick]);
     assert.deepEqual(slowAnswer.value, { ok: true });
     assert.equal(quickAnswer.id, 7);

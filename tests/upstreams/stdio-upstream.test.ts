@@ -31,7 +31,7 @@ import type {
   UpstreamResponse,
   UpstreamSessionBinding,
 } from "../../src/gateway/upstream-client.ts";
-import { makePrincipal, ownerScope, type Principal } from "../../src/identity/principal.ts";
+import { ownerScope, type Principal } from "../../src/identity/principal.ts";
 import { principalDigest, type RevocationSignal } from "../../src/sessions/revocation-bus.ts";
 import {
   createStdioUpstreamClient,
@@ -39,14 +39,16 @@ import {
   type StdioProcessEvent,
   type StdioUpstreamOptions,
 } from "../../src/upstreams/stdio-upstream.ts";
-import { alive, eventually } from "../support/process-watch.ts";
+import { alive, eventually, PROCESS_WAIT_MS } from "../support/process-watch.ts";
+import {
+  LEGACY_VERSION as PROTOCOL_VERSION,
+  testPrincipal as principal,
+  readBody as readAll,
+  probeUpstream as upstreamConfig,
+} from "../support/stdio-bridge.ts";
 import { createVaultDouble, type VaultDouble } from "../support/vault-double.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
-const PROBE = fileURLToPath(new URL("../support/stdio-probe-server.ts", import.meta.url));
-const PROTOCOL_VERSION = "2025-11-25";
-/** Generous: a loaded two-core machine starts Node processes slowly. */
-const WAIT_MS = 20_000;
 /**
  * uids for the distinct-uid tests, above every account on a Debian-like system (nobody is 65534).
  * Ten per run, placed by pid: a range must belong to one gateway only (the bridge kills whatever is
@@ -57,36 +59,8 @@ const UID_RANGE: [number, number] = [UID_BASE, UID_BASE + 9];
 
 const isRoot = process.getuid?.() === 0;
 
-function principal(subject: string, tenant = "acme"): Principal {
-  return makePrincipal({
-    kind: "jwt",
-    issuer: "https://issuer.example",
-    subject,
-    tenant,
-    scopes: [],
-    expiresAt: null,
-  });
-}
-
 const alice = principal("alice");
 const bob = principal("bob");
-
-function upstreamConfig(overrides: Partial<StdioUpstreamConfig> = {}): StdioUpstreamConfig {
-  return {
-    transport: "stdio",
-    name: "probe",
-    path: "/probe",
-    audience: "http://127.0.0.1/probe",
-    scopes: [],
-    protocolVersions: undefined,
-    inject: {},
-    command: process.execPath,
-    args: [PROBE],
-    env: {},
-    stdio: {},
-    ...overrides,
-  };
-}
 
 interface EventLog {
   readonly events: StdioProcessEvent[];
@@ -111,7 +85,7 @@ function eventLog(): EventLog {
         }
       }
     },
-    waitFor(matches, timeoutMs = WAIT_MS) {
+    waitFor(matches, timeoutMs = PROCESS_WAIT_MS) {
       const seen = events.find(matches);
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
@@ -126,12 +100,6 @@ function eventLog(): EventLog {
       });
     },
   };
-}
-
-async function readAll(body: Readable): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of body) chunks.push(Buffer.from(chunk as Buffer));
-  return Buffer.concat(chunks).toString("utf8");
 }
 
 function headers(sessionId?: string): Record<string, string> {
@@ -259,7 +227,7 @@ function sseReader(body: Readable): {
       const timer = setTimeout(() => {
         listeners.delete(check);
         reject(new Error(`GET stream: ${what} did not come`));
-      }, WAIT_MS);
+      }, PROCESS_WAIT_MS);
       const check = (): void => {
         const found = probe();
         if (found === undefined) return;
@@ -663,7 +631,7 @@ describe("stdio upstream bridge", () => {
       cwd: "/",
       env: { PATH: "/usr/bin:/bin", HOME: "/" },
       encoding: "utf8",
-      timeout: WAIT_MS,
+      timeout: PROCESS_WAIT_MS,
     });
     assert.match(run.stdout, /^ERR_CONFIG_INVALID .*root/, run.stderr);
   });
@@ -1483,7 +1451,7 @@ describe("stdio upstream bridge", () => {
       manifest.bin["mcp-server-everything"] ?? "",
     );
     const { client } = newClient(
-      { startTimeoutMs: WAIT_MS },
+      { startTimeoutMs: PROCESS_WAIT_MS },
       upstreamConfig({ name: "everything", args: [bin, "stdio"] }),
     );
     const session = await openSession(client, alice);
